@@ -1,0 +1,32 @@
+"""rlhf_edu: the RLHF computation flow on toy GPT models, one step at a time.
+
+The four models (actor, critic, reward model, reference), the reward with its KL penalty, GAE,
+PPO, and a trainer that runs the chapter's six phases, small enough to read in an afternoon.
+"""
+
+from .advantages import gae, masked_mean, whiten
+from .memory import ModelSpec, memory_breakdown, plan
+from .model import GPT, GPTConfig
+from .models import (
+    Actor,
+    Critic,
+    Models,
+    Reference,
+    RewardModel,
+    build_models,
+    load_pretrained,
+)
+from .ppo import AdaptiveKLController, FixedKLController, ppo_losses, total_loss
+from .rewards import compute_rewards, kl_penalty
+from .task import Tokenizer, gold_score
+from .trainer import PPOConfig, RLHFTrainer, format_trace, trace_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GPTConfig", "GPT", "Actor", "Critic", "RewardModel", "Reference", "Models", "build_models",
+    "load_pretrained", "kl_penalty", "compute_rewards", "gae", "whiten", "masked_mean",
+    "ppo_losses", "total_loss", "AdaptiveKLController", "FixedKLController", "RLHFTrainer",
+    "PPOConfig", "trace_step", "format_trace", "Tokenizer", "gold_score", "ModelSpec",
+    "memory_breakdown", "plan",
+]

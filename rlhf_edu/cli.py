@@ -1,0 +1,200 @@
+"""The ``rlhf-edu`` command: pretrain, train the reward model, inspect, train with PPO, trace."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import distributed, memory
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from .checkpoint import atomic_save, model_checkpoint
+    from .model import GPTConfig
+    from .pretrain import evaluate_lm, pretrain
+
+    config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+    model = pretrain(config, n_reviews=args.reviews, epochs=args.epochs, seed=args.seed)
+    report = evaluate_lm(model, n=args.eval_samples, seed=args.seed + 1)
+    atomic_save(model_checkpoint("sft", config, model.state_dict(), seed=args.seed,
+                                 reviews=args.reviews, epochs=args.epochs,
+                                 eval={k: v for k, v in report.items() if k != "examples"}),
+                args.out)
+    print(f"wrote {args.out}")
+    _print_lm_report(report)
+    return 0
+
+
+def _print_lm_report(r: dict) -> None:
+    print(f"{r['n']} samples at temperature 1:")
+    print(f"  well-formed        {r['well_formed']:7.1%}")
+    print(f"  reached <eos>      {r['finished']:7.1%}")
+    print(f"  repeat a word      {r['repeat_rate']:7.1%}")
+    print(f"  mean gold score    {r['gold']:+7.3f}   (corpus {r['corpus_gold']:+.3f})")
+    mix = "  ".join(f"{k} {v:.0%}" for k, v in r["mix"].items())
+    cmix = "  ".join(f"{k} {v:.0%}" for k, v in r["corpus_mix"].items())
+    print(f"  sentiment mix      {mix}   (corpus {cmix})")
+    for t in r["examples"]:
+        print(f"    {t}")
+
+
+def _train_rm(args: argparse.Namespace) -> int:
+    from .checkpoint import atomic_save, model_checkpoint
+    from .models import load_pretrained
+    from .reward_model import evaluate_reward_model, make_preference_pairs, train_reward_model
+
+    sft = load_pretrained("sft", args.sft)
+    pairs = make_preference_pairs(sft, args.pairs + args.heldout, seed=args.seed)
+    train, heldout = pairs.split(args.pairs)
+    rm = train_reward_model(sft, train, epochs=args.epochs, seed=args.seed)
+    report = evaluate_reward_model(rm, sft, heldout, seed=args.seed + 2)
+    atomic_save(model_checkpoint("reward", sft.config, rm.state_dict(), seed=args.seed,
+                                 pairs=args.pairs, epochs=args.epochs, eval=report), args.out)
+    print(f"wrote {args.out}")
+    print(f"held-out pairwise accuracy vs gold  {report['accuracy']:.1%} "
+          f"({report['n_heldout']} pairs with different gold)")
+    print(f"correlation with gold on SFT samples {report['gold_correlation']:+.3f}")
+    print(f"median z-score of well-formed SFT samples {report['median_well_formed']:+.2f}; "
+          "degenerate texts:")
+    for text, score in report["hack_scores"].items():
+        print(f"  {score:+6.2f}  {text}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models import build_models, describe
+
+    models = build_models(args.critic)
+    print(f"critic mode: {args.critic}")
+    print(f"{'role':<10} {'parameters':>12} {'reads actor':>12}  trains")
+    for row in describe(models):
+        print(f"{row['role']:<10} {row['params']:>12,} {row['reads_actor_backbone']:>12,}  "
+              f"{'yes' if row['trains'] else 'no (frozen)'}")
+    return 0
+
+
+def _config_from_args(args: argparse.Namespace):
+    from .trainer import PPOConfig
+
+    return PPOConfig(seed=args.seed, batch_size=args.batch, response_len=args.response_len,
+                     beta=args.beta, adaptive_kl=args.kl_target is not None,
+                     kl_target=args.kl_target or PPOConfig.kl_target,
+                     kl_estimator=args.kl_estimator, critic_mode=args.critic,
+                     ppo_epochs=args.ppo_epochs, minibatches=args.minibatches,
+                     actor_lr=args.actor_lr, ent_coef=args.ent_coef, device=args.device)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .plots import plot_training
+    from .trainer import RLHFTrainer
+
+    config = _config_from_args(args)
+    if args.resume and not (args.run_dir / "checkpoint.pt").exists():
+        raise ValueError(f"--resume: no checkpoint.pt in {str(args.run_dir)!r}")
+    if not args.resume and (args.run_dir / "metrics.jsonl").exists():
+        raise ValueError(f"run directory {str(args.run_dir)!r} already holds a run; pass "
+                         "--resume to continue it or choose another --run-dir")
+    trainer = RLHFTrainer(config, run_dir=args.run_dir)
+    if args.resume:
+        trainer.load()
+    history = trainer.train(args.steps, save_every=args.save_every, progress=not args.quiet)
+    first, last = history[0], history[-1]
+    print(f"\n{'':<14}{'step ' + str(first['step']):>10}{'step ' + str(last['step']):>10}")
+    for key, label in (("rm_score", "RM score"), ("gold_score", "gold score"), ("kl", "KL"),
+                       ("entropy", "entropy"), ("repetition", "repetition"),
+                       ("well_formed", "well-formed"), ("response_len", "length")):
+        print(f"{label:<14}{first[key]:>10.3f}{last[key]:>10.3f}")
+    print(f"sample: {last['sample']}")
+    png = plot_training(history, args.run_dir / "training.png")
+    print(f"metrics: {args.run_dir / 'metrics.jsonl'}   plot: {png}")
+    return 0
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from .trainer import format_trace, trace_step
+
+    print(format_trace(trace_step(args.batch, args.response_len, args.critic, args.seed)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf-edu", description=__doc__)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: $RLHF_EDU_THREADS or 1)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="train the SFT actor on the review grammar")
+    p.add_argument("--out", type=Path, default=Path("sft.pt"))
+    p.add_argument("--reviews", type=int, default=30_000)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--n-layer", type=int, default=3)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=128)
+    p.add_argument("--eval-samples", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("train-rm", help="train the reward model on preference pairs")
+    p.add_argument("--sft", type=Path, default=None, help="SFT checkpoint (default: shipped)")
+    p.add_argument("--out", type=Path, default=Path("reward.pt"))
+    p.add_argument("--pairs", type=int, default=8000)
+    p.add_argument("--heldout", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_rm)
+
+    p = sub.add_parser("models", help="the four models: parameters and which ones train")
+    p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"))
+    p.set_defaults(func=_models)
+
+    p = sub.add_parser("train", help="RLHF with PPO from the shipped SFT actor and reward model")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--beta", type=float, default=0.05, help="KL coefficient (initial, if adaptive)")
+    p.add_argument("--kl-target", type=float, default=None,
+                   help="use the adaptive KL controller with this target KL per response")
+    p.add_argument("--kl-estimator", default="k1", choices=("k1", "k2", "k3"))
+    p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"))
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--response-len", type=int, default=20)
+    p.add_argument("--ppo-epochs", type=int, default=4)
+    p.add_argument("--minibatches", type=int, default=2)
+    p.add_argument("--actor-lr", type=float, default=1e-4)
+    p.add_argument("--ent-coef", type=float, default=0.0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", type=Path, default=Path("runs/latest"))
+    p.add_argument("--save-every", type=int, default=10)
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("memory", help="GPU memory of RLHF training: per role, item and GPU")
+    memory.add_memory_arguments(p)
+    p.set_defaults(func=memory.run_memory_cli)
+
+    p = sub.add_parser("trace", help="shapes, dtypes and forward passes of one RLHF step")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--response-len", type=int, default=100)
+    p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_trace)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        distributed.configure_threads(args.threads)
+        return args.func(args)
+    except ValueError as e:  # bad input: one readable line, no traceback
+        print(f"rlhf-edu {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rlhf-edu {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

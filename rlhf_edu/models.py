@@ -1,0 +1,235 @@
+"""The four models of RLHF and how they are built.
+
+=========  ========================================  =========  ====================
+role       what it computes                          trained?   starts from
+=========  ========================================  =========  ====================
+actor      the policy: next-token log-probs           yes        the SFT model
+critic     a value per response token ``(B, T)``      yes        the reward model
+reward     one score per response ``(B,)``            no         trained on pairs
+reference  log-probs of the initial policy            no         a copy of the actor
+=========  ========================================  =========  ====================
+
+The critic comes in three modes (``critic_mode``):
+
+* ``"separate"``: its own GPT and a linear value head (InstructGPT; most memory, no interference);
+* ``"shared"``: one backbone, two heads; the value loss trains the actor's backbone too;
+* ``"head"``: a small value MLP on the actor's hidden states, detached, so only the head learns.
+
+Response positions follow the usual convention: for response token ``t`` (column ``P + t`` of
+the sequence) the logits and the value come from the hidden state at column ``P + t - 1``, the
+state in which that token was chosen.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import check_model_checkpoint, safe_load
+from .model import GPT, GPTConfig, token_logprobs
+from .ppo import entropy_from_logits
+
+CRITIC_MODES = ("separate", "shared", "head")
+
+
+@dataclass
+class PolicyOutput:
+    """Per response token: ``logprobs`` and ``entropy`` ``(B, T)``, ``logits`` ``(B, T, V)`` and
+    the ``hidden`` states ``(B, T, C)`` they were read from."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+class Actor(nn.Module):
+    """The policy being trained: a GPT read at the response positions."""
+
+    def __init__(self, gpt: GPT):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor, prompt_len: int,
+                temperature: float = 1.0) -> PolicyOutput:
+        """Score the response part (columns ``prompt_len:``) of ``tokens`` ``(B, P + T)``."""
+        hidden = self.gpt.body(tokens, valid)[:, prompt_len - 1:-1]  # (B, T, C)
+        logits = self.gpt.head(hidden).float() / temperature  # (B, T, V)
+        return PolicyOutput(token_logprobs(logits, tokens[:, prompt_len:]),
+                            entropy_from_logits(logits),
+                            logits, hidden)
+
+    def generate(self, *args, **kwargs):
+        return self.gpt.generate(*args, **kwargs)
+
+
+class Reference(Actor):
+    """A frozen copy of the initial actor: ``requires_grad=False`` and always in eval mode."""
+
+    def __init__(self, actor: Actor):
+        super().__init__(copy.deepcopy(actor.gpt))
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Reference:
+        return super().train(False)
+
+
+class Critic(nn.Module):
+    """Values ``(B, T)`` of the states in which each response token was chosen."""
+
+    def __init__(self, mode: str, actor: Actor, body: GPT | None = None):
+        super().__init__()
+        if mode not in CRITIC_MODES:
+            raise ValueError(f"unknown critic mode {mode!r}; expected one of "
+                             f"{', '.join(CRITIC_MODES)}")
+        self.mode = mode
+        C = actor.gpt.config.n_embd
+        if mode == "separate":
+            self.body = body if body is not None else copy.deepcopy(actor.gpt)
+            self.value_head = nn.Linear(C, 1)
+        elif mode == "shared":
+            self.value_head = nn.Linear(C, 1)  # the backbone is the actor's, not registered here
+        else:
+            self.value_head = nn.Sequential(nn.Linear(C, C), nn.GELU(), nn.Linear(C, 1))
+        for m in self.value_head.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor, prompt_len: int,
+                actor_hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """``actor_hidden`` ``(B, T, C)`` is required in "shared" and "head" modes."""
+        if self.mode == "separate":
+            hidden = self.body.body(tokens, valid)[:, prompt_len - 1:-1]  # (B, T, C)
+        elif actor_hidden is None:
+            raise ValueError(f"critic mode {self.mode!r} reads the actor's hidden states; "
+                             "pass actor_hidden")
+        else:  # "head" stops the value loss at the head; "shared" lets it train the backbone
+            hidden = actor_hidden.detach() if self.mode == "head" else actor_hidden
+        return self.value_head(hidden).squeeze(-1).float()  # (B, T)
+
+
+class RewardModel(nn.Module):
+    """A GPT with a scalar head read at each row's last real token: one score per sequence.
+
+    ``mean`` and ``std`` (buffers) z-normalise the raw score over SFT samples, so that a score of
+    1 means "one standard deviation better than a typical SFT review" and β has a readable scale.
+    """
+
+    def __init__(self, gpt: GPT):
+        super().__init__()
+        self.gpt = gpt
+        self.score_head = nn.Linear(gpt.config.n_embd, 1)
+        nn.init.zeros_(self.score_head.weight)
+        nn.init.zeros_(self.score_head.bias)
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("std", torch.ones(()))
+
+    def raw(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Un-normalised scores ``(B,)`` of ``tokens`` ``(B, L)``."""
+        if valid is None:
+            valid = torch.ones_like(tokens, dtype=torch.bool)
+        hidden = self.gpt.body(tokens, valid)  # (B, L, C)
+        L = tokens.size(1)
+        last = (valid.long() * torch.arange(1, L + 1, device=tokens.device)).argmax(1)  # (B,)
+        h_last = hidden[torch.arange(tokens.size(0), device=tokens.device), last]  # (B, C)
+        return self.score_head(h_last).squeeze(-1).float()
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """z-normalised scores ``(B,)``."""
+        return (self.raw(tokens, valid) - self.mean) / self.std
+
+
+@dataclass
+class Models:
+    actor: Actor
+    critic: Critic
+    reward: RewardModel
+    reference: Reference
+
+    def roles(self) -> dict[str, nn.Module]:
+        return {"actor": self.actor, "critic": self.critic, "reward": self.reward,
+                "reference": self.reference}
+
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Trained parameters per role; in "shared" mode the backbone counts as the actor's."""
+        return {"actor": [p for p in self.actor.parameters() if p.requires_grad],
+                "critic": [p for p in self.critic.parameters() if p.requires_grad]}
+
+
+def weights_path(kind: str) -> Path:
+    """Where the shipped ``sft`` or ``reward`` checkpoint lives inside the package."""
+    return Path(str(resources.files("rlhf_edu") / "weights" / f"{kind}.pt"))
+
+
+def load_pretrained(kind: str = "sft", path: str | Path | None = None) -> GPT | RewardModel:
+    """The shipped SFT actor (a :class:`GPT`) or reward model (a :class:`RewardModel`).
+
+    ``path`` loads another checkpoint written by ``rlhf-edu pretrain`` / ``rlhf-edu train-rm``.
+    """
+    if kind not in ("sft", "reward"):
+        raise ValueError(f"kind must be 'sft' or 'reward', got {kind!r}")
+    path = Path(path) if path is not None else weights_path(kind)
+    if not path.exists():
+        raise ValueError(f"no {kind} weights at {str(path)!r}; create them with "
+                         f"`rlhf-edu {'pretrain' if kind == 'sft' else 'train-rm'}`")
+    ckpt = safe_load(path)
+    config = check_model_checkpoint(ckpt, kind, str(path))
+    model = GPT(config) if kind == "sft" else RewardModel(GPT(config))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not match a {kind} model with config {config}: {e}") from e
+    return model.eval()
+
+
+def build_models(critic_mode: str = "separate", sft: GPT | None = None,
+                 reward: RewardModel | None = None, critic_init: str = "reward") -> Models:
+    """Actor and reference from the SFT model, the reward model, and a critic.
+
+    ``critic_init`` ("reward" or "sft") picks the critic's backbone in "separate" mode;
+    starting from the reward model, as InstructGPT did, gives values a head start.
+    """
+    if critic_mode not in CRITIC_MODES:
+        raise ValueError(f"unknown critic mode {critic_mode!r}; expected one of "
+                         f"{', '.join(CRITIC_MODES)}")
+    if critic_init not in ("reward", "sft"):
+        raise ValueError(f"critic_init must be 'reward' or 'sft', got {critic_init!r}")
+    sft = copy.deepcopy(sft) if sft is not None else load_pretrained("sft")
+    reward = copy.deepcopy(reward) if reward is not None else load_pretrained("reward")
+    if sft.config.vocab_size != reward.gpt.config.vocab_size:
+        raise ValueError(f"actor and reward model have mismatched vocabularies: "
+                         f"{sft.config.vocab_size} vs {reward.gpt.config.vocab_size} tokens")
+    actor = Actor(sft).train()
+    reference = Reference(actor)
+    reward.requires_grad_(False).eval()
+    body = copy.deepcopy(reward.gpt).requires_grad_(True) if critic_init == "reward" else None
+    critic = Critic(critic_mode, actor, body=body)
+    if critic_init == "reward" and critic_mode == "separate":
+        critic.value_head.load_state_dict(reward.score_head.state_dict())
+    return Models(actor, critic.train(), reward, reference)
+
+
+def describe(models: Models) -> list[dict]:
+    """One row per role: its own parameters, the actor parameters it reads, whether it trains."""
+    n_actor = sum(p.numel() for p in models.actor.parameters())
+    rows = []
+    for role, module in models.roles().items():
+        reads_actor = role == "critic" and models.critic.mode != "separate"
+        rows.append({
+            "role": role,
+            "params": sum(p.numel() for p in module.parameters()),
+            "reads_actor_backbone": n_actor if reads_actor else 0,
+            "trains": any(p.requires_grad for p in module.parameters()),
+        })
+    return rows
+
+
+__all__ = ["Actor", "Critic", "RewardModel", "Reference", "Models", "PolicyOutput",
+           "build_models", "load_pretrained", "describe", "CRITIC_MODES", "GPTConfig"]

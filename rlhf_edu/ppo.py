@@ -1,0 +1,230 @@
+"""PPO for RLHF: the clipped losses, the combined objective and the KL controllers.
+
+Step 6 of the RLHF flow (see DESIGN.md). With the probability ratio
+`r_t = pi(a_t | s_t) / pi_old(a_t | s_t) = exp(logp - old_logp)` and advantages `A_t`:
+
+- clipped surrogate objective  L_clip = E[min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t)]
+- value loss                   L_VF   = 1/2 E[max((V - R)^2, (V_clipped - R)^2)]
+- chapter objective (maximise) L      = L_clip - c1 L_VF + c2 Entropy
+- loss we minimise                     policy_loss + c1 value_loss - c2 entropy = -L
+
+The expectations are masked means over every response token of the batch. The KL
+controllers set beta, the weight of the KL penalty in `rewards.compute_rewards`.
+
+References:
+- Schulman, Wolski, Dhariwal, Radford, Klimov (2017), "Proximal Policy Optimization
+  Algorithms", https://arxiv.org/abs/1707.06347 (eq. 7 clipping, eq. 9 combined objective).
+- Ziegler et al. (2019), "Fine-Tuning Language Models from Human Preferences",
+  https://arxiv.org/abs/1909.08593 (adaptive KL controller, sec. 2.2).
+- John Schulman (2020), "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html
+  (the k3 estimator used for `approx_kl`).
+- CleanRL `ppo.py` and TRL's PPO trainer (value clipping, clipfrac), for the same
+  conventions in code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rlhf_edu.advantages import (
+    _check_mask,
+    _check_nonnegative,
+    _check_positive,
+    _check_same_shape,
+    _masked_mean,
+)
+
+__all__ = [
+    "entropy_from_logits",
+    "ppo_losses",
+    "total_loss",
+    "FixedKLController",
+    "AdaptiveKLController",
+]
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of the categorical distribution given by `logits`, per position.
+
+    `(B, T, V)` -> `(B, T)`. Uses log_softmax (no overflow for large logits) and treats
+    `p = 0` entries (e.g. logits of -inf) as contributing 0, with finite gradients.
+    """
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    logp = F.log_softmax(logits.to(acc), dim=-1)
+    p = logp.exp()
+    # 0 * log 0 = 0; filling logp (not the product) keeps the backward pass free of NaN.
+    logp = logp.masked_fill(p == 0, 0.0)
+    return -(p * logp).sum(-1).to(logits.dtype)
+
+
+def ppo_losses(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip: float = 0.2,
+    vf_clip: float | None = 0.2,
+    entropy: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """PPO's clipped policy loss and clipped value loss, with diagnostics.
+
+    Args:
+        logprobs: `(B, T)` log-probabilities of the sampled tokens under the current policy
+            (differentiable).
+        old_logprobs: `(B, T)` the same under the policy that sampled them (rollout time).
+        advantages: `(B, T)` from `gae` (usually whitened).
+        values: `(B, T)` current critic values (differentiable).
+        old_values: `(B, T)` critic values at rollout time.
+        returns: `(B, T)` value targets from `gae`.
+        mask: `(B, T)`, 1 on response tokens.
+        clip: eps of the ratio clipping, > 0.
+        vf_clip: how far values may move from `old_values` before the clipped error takes
+            over; None disables value clipping.
+        entropy: optional `(B, T)` per-token entropy (see `entropy_from_logits`).
+
+    Returns:
+        A dict of scalar tensors:
+        - `policy_loss`: masked mean of `max(-A r, -A clip(r, 1 - eps, 1 + eps))`, i.e. minus
+          the clipped surrogate objective (differentiable).
+        - `value_loss`: `0.5 *` masked mean of `max((v - R)^2, (v_clipped - R)^2)`
+          (differentiable).
+        - `entropy`: masked mean entropy, only if `entropy` was given (differentiable).
+        - `clipfrac`: fraction of tokens whose clipped policy term is the active one.
+        - `vf_clipfrac`: the same for the value loss.
+        - `approx_kl`: masked mean of `(r - 1) - log r`, the k3 estimate of KL(old || new).
+        Diagnostics (`clipfrac`, `vf_clipfrac`, `approx_kl`) are detached.
+    """
+    _check_positive("clip", clip)
+    if vf_clip is not None:
+        _check_positive("vf_clip", vf_clip)
+    for name, x in [
+        ("old_logprobs", old_logprobs),
+        ("advantages", advantages),
+        ("values", values),
+        ("old_values", old_values),
+        ("returns", returns),
+    ] + ([("entropy", entropy)] if entropy is not None else []):
+        _check_same_shape(name, x, "logprobs", logprobs)
+    m = _check_mask(mask, logprobs, "logprobs")
+    if not m.any():
+        raise ValueError("mask has no unmasked entries; the PPO losses are undefined")
+
+    # Policy: the max of the two losses is the min of the two objectives (pessimistic bound).
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    pg_losses = -advantages * ratio
+    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    policy_loss = _masked_mean(torch.max(pg_losses, pg_losses_clipped), m)
+
+    # Value: clipping keeps the critic near its rollout-time predictions, as for the policy.
+    vf_losses = (values - returns) ** 2
+    if vf_clip is None:
+        value_loss = 0.5 * _masked_mean(vf_losses, m)
+        vf_clipfrac = torch.zeros((), dtype=values.dtype, device=values.device)
+    else:
+        values_clipped = old_values + torch.clamp(values - old_values, -vf_clip, vf_clip)
+        vf_losses_clipped = (values_clipped - returns) ** 2
+        value_loss = 0.5 * _masked_mean(torch.max(vf_losses, vf_losses_clipped), m)
+        vf_clipfrac = _masked_mean((vf_losses_clipped > vf_losses).to(values.dtype), m)
+
+    out = {"policy_loss": policy_loss, "value_loss": value_loss}
+    if entropy is not None:
+        out["entropy"] = _masked_mean(entropy, m)
+    with torch.no_grad():
+        out["clipfrac"] = _masked_mean((pg_losses_clipped > pg_losses).to(ratio.dtype), m)
+        out["vf_clipfrac"] = vf_clipfrac.detach()
+        # k3 estimator (Schulman's blog): unbiased for KL(old || new) and never negative.
+        out["approx_kl"] = _masked_mean((ratio - 1.0) - log_ratio, m)
+    return out
+
+
+def total_loss(losses: dict[str, Tensor], vf_coef: float = 0.1, ent_coef: float = 0.0) -> Tensor:
+    """The scalar loss to minimise: `policy_loss + c1 * value_loss - c2 * entropy`.
+
+    Sign convention: the chapter (and PPO eq. 9) writes the objective to MAXIMISE as
+    `L = L_clip - c1 * L_VF + c2 * Entropy`, where `L_clip` is the clipped surrogate
+    objective. `policy_loss` is `-L_clip`, so the loss returned here is `-L`: the value
+    error is added, and the entropy bonus is subtracted (minimising the loss raises entropy).
+
+    Args:
+        losses: the dict from `ppo_losses`.
+        vf_coef: c1 >= 0 (TRL's default 0.1).
+        ent_coef: c2 >= 0; needs `losses["entropy"]` when nonzero.
+    """
+    _check_nonnegative("vf_coef", vf_coef)
+    _check_nonnegative("ent_coef", ent_coef)
+    loss = losses["policy_loss"] + vf_coef * losses["value_loss"]
+    if ent_coef != 0:
+        if "entropy" not in losses:
+            raise ValueError(
+                f"ent_coef is {ent_coef} but losses has no 'entropy'; "
+                "pass entropy= to ppo_losses"
+            )
+        loss = loss - ent_coef * losses["entropy"]
+    return loss
+
+
+class FixedKLController:
+    """A constant KL coefficient beta (the controller TRL uses)."""
+
+    def __init__(self, beta: float) -> None:
+        _check_nonnegative("beta", beta)
+        self.value = float(beta)
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        """No-op; returns the unchanged beta. Same signature as the adaptive controller."""
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController:
+    """Adaptive KL coefficient of Ziegler et al. (2019): steer the measured KL to a target.
+
+    Each update, with the proportional error `e = clip(current_kl / target - 1, -0.2, 0.2)`,
+    beta is multiplied by `1 + e * n_steps / horizon`: KL above the target raises beta (more
+    penalty), below lowers it. The clip bounds how fast beta can move; `horizon` (in samples)
+    sets the time scale.
+
+    Args:
+        init_beta: starting beta, >= 0.
+        target: target KL per response (nats), > 0.
+        horizon: samples over which the error is corrected, > 0 (10,000 in the paper).
+    """
+
+    def __init__(self, init_beta: float, target: float, horizon: float = 10000) -> None:
+        _check_nonnegative("init_beta", init_beta)
+        _check_positive("target", target)
+        _check_positive("horizon", horizon)
+        self.value = float(init_beta)
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        """Update beta from the KL measured on the last `n_steps` samples; return the new beta."""
+        # current_kl may be negative (a k1 estimate on a batch is noisy); only NaN/inf is wrong.
+        if not math.isfinite(float(current_kl)):
+            raise ValueError(f"current_kl must be finite, got {current_kl}")
+        _check_nonnegative("n_steps", n_steps)
+        proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+        self.target = float(state["target"])
+        self.horizon = float(state["horizon"])

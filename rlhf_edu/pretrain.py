@@ -1,0 +1,117 @@
+"""Supervised pretraining (SFT) of the toy actor on the review grammar, and how to measure it."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .model import GPT, GPTConfig
+from .task import Tokenizer, gold_score, parse, repetition, sample_corpus
+
+
+def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Id lists to right-padded ids ``(N, L)`` and their valid mask ``(N, L)``."""
+    ids = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return ids, ids != pad_id
+
+
+def encode_texts(texts: list[str], tok: Tokenizer, eos: list[bool] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``<bos> text [<eos>]`` per text, right-padded: ids ``(N, L)`` and valid mask ``(N, L)``."""
+    eos = eos if eos is not None else [True] * len(texts)
+    return pad_right([tok.encode(t, bos=True, eos=e) for t, e in zip(texts, eos)], tok.pad_id)
+
+
+def lm_loss(model: GPT, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy over the real targets of right-padded ``ids`` ``(B, L)``."""
+    logits = model(ids[:, :-1])  # right padding needs no attention mask
+    targets = ids[:, 1:].masked_fill(~valid[:, 1:], -100)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                           ignore_index=-100)
+
+
+def pretrain(config: GPTConfig | None = None, n_reviews: int = 30_000, epochs: int = 4,
+             batch_size: int = 64, lr: float = 2e-3, seed: int = 0, progress: bool = True) -> GPT:
+    """Train a GPT on ``n_reviews`` grammar samples (AdamW, cosine decay); eval mode on return."""
+    if n_reviews <= 0 or epochs <= 0 or batch_size <= 0:
+        raise ValueError(f"n_reviews, epochs and batch_size must be positive, got {n_reviews}, "
+                         f"{epochs}, {batch_size}")
+    torch.manual_seed(seed)
+    tok = Tokenizer()
+    model = GPT(config or GPTConfig())
+    if len(tok) > model.config.vocab_size:
+        raise ValueError(f"vocab_size {model.config.vocab_size} is smaller than the task's "
+                         f"{len(tok)} words")
+    ids, valid = encode_texts(sample_corpus(n_reviews, seed), tok)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    steps = epochs * math.ceil(n_reviews / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    bar = tqdm(total=steps, desc="pretrain (SFT)", disable=not progress)
+    for _ in range(epochs):
+        for idx in torch.randperm(n_reviews, generator=g).split(batch_size):
+            loss = lm_loss(model, ids[idx], valid[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    return model.eval()
+
+
+def sample_texts(model: GPT, n: int, seed: int = 0, temperature: float = 1.0,
+                 batch_size: int = 250) -> tuple[list[str], list[bool]]:
+    """``n`` unconditional samples (from ``<bos>``) as text, and whether each reached ``<eos>``."""
+    tok = Tokenizer()
+    g = torch.Generator().manual_seed(seed)
+    texts, finished = [], []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        prompt = torch.full((b, 1), tok.bos_id, dtype=torch.long)
+        out = model.generate(prompt, max_new_tokens=model.config.block_size - 1,
+                             temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                             generator=g)
+        ended = (out.response == tok.eos_id).any(1)
+        texts += [tok.decode(r) for r in out.response]
+        finished += ended.tolist()
+    return texts, finished
+
+
+def sentiment_mix(texts: list[str]) -> dict[str, float]:
+    """Fractions of positive / negative / neutral reviews among the well-formed ``texts``."""
+    counts = Counter()
+    for t in texts:
+        review = parse(t)
+        if review is not None:
+            s = review.sentiment
+            counts["positive" if s > 0 else "negative" if s < 0 else "neutral"] += 1
+    total = max(1, sum(counts.values()))
+    return {k: counts[k] / total for k in ("positive", "negative", "neutral")}
+
+
+def evaluate_lm(model: GPT, n: int = 500, seed: int = 0, temperature: float = 1.0) -> dict:
+    """The SFT acceptance figures on ``n`` samples: well-formed, repeats, sentiment vs corpus."""
+    texts, finished = sample_texts(model, n, seed, temperature)
+    corpus = sample_corpus(n, seed + 1)
+    return {
+        "n": n,
+        "well_formed": sum(parse(t) is not None for t in texts) / n,
+        "finished": sum(finished) / n,
+        "repeat_rate": sum(repetition(t) > 0 for t in texts) / n,
+        "gold": sum(map(gold_score, texts)) / n,
+        "corpus_gold": sum(map(gold_score, corpus)) / n,
+        "mix": sentiment_mix(texts),
+        "corpus_mix": sentiment_mix(corpus),
+        "examples": texts[:5],
+    }

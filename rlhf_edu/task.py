@@ -1,0 +1,217 @@
+"""The toy task: short restaurant reviews from a small grammar, and the hidden "human" judge.
+
+A review is one to three clauses joined by "and"/"but" and closed by "." or "!":
+
+    review := clause (("and" | "but") clause){0,2} ("." | "!")
+    clause := "the" NOUN "was" [ADVERB] ADJECTIVE  |  "i" VERB "the" NOUN
+
+for example ``the food was really great and the service was slow .``. The corpus sampler never
+repeats a noun, verb or adjective inside one review; the parser accepts repeats, and the gold
+score punishes them. Everything here is a pure function of its inputs and a seed, so tests and
+plots can call it freely.
+
+The **gold score** plays the human labeller. It is the sentiment of a well-formed review (the mean
+polarity of its clauses, in [-1, 1]) minus 0.5 per repeated content word, floored at -1; a text the
+grammar cannot parse scores -1. The reward model never sees this function, only noisy preference
+labels drawn from it, which is what leaves room for reward hacking.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+NOUNS = ("food", "service", "staff", "place", "music", "price", "wine", "pasta", "room", "view",
+         "dessert", "coffee")
+ADVERBS = ("really", "very", "quite", "so")
+POSITIVE = ("great", "amazing", "delicious", "friendly", "fresh", "lovely", "excellent", "perfect",
+            "good", "nice")
+NEGATIVE = ("awful", "slow", "rude", "bland", "cold", "terrible", "bad", "dirty", "noisy", "stale")
+NEUTRAL = ("okay", "fine", "average")
+VERBS_POS = ("loved", "liked")
+VERBS_NEG = ("hated", "disliked")
+FUNCTION_WORDS = ("the", "was", "i", "and", "but", ".", "!")
+
+VOCAB: tuple[str, ...] = (PAD, BOS, EOS, *FUNCTION_WORDS, *NOUNS, *ADVERBS, *POSITIVE, *NEGATIVE,
+                          *NEUTRAL, *VERBS_POS, *VERBS_NEG)
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+POLARITY: dict[str, int] = {
+    **{w: 1 for w in POSITIVE + VERBS_POS},
+    **{w: -1 for w in NEGATIVE + VERBS_NEG},
+    **{w: 0 for w in NEUTRAL},
+}
+ADJECTIVES = POSITIVE + NEGATIVE + NEUTRAL
+VERBS = VERBS_POS + VERBS_NEG
+CONTENT_WORDS = frozenset(NOUNS + ADJECTIVES + VERBS)
+MAX_CLAUSES = 3
+
+# Prompts are review openings of two or three words, so a batch mixes lengths (padding matters).
+PROMPTS: tuple[str, ...] = (
+    *(f"the {n}" for n in NOUNS),
+    *(f"the {n} was" for n in NOUNS[:6]),
+    *(f"i {v} the" for v in VERBS),
+)
+
+
+class Tokenizer:
+    """Word-level tokenizer over :data:`VOCAB` (one id per whitespace-separated word)."""
+
+    def __init__(self, vocab: tuple[str, ...] = VOCAB):
+        self.vocab = tuple(vocab)
+        self.stoi = {w: i for i, w in enumerate(self.vocab)}
+        self.pad_id, self.bos_id, self.eos_id = self.stoi[PAD], self.stoi[BOS], self.stoi[EOS]
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """Words of ``text`` to ids; raises ``ValueError`` naming the first unknown word."""
+        ids = []
+        for i, word in enumerate(text.split()):
+            if word not in self.stoi:
+                raise ValueError(f"unknown word {word!r} at position {i} of {text!r}; the "
+                                 f"vocabulary has {len(self.vocab)} words (rlhf_edu.task.VOCAB)")
+            ids.append(self.stoi[word])
+        return [self.bos_id] * bos + ids + [self.eos_id] * eos
+
+    def decode(self, ids: list[int] | torch.Tensor) -> str:
+        """Ids to text: drops ``<pad>``/``<bos>`` and stops at the first ``<eos>``."""
+        words = []
+        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
+            if i == self.eos_id:
+                break
+            if i not in (self.pad_id, self.bos_id):  # ids past the vocabulary: untrained models
+                words.append(self.vocab[i] if i < len(self.vocab) else f"<unused-{i}>")
+        return " ".join(words)
+
+    def encode_batch(self, texts: list[str], bos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``(B, P)`` ids and the ``(B, P)`` bool mask of real tokens."""
+        rows = [self.encode(t, bos=bos) for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, width - len(r):] = torch.tensor(r)
+        return ids, ids != self.pad_id
+
+
+# ---------------------------------------------------------------- sampling the corpus
+
+def _clause(rng: random.Random, nouns: list[str], adjectives: list[str], verbs: list[str],
+            polarity: int) -> str:
+    noun = nouns.pop()
+    verb = next((v for v in verbs if POLARITY[v] == polarity and polarity), None)
+    if verb is not None and rng.random() < 0.2:
+        verbs.remove(verb)
+        return f"i {verb} the {noun}"
+    adj = next(a for a in adjectives if POLARITY[a] == polarity)
+    adjectives.remove(adj)
+    adverb = f"{rng.choice(ADVERBS)} " if rng.random() < 0.3 and polarity else ""
+    return f"the {noun} was {adverb}{adj}"
+
+
+def sample_review(rng: random.Random) -> str:
+    """One well-formed review with no repeated content word, e.g. ``the wine was cold .``."""
+    n_clauses = rng.choices((1, 2, 3), weights=(0.3, 0.45, 0.25))[0]
+    nouns = rng.sample(NOUNS, len(NOUNS))
+    adjectives = rng.sample(ADJECTIVES, len(ADJECTIVES))
+    verbs = rng.sample(VERBS, len(VERBS))
+    mood = rng.choice((1, -1, 0))  # an overall leaning, as real reviews have one
+    parts, previous = [], None
+    for _ in range(n_clauses):
+        polarity = mood if rng.random() < 0.6 else rng.choice((1, -1, 0))
+        if polarity == 0 and not any(POLARITY[a] == 0 for a in adjectives):
+            polarity = mood or 1
+        if previous is not None:
+            parts.append("but" if polarity != previous else "and")
+        parts.append(_clause(rng, nouns, adjectives, verbs, polarity))
+        previous = polarity
+    end = "!" if rng.random() < 0.2 and mood else "."
+    return " ".join(parts) + f" {end}"
+
+
+def sample_corpus(n: int, seed: int = 0) -> list[str]:
+    """``n`` reviews from the grammar, reproducible from ``seed``."""
+    rng = random.Random(seed)
+    return [sample_review(rng) for _ in range(n)]
+
+
+def sample_prompts(n: int, generator: torch.Generator | None = None) -> list[str]:
+    """``n`` prompts drawn uniformly (with replacement) from :data:`PROMPTS`."""
+    idx = torch.randint(len(PROMPTS), (n,), generator=generator)
+    return [PROMPTS[i] for i in idx.tolist()]
+
+
+# ---------------------------------------------------------------- parsing and the gold score
+
+@dataclass(frozen=True)
+class Review:
+    """A parsed review: the polarity of each clause and the content words used."""
+
+    polarities: tuple[int, ...]
+    content_words: tuple[str, ...]
+
+    @property
+    def sentiment(self) -> float:
+        return sum(self.polarities) / len(self.polarities)
+
+    @property
+    def repeats(self) -> int:
+        return sum(c - 1 for c in Counter(self.content_words).values())
+
+
+def _parse_clause(words: list[str], i: int) -> tuple[int, list[str], int] | None:
+    """Parse one clause at ``words[i:]``: (polarity, content words, next index) or None."""
+    w = words[i:i + 5] + [""] * 5  # padded look-ahead, so indexing never runs off the end
+    if w[0] == "the" and w[1] in NOUNS and w[2] == "was":
+        j = 4 if w[3] in ADVERBS else 3
+        if w[j] in ADJECTIVES:
+            return POLARITY[w[j]], [w[1], w[j]], i + j + 1
+    if w[0] == "i" and w[1] in VERBS and w[2] == "the" and w[3] in NOUNS:
+        return POLARITY[w[1]], [w[1], w[3]], i + 4
+    return None
+
+
+def parse(text: str) -> Review | None:
+    """The :class:`Review` if ``text`` is a well-formed review, else ``None``."""
+    words = text.split()
+    if len(words) < 2 or words[-1] not in (".", "!"):
+        return None
+    words = words[:-1]
+    polarities, content, i = [], [], 0
+    while True:
+        clause = _parse_clause(words, i)
+        if clause is None:
+            return None
+        polarity, used, i = clause
+        polarities.append(polarity)
+        content += used
+        if i == len(words):
+            break
+        if words[i] not in ("and", "but") or len(polarities) == MAX_CLAUSES:
+            return None
+        i += 1
+    return Review(tuple(polarities), tuple(content))
+
+
+def is_well_formed(text: str) -> bool:
+    """True if the grammar parses ``text`` (repeats allowed; see :func:`gold_score`)."""
+    return parse(text) is not None
+
+
+def repetition(text: str) -> int:
+    """How many content words (nouns, adjectives, verbs) occur more often than once."""
+    counts = Counter(w for w in text.split() if w in CONTENT_WORDS)
+    return sum(c - 1 for c in counts.values())
+
+
+def gold_score(text: str) -> float:
+    """The hidden human judgement in [-1, 1]: sentiment, minus 0.5 per repeat; -1 if malformed."""
+    review = parse(text)
+    if review is None:
+        return -1.0
+    return max(-1.0, review.sentiment - 0.5 * review.repeats)

@@ -1,0 +1,351 @@
+"""Tests of rlhf_edu.memory: the chapter's table, the precise accounting against real tensors,
+ZeRO against DeepSpeed's estimator formulas, and the 70B-on-8x80GB plan."""
+
+import argparse
+import json
+import math
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from rlhf_edu.memory import (
+    GB,
+    ModelSpec,
+    add_memory_arguments,
+    memory_breakdown,
+    model_states_bytes,
+    parse_model,
+    plan,
+    run_memory_cli,
+)
+
+try:
+    from rlhf_edu.model import GPT, GPTConfig, KVCache
+except ImportError:  # the package model is written in parallel; the plain-torch checks stand alone
+    GPT = GPTConfig = KVCache = None
+needs_model = pytest.mark.skipif(GPT is None, reason="rlhf_edu.model not available")
+
+STATES = ("weights", "gradients", "optimizer_states", "master_weights")
+
+
+def states(role) -> float:
+    return sum(getattr(role, k) for k in STATES)
+
+
+# ---------------------------------------------------------------- a toy GPT in plain torch
+
+
+class Block(nn.Module):
+    def __init__(self, C: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.c_attn, self.attn_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+        self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        x = x + self.attn_proj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class TinyGPT(nn.Module):
+    """nanoGPT's architecture: biases on, learned positions, head tied to the token embedding."""
+
+    def __init__(self, vocab: int, block: int, C: int, n_layer: int, n_head: int):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, C), nn.Embedding(block, C)
+        self.h = nn.ModuleList(Block(C, n_head) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(C)
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for block in self.h:
+            x = block(x)
+        return F.linear(self.ln_f(x), self.wte.weight)  # (B, T, V)
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def adamw_step(params, loss):
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    loss.backward()
+    opt.step()
+    moments = [s[k] for s in opt.state.values() for k in ("exp_avg", "exp_avg_sq")]  # not "step"
+    return tensor_bytes(params), tensor_bytes(p.grad for p in params), tensor_bytes(moments)
+
+
+# ---------------------------------------------------------------- parameter counts
+
+
+def test_toy_count_matches_formula_and_a_real_model():
+    spec = ModelSpec.preset("toy")
+    V, block, C, L = 64, 48, 128, 3
+    assert (spec.n_layer, spec.n_head, spec.n_embd, spec.vocab_size) == (3, 4, 128, 64)
+    assert spec.n_params == V * C + block * C + L * (12 * C * C + 13 * C) + 2 * C == 609_408
+    model = TinyGPT(V, block, C, L, spec.n_head)
+    assert spec.n_params == sum(p.numel() for p in model.parameters())
+    assert ModelSpec.from_gpt_config(spec, head=True).n_params == spec.n_params + C + 1
+
+
+@needs_model
+def test_toy_preset_is_the_package_gpt():
+    cfg = GPTConfig()
+    assert ModelSpec.from_gpt_config(cfg, name="toy") == ModelSpec.preset("toy")
+    assert ModelSpec.from_gpt_config(cfg).n_params == GPT(cfg).num_params()
+
+
+def test_preset_sizes():
+    assert ModelSpec.preset("gpt2").n_params == 124_439_808  # GPT-2 small, tied head
+    for name, n in [("llama-7b", 6.74e9), ("llama-13b", 13.0e9), ("llama-70b", 69.0e9)]:
+        assert ModelSpec.preset(name).n_params == pytest.approx(n, rel=2e-3)
+    assert ModelSpec.preset("llama-70b").n_kv_head == 8
+    assert parse_model("7e9").n_params == 7e9 and parse_model("7e9").n_layer == 32
+
+
+# ---------------------------------------------------------------- the chapter's table
+
+
+@pytest.mark.parametrize("name, scale", [("llama-7b", 1), ("llama-70b", 10)])
+def test_chapter_table(name, scale):
+    bd = memory_breakdown(ModelSpec.preset(name), assumptions="chapter")
+    for role in ("actor", "critic", "reward", "reference"):
+        assert bd.roles[role].weights == 14e9 * scale  # FP16, round 7e9 (70e9) params
+    items = bd.item_totals()
+    assert items["optimizer_states"] == 56e9 * scale
+    assert items["activations"] == 20e9 * scale
+    assert bd.total_bytes == 132e9 * scale and bd.total_gb == 132 * scale  # "~130 GB", "~1.3 TB"
+
+
+def test_precise_is_36_bytes_per_param_for_four_equal_models():
+    spec = ModelSpec.preset("llama-7b")
+    bd = memory_breakdown(spec)
+    psi, head = spec.n_params, spec.n_embd + 1
+    assert sum(states(r) for r in bd.roles.values()) == 16 * psi + 16 * (psi + head) + 2 * (
+        psi + head) + 2 * psi
+    assert bd.roles["actor"].master_weights == 4 * psi and bd.roles["reward"].gradients == 0
+    assert bd.total_bytes > memory_breakdown(spec, assumptions="chapter").total_bytes
+
+
+# ---------------------------------------------------------------- checked against reality
+
+
+def test_fp32_prediction_equals_real_tensors_after_one_adamw_step():
+    torch.manual_seed(0)
+    spec = ModelSpec.preset("toy")
+    model = TinyGPT(spec.vocab_size, spec.block_size, spec.n_embd, spec.n_layer, spec.n_head)
+    idx = torch.randint(0, spec.vocab_size, (2, 16))
+    loss = F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+    params = list(model.parameters())
+    weights, grads, moments = adamw_step(params, loss)
+    actor = memory_breakdown(spec, precision="fp32").roles["actor"]
+    assert (actor.weights, actor.gradients, actor.optimizer_states) == (weights, grads, moments)
+    assert actor.master_weights == 0
+
+
+@needs_model
+@pytest.mark.parametrize("mode", ["separate", "shared", "head"])
+def test_fp32_prediction_equals_the_package_roles(mode):
+    from rlhf_edu.models import RewardModel, build_models
+
+    torch.manual_seed(0)
+    models = build_models(mode, sft=GPT(GPTConfig()), reward=RewardModel(GPT(GPTConfig())),
+                          critic_init="sft")
+    bd = memory_breakdown(ModelSpec.preset("toy"), critic=mode, precision="fp32")
+    trainable = models.trainable_parameters()
+    for role, module in models.roles().items():
+        assert bd.roles[role].weights == tensor_bytes(module.parameters()), role
+    for role in ("actor", "critic"):
+        params = trainable[role]
+        assert bd.roles[role].trainable_params == sum(p.numel() for p in params)
+        _, grads, moments = adamw_step(params, sum((p * p).sum() for p in params))
+        assert (bd.roles[role].gradients, bd.roles[role].optimizer_states) == (grads, moments)
+
+
+@needs_model
+def test_kv_cache_equals_the_package_cache():
+    cfg = GPTConfig()
+    cache = KVCache(cfg, batch=5, max_len=cfg.block_size, device="cpu", dtype=torch.float32)
+    bd = memory_breakdown(ModelSpec.from_gpt_config(cfg), batch=5, prompt_len=16,
+                          response_len=cfg.block_size - 16, precision="fp32")
+    assert bd.roles["actor"].kv_cache == tensor_bytes([cache.k, cache.v])
+
+
+def test_kv_cache_uses_kv_heads_and_logits_are_fp32():
+    spec = ModelSpec.preset("llama-70b")
+    bd = memory_breakdown(spec, batch=4, micro_batch=2, prompt_len=100, response_len=28)
+    assert bd.roles["actor"].kv_cache == 2 * 80 * (8 * 128) * 128 * 4 * 2
+    assert bd.roles["reference"].logits == 2 * 128 * 32000 * 4
+    assert bd.roles["critic"].logits == bd.roles["critic"].kv_cache == 0
+
+
+def test_activations_follow_korthikanti_and_checkpointing_saves():
+    spec = ModelSpec.preset("llama-7b")
+    s, b, h, a, L = 1024, 2, 4096, 32, 32
+    full = memory_breakdown(spec, micro_batch=b, prompt_len=512, response_len=512)
+    ckpt = memory_breakdown(spec, micro_batch=b, prompt_len=512, response_len=512,
+                            activation_checkpointing=True)
+    assert full.roles["actor"].activations == pytest.approx(L * s * b * h * (34 + 5 * a * s / h))
+    assert ckpt.roles["actor"].activations == L * 2 * s * b * h
+    assert ckpt.item_totals()["activations"] < full.item_totals()["activations"]
+
+
+# ---------------------------------------------------------------- ZeRO vs DeepSpeed's estimators
+
+
+def deepspeed_gpu_bytes(stage: int, psi: float, L: float, n: int, offload: bool) -> float:
+    """estimate_zero2_model_states_mem_needs / estimate_zero3_... (zero_init, no param offload),
+    and the ZeRO paper's P_os for stage 1; mixed-precision Adam."""
+    if stage == 0:
+        return 16 * psi
+    if offload:
+        return 2 * psi if stage < 3 else 4 * L + int(2 * psi / n)
+    return {1: 4 * psi + 12 * psi / n, 2: 4 * psi + int(16 * psi / n),
+            3: 4 * L + int(18 * psi / n)}[stage]
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 64])
+@pytest.mark.parametrize("stage, offload", [(0, False), (1, False), (2, False), (3, False),
+                                            (1, True), (2, True), (3, True)])
+def test_zero_matches_deepspeed(stage, offload, n):
+    psi, L = 6_738_415_616, 131_072_000
+    got = model_states_bytes(psi, L, stage, n, offload)
+    assert sum(got[k] for k in STATES) == pytest.approx(deepspeed_gpu_bytes(stage, psi, L, n,
+                                                                            offload), abs=1)
+    spec = ModelSpec.preset("llama-7b")
+    actor = memory_breakdown(spec, n, stage, offload=offload).roles["actor"]
+    assert spec.largest_layer == L and states(actor) == pytest.approx(sum(
+        got[k] for k in STATES))
+    if offload:
+        assert got["cpu"] == pytest.approx(16 * psi / n)  # master + Adam + fp32 grads
+
+
+def test_more_gpus_means_less_per_gpu_memory_under_zero3():
+    spec = ModelSpec.preset("llama-70b")
+    per_gpu = [memory_breakdown(spec, n, 3).per_gpu_bytes for n in (1, 2, 4, 8, 16, 64)]
+    assert all(a > b for a, b in zip(per_gpu, per_gpu[1:], strict=False))
+
+
+def test_lora_trains_a_fraction_and_keeps_the_base_frozen():
+    spec, r = ModelSpec.preset("llama-7b"), 0.01
+    actor = memory_breakdown(spec, lora_fraction=r).roles["actor"]
+    n = round(r * spec.n_params)
+    assert actor.trainable_params == n
+    assert (actor.gradients, actor.optimizer_states, actor.master_weights) == (2 * n, 8 * n, 4 * n)
+    assert actor.weights == 2 * spec.n_params + 2 * n
+
+
+def test_critic_sharing_and_split_placement():
+    spec = ModelSpec.preset("llama-7b")
+    C = spec.n_embd
+    assert memory_breakdown(spec, critic="shared").roles["critic"].trainable_params == C + 1
+    head = memory_breakdown(spec, critic="head").roles["critic"]
+    assert head.trainable_params == C * C + 2 * C + 1
+    small = ModelSpec.preset("gpt2").with_head()
+    bd = memory_breakdown(spec, critic_spec=small, reward_spec=small)
+    assert bd.roles["critic"].n_params == bd.roles["reward"].n_params == small.n_params
+    split = memory_breakdown(spec, 8, 3, placement="split", frozen_gpus=2)
+    groups = split.group_bytes()
+    assert split.roles["actor"].gpus == 6 and split.roles["reward"].gpus == 2
+    assert split.per_gpu_bytes == max(groups.values())
+    assert groups["frozen"] == split.roles["reward"].total + split.roles["reference"].total
+    best = memory_breakdown(spec, 8, 3, placement="split")
+    assert best.per_gpu_bytes == min(memory_breakdown(spec, 8, 3, placement="split",
+                                                      frozen_gpus=k).per_gpu_bytes
+                                     for k in range(1, 8))
+
+
+# ---------------------------------------------------------------- 70B on 8 x 80 GB
+
+
+def test_plan_70b_on_8x80():
+    spec = ModelSpec.preset("llama-70b")
+    rows = plan(spec, n_gpus=8, gpu_mem_gb=80)
+    assert rows and all(r.per_gpu_bytes <= 80 * GB for r in rows)
+    assert memory_breakdown(spec, 8, 0).per_gpu_bytes > 80 * GB
+    assert not any(r.zero_stage == 0 and r.lora_fraction is None and r.placement == "colocate"
+                   for r in rows)
+    # 36 B/param x 69e9 = 2.5 TB > 640 GB: full fine-tuning fits only with the optimizer offloaded
+    assert all(r.offload for r in rows if r.lora_fraction is None)
+    assert memory_breakdown(spec, 8, 3, activation_checkpointing=True).per_gpu_bytes > 80 * GB
+    with_ram = plan(spec, n_gpus=8, gpu_mem_gb=80, cpu_mem_gb=1000)
+    assert with_ram and all(r.cpu_bytes <= 1000 * GB for r in with_ram)
+    assert len(plan(spec, n_gpus=8, gpu_mem_gb=1)) == 0
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def cli(argv, capsys):
+    parser = argparse.ArgumentParser()
+    add_memory_arguments(parser)
+    code = run_memory_cli(parser.parse_args(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli(capsys):
+    code, out, _ = cli(["--chapter"], capsys)
+    assert code == 0 and "132.00" in out and "56.00" in out
+    code, out, _ = cli(["--model", "llama-70b", "--gpus", "8", "--zero", "3", "--json"], capsys)
+    assert code == 0 and json.loads(out)["per_gpu_bytes"] > 0
+    code, out, _ = cli(["--model", "llama-70b", "--gpus", "8", "--plan"], capsys)
+    assert code == 0 and "configurations fit" in out and "GB/GPU" in out
+    code, out, _ = cli(["--model", "toy", "--critic", "head", "--checkpointing"], capsys)
+    assert code == 0 and "MB" in out
+    code, _, err = cli(["--lora", "1.5"], capsys)
+    assert code == 2 and "lora_fraction" in err
+
+
+# ---------------------------------------------------------------- bad input
+
+SEVEN = ModelSpec.preset("llama-7b")
+BAD = [
+    (lambda: ModelSpec("m", 0, 64, 4, 10), "n_layer must be positive, got 0"),
+    (lambda: ModelSpec("m", 2, -64, 4, 10), "n_embd must be positive"),
+    (lambda: ModelSpec("m", 2, 64, 5, 10), "n_head must divide n_embd=64, got 5"),
+    (lambda: ModelSpec("m", 2, 64, 4, 10, n_kv_head=3), "n_kv_head must divide n_head=4"),
+    (lambda: ModelSpec("m", 2, 64, 4, 10, n_params=-1), "n_params must be positive"),
+    (lambda: ModelSpec.preset("llama-8b"), "preset must be one of"),
+    (lambda: parse_model("big"), "model must be one of"),
+    (lambda: memory_breakdown(SEVEN, zero_stage=4), "zero_stage must be one of 0, 1, 2, 3, got 4"),
+    (lambda: memory_breakdown(SEVEN, lora_fraction=0.0), "lora_fraction must be in (0, 1]"),
+    (lambda: memory_breakdown(SEVEN, lora_fraction=1.5), "lora_fraction must be in (0, 1]"),
+    (lambda: memory_breakdown(SEVEN, critic="big"), "critic must be one of"),
+    (lambda: memory_breakdown(SEVEN, placement="rack"), "placement must be one of"),
+    (lambda: memory_breakdown(SEVEN, assumptions="seed"), "assumptions must be one of"),
+    (lambda: memory_breakdown(SEVEN, precision="fp8"), "precision must be one of"),
+    (lambda: memory_breakdown(SEVEN, n_gpus=0), "n_gpus must be positive, got 0"),
+    (lambda: memory_breakdown(SEVEN, batch=-2), "batch must be positive, got -2"),
+    (lambda: memory_breakdown(SEVEN, micro_batch=0), "micro_batch must be positive"),
+    (lambda: memory_breakdown(SEVEN, prompt_len=0), "prompt_len must be positive"),
+    (lambda: memory_breakdown(SEVEN, response_len=-1), "response_len must be positive"),
+    (lambda: memory_breakdown(SEVEN, prompt_len=4000, response_len=200), "block_size=4096"),
+    (lambda: memory_breakdown(SEVEN, dtype_bytes=0), "dtype_bytes must be positive"),
+    (lambda: memory_breakdown(SEVEN, 1, 0, offload=True), "offload needs zero_stage >= 1"),
+    (lambda: memory_breakdown(SEVEN, placement="split"), "needs n_gpus >= 2, got 1"),
+    (lambda: memory_breakdown(SEVEN, 4, placement="split", frozen_gpus=4), "frozen_gpus must be"),
+    (lambda: memory_breakdown(SEVEN, critic="shared", critic_spec=SEVEN), "critic_spec needs"),
+    (lambda: memory_breakdown(SEVEN, 4, frozen_gpus=2), "frozen_gpus needs placement='split'"),
+    (lambda: memory_breakdown(SEVEN, 8, assumptions="chapter"), "n_gpus must be 1, got 8"),
+    (lambda: plan(SEVEN, gpu_mem_gb=0), "gpu_mem_gb must be positive"),
+]
+
+
+@pytest.mark.parametrize("call, message", BAD, ids=[m[:30] for _, m in BAD])
+def test_bad_input_names_the_field(call, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
+
+
+def test_gb_is_decimal():
+    assert GB == 1e9 and math.isclose(memory_breakdown(SEVEN).per_gpu_gb * GB,
+                                      memory_breakdown(SEVEN).per_gpu_bytes)

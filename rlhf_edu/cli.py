@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+
+import torch
 
 from . import distributed, memory
 
@@ -82,23 +85,64 @@ def _config_from_args(args: argparse.Namespace):
                      kl_target=args.kl_target or PPOConfig.kl_target,
                      kl_estimator=args.kl_estimator, critic_mode=args.critic,
                      ppo_epochs=args.ppo_epochs, minibatches=args.minibatches,
-                     actor_lr=args.actor_lr, ent_coef=args.ent_coef, device=args.device)
+                     actor_lr=args.actor_lr, ent_coef=args.ent_coef, device=args.device,
+                     placement=_placement(args.placement))
+
+
+def _placement(text: str) -> str | dict:
+    if text == "colocate":
+        return text
+    try:
+        placement = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--placement must be 'colocate' or a JSON map role -> device, "
+                         f"got {text!r}") from e
+    if not isinstance(placement, dict):
+        raise ValueError(f"--placement must be 'colocate' or a JSON object, got {text!r}")
+    return placement
+
+
+def _launch(nproc: int, argv: list[str]) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes (DDP; gloo on CPU)."""
+    import subprocess
+
+    if nproc <= 0:
+        raise ValueError(f"--nproc must be positive, got {nproc}")
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise ValueError(f"--nproc {nproc} but only {torch.cuda.device_count()} CUDA device(s) "
+                         "are visible")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "rlhf_edu.cli", *argv]
+    return subprocess.run(cmd).returncode
 
 
 def _train(args: argparse.Namespace) -> int:
     from .plots import plot_training
     from .trainer import RLHFTrainer
 
+    if args.nproc > 1:  # the same command, minus --nproc, in each of nproc processes
+        argv, skip = [], False
+        for a in args.argv:
+            if not skip and not a.startswith("--nproc"):
+                argv.append(a)
+            skip = a == "--nproc"
+        return _launch(args.nproc, argv)
     config = _config_from_args(args)
     if args.resume and not (args.run_dir / "checkpoint.pt").exists():
         raise ValueError(f"--resume: no checkpoint.pt in {str(args.run_dir)!r}")
     if not args.resume and (args.run_dir / "metrics.jsonl").exists():
         raise ValueError(f"run directory {str(args.run_dir)!r} already holds a run; pass "
                          "--resume to continue it or choose another --run-dir")
+    rank, _ = distributed.init_from_env()
     trainer = RLHFTrainer(config, run_dir=args.run_dir)
     if args.resume:
         trainer.load()
     history = trainer.train(args.steps, save_every=args.save_every, progress=not args.quiet)
+    trainer.ddp = None
+    del trainer
+    distributed.shutdown()
+    if rank != 0:
+        return 0
     first, last = history[0], history[-1]
     print(f"\n{'':<14}{'step ' + str(first['step']):>10}{'step ' + str(last['step']):>10}")
     for key, label in (("rm_score", "RM score"), ("gold_score", "gold score"), ("kl", "KL"),
@@ -162,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actor-lr", type=float, default=1e-4)
     p.add_argument("--ent-coef", type=float, default=0.0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--placement", default="colocate",
+                   help='colocate, or JSON such as \'{"reward": "cuda:1", "reference": "cuda:1"}\'')
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes (re-launches under torchrun; gloo on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", type=Path, default=Path("runs/latest"))
     p.add_argument("--save-every", type=int, default=10)
@@ -184,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(argv) if argv is not None else sys.argv[1:]
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         distributed.configure_threads(args.threads)
         return args.func(args)

@@ -10,10 +10,11 @@ repeats a noun, verb or adjective inside one review; the parser accepts repeats,
 score punishes them. Everything here is a pure function of its inputs and a seed, so tests and
 plots can call it freely.
 
-The **gold score** plays the human labeller. It is the sentiment of a well-formed review (the mean
-polarity of its clauses, in [-1, 1]) minus 0.5 per repeated content word, floored at -1; a text the
-grammar cannot parse scores -1. The reward model never sees this function, only noisy preference
-labels drawn from it, which is what leaves room for reward hacking.
+The **gold score** plays the human labeller. It is the sentiment of a well-formed review
+(positive minus negative clauses, divided by the three clauses a review may have, so in [-1, 1])
+minus 0.5 per repeated content word, floored at -1; a text the grammar cannot parse scores -1.
+More praise is better, but only inside the grammar. The reward model never sees this function,
+only noisy preference labels drawn from it, which is what leaves room for reward hacking.
 """
 
 from __future__ import annotations
@@ -157,7 +158,8 @@ class Review:
 
     @property
     def sentiment(self) -> float:
-        return sum(self.polarities) / len(self.polarities)
+        """Positive minus negative clauses, over the most clauses a review may have: [-1, 1]."""
+        return sum(self.polarities) / MAX_CLAUSES
 
     @property
     def repeats(self) -> int:

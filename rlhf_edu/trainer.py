@@ -15,6 +15,7 @@ checkpoints, resumes bit-for-bit, and can record a trace of every tensor and for
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -22,10 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
-from .advantages import gae, masked_mean, whiten
+from . import distributed
+from .advantages import gae, whiten
 from .checkpoint import atomic_save, safe_load
-from .distributed import select_device
 from .models import CRITIC_MODES, Models, build_models
 from .ppo import AdaptiveKLController, FixedKLController, ppo_losses, total_loss
 from .rewards import KL_ESTIMATORS, compute_rewards, kl_penalty
@@ -85,7 +87,11 @@ class PPOConfig:
     critic_mode: str = "separate"
     """separate | shared | head (see rlhf_edu.models)"""
     device: str = "cpu"
-    """cpu, cuda, cuda:N or auto"""
+    """cpu, cuda, cuda:N or auto (under torchrun with CUDA: each rank's own GPU)"""
+    placement: str | dict = "colocate"
+    """"colocate" (all four models on `device`) or a map role -> device: {"reward": "cuda:1"}"""
+    amp: bool = True
+    """bf16 autocast on CUDA (CPU always runs fp32, so CPU runs are bit-exact)"""
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "response_len", "ppo_epochs", "minibatches", "temperature",
@@ -122,24 +128,97 @@ class _Trace:
         self.tensors.append((self.phase, name, tuple(t.shape), str(t.dtype).replace("torch.", "")))
 
 
+@dataclass
+class Rollout:
+    """The experience of phases 1-5 for this process's rows. B rows, P prompt width, T response."""
+
+    prompts: list[str]
+    tokens: torch.Tensor  # (B, P + T) left-padded prompts, then responses
+    valid: torch.Tensor  # (B, P + T) bool
+    prompt_len: int  # P
+    response: torch.Tensor  # (B, T)
+    mask: torch.Tensor  # (B, T) 1 on response tokens
+    logprobs: torch.Tensor  # (B, T) actor log-probs at sampling time ("old")
+    ref_logprobs: torch.Tensor  # (B, T)
+    scores: torch.Tensor  # (B,) reward-model score (minus the missing-<eos> penalty)
+    kl: torch.Tensor  # (B, T) per-token KL estimate
+    rewards: torch.Tensor  # (B, T)
+    values: torch.Tensor  # (B, T) critic values at sampling time ("old")
+    advantages: torch.Tensor  # (B, T)
+    returns: torch.Tensor  # (B, T)
+    beta: float
+
+    def rows(self, idx: slice | torch.Tensor) -> Rollout:
+        """The rollout restricted to rows ``idx`` (used to split a batch across ranks)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                v = v[idx]
+            elif f.name == "prompts":
+                v = [v[i] for i in range(len(v))[idx]] if isinstance(idx, slice) else [
+                    v[i] for i in idx.tolist()]
+            out[f.name] = v
+        return Rollout(**out)
+
+
+class PolicyValue(nn.Module):
+    """Actor and critic as one module: one forward gives log-probs, entropy and values.
+
+    This is the unit that PPO trains (and that DDP wraps): in "shared" and "head" modes the
+    critic reads the actor's hidden states, so both must go through the same forward.
+    """
+
+    def __init__(self, actor: nn.Module, critic: nn.Module, temperature: float = 1.0):
+        super().__init__()
+        self.actor, self.critic, self.temperature = actor, critic, temperature
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor, prompt_len: int):
+        out = self.actor(tokens, valid, prompt_len, self.temperature)
+        values = self.critic(tokens, valid, prompt_len, actor_hidden=out.hidden)
+        return out.logprobs, out.entropy, values  # (B, T) each
+
+
 class RLHFTrainer:
     """The RLHF loop over :class:`~rlhf_edu.models.Models` with a :class:`PPOConfig`.
 
     ``run_dir`` (optional) receives ``config.json``, ``metrics.jsonl`` and ``checkpoint.pt``.
+    Under ``torchrun`` (a process group is initialised) each rank generates and scores
+    ``batch_size / world_size`` responses, advantages are whitened with global statistics, the
+    policy and value are trained with DDP, and only rank 0 writes files.
     """
 
     def __init__(self, config: PPOConfig | None = None, models: Models | None = None,
                  run_dir: str | Path | None = None):
         self.config = cfg = config or PPOConfig()
-        self.device = select_device(cfg.device)
+        self.rank, self.world = distributed.rank_and_world()
+        if cfg.batch_size % self.world or (cfg.batch_size // self.world) % cfg.minibatches:
+            raise ValueError(f"batch_size {cfg.batch_size} must split into {self.world} ranks "
+                             f"x {cfg.minibatches} minibatches")
+        self.device = distributed.local_device(cfg.device)
+        self.devices = distributed.resolve_placement(cfg.placement, self.device)
+        self.device = self.devices["actor"]
         self.models = models or build_models(cfg.critic_mode)
         if self.models.critic.mode != cfg.critic_mode:
             raise ValueError(f"models have critic mode {self.models.critic.mode!r} but the "
                              f"config asks for {cfg.critic_mode!r}")
-        for m in self.models.roles().values():
-            m.to(self.device)
+        for role, module in self.models.roles().items():
+            module.to(self.devices[role])
+            if role in ("reward", "reference") and self.devices[role].type == "cuda":
+                module.to(torch.bfloat16)  # frozen: half the memory, no optimiser to feed
         self.tok = Tokenizer()
-        self.generator = torch.Generator().manual_seed(cfg.seed)  # CPU: same numbers anywhere
+        # prompts and minibatch order come from a generator every rank shares (same seed);
+        # token sampling from one per rank, on the actor's device
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.sample_generator = torch.Generator(self.device).manual_seed(
+            cfg.seed + 1 + 100_003 * self.rank)
+        self.policy = PolicyValue(self.models.actor, self.models.critic, cfg.temperature)
+        self.ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DDP(self.policy, device_ids=ids)
         actor_params = list(self.models.actor.parameters())
         critic_params = [p for p in self.models.critic.parameters()
                          if all(p is not q for q in actor_params)]
@@ -151,7 +230,7 @@ class RLHFTrainer:
         self.history: list[dict] = []
         self.trace: _Trace | None = None
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.rank == 0:
             self._claim_run_dir()
 
     # ------------------------------------------------------------------ run directory
@@ -160,7 +239,7 @@ class RLHFTrainer:
         """Write config.json, or check that the run directory holds this same run."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "config.json"
-        mine = asdict(self.config)
+        mine = json.loads(json.dumps(asdict(self.config)))
         if path.exists():
             theirs = json.loads(path.read_text())
             diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
@@ -170,22 +249,37 @@ class RLHFTrainer:
         else:
             path.write_text(json.dumps(mine, indent=2))
 
+    def _sample_generator_states(self) -> list[torch.Tensor]:
+        state = self.sample_generator.get_state()
+        if self.world == 1:
+            return [state]
+        import torch.distributed as dist
+
+        states = [None] * self.world
+        dist.all_gather_object(states, state)
+        return states
+
     def state_dict(self) -> dict:
         return {
             "kind": "rlhf-run", "step": self.step_count, "config": asdict(self.config),
+            "world_size": self.world,
             "actor": self.models.actor.state_dict(), "critic": self.models.critic.state_dict(),
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
             "kl_ctl": self.kl_ctl.state_dict(), "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(), "history": self.history,
+            "sample_generators": self._sample_generator_states(),
+            "history": self.history,
         }
 
-    def save(self, path: str | Path | None = None) -> Path:
-        """Atomically write a checkpoint (default ``run_dir/checkpoint.pt``)."""
+    def save(self, path: str | Path | None = None) -> Path | None:
+        """Atomically write a checkpoint (default ``run_dir/checkpoint.pt``); rank 0 only."""
         if path is None:
             if self.run_dir is None:
                 raise ValueError("no path given and the trainer has no run_dir")
             path = self.run_dir / "checkpoint.pt"
-        atomic_save(self.state_dict(), path)
+        state = self.state_dict()  # every rank joins the gather of generator states
+        if self.rank != 0:
+            return None
+        atomic_save(state, path)
         return Path(path)
 
     def load(self, path: str | Path | None = None) -> None:
@@ -196,16 +290,19 @@ class RLHFTrainer:
             raise ValueError(f"{path} holds a {state['kind']!r} checkpoint, not an RLHF run")
         if state["config"] != asdict(self.config):
             raise ValueError(f"{path} was written by a run with a different config")
+        if state["world_size"] != self.world:
+            raise ValueError(f"{path} was written by {state['world_size']} process(es); resume "
+                             f"it with the same number, not {self.world}")
         self.models.actor.load_state_dict(state["actor"])
         self.models.critic.load_state_dict(state["critic"])
         self.actor_opt.load_state_dict(state["actor_opt"])
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        self.sample_generator.set_state(state["sample_generators"][self.rank])
         self.step_count = state["step"]
         self.history = list(state["history"])
-        if self.run_dir is not None:  # metrics.jsonl may hold steps past the checkpoint
+        if self.run_dir is not None and self.rank == 0:  # drop steps past the checkpoint
             (self.run_dir / "metrics.jsonl").write_text(
                 "".join(json.dumps(m) + "\n" for m in self.history))
 
@@ -213,19 +310,9 @@ class RLHFTrainer:
 
     def _check_finite(self, name: str, t: torch.Tensor) -> None:
         if not torch.isfinite(t).all():
-            raise FloatingPointError(f"step {self.step_count + 1}: {name} contains NaN or inf")
+            raise FloatingPointError(f"step {self.step_count + 1}: NaN or inf in {name}")
 
-    def _policy(self, tokens, valid, P):
-        """Actor forward and critic values on the same batch (one actor pass in every mode)."""
-        out = self.models.actor(tokens, valid, P, self.config.temperature)
-        values = self.models.critic(tokens, valid, P, actor_hidden=out.hidden)
-        return out, values
-
-    def step(self) -> dict:
-        """Run the six phases once; return this step's metrics."""
-        cfg, m, dev = self.config, self.models, self.device
-        tr = self.trace or (lambda name, t: None)
-        times: dict[str, float] = {}
+    def _phase_timer(self, times: dict[str, float]):
         clock, current = time.perf_counter(), ""
 
         def phase(name: str) -> None:  # close the running phase's timer, open the next one
@@ -236,10 +323,21 @@ class RLHFTrainer:
             clock, current = now, name
             if self.trace is not None:
                 self.trace.phase = name
+        return phase
 
-        # 1. sample prompts
+    @torch.no_grad()
+    def rollout(self, phase=None) -> Rollout:
+        """Phases 1-5: prompts, generation, scores, KL-penalised rewards, values and GAE."""
+        cfg, m, dev, devs = self.config, self.models, self.device, self.devices
+        tr = self.trace or (lambda name, t: None)
+        phase = phase or (lambda name: None)
+        amp = distributed.autocast(dev, cfg.amp)
+
+        # 1. sample prompts (all ranks draw the same global batch and keep their share)
         phase("1_prompts")
+        share = cfg.batch_size // self.world
         prompts = sample_prompts(cfg.batch_size, self.generator)
+        prompts = prompts[self.rank * share:(self.rank + 1) * share]
         prompt_ids, prompt_valid = self.tok.encode_batch(prompts)
         prompt_ids, prompt_valid = prompt_ids.to(dev), prompt_valid.to(dev)
         tr("prompt_ids", prompt_ids)
@@ -248,65 +346,89 @@ class RLHFTrainer:
         # 2. the actor generates, keeping each token's log-prob under the sampling policy
         phase("2_generate")
         m.actor.eval()
-        gen = m.actor.generate(prompt_ids, prompt_valid, cfg.response_len,
-                               temperature=cfg.temperature, pad_id=self.tok.pad_id,
-                               eos_id=self.tok.eos_id if cfg.stop_at_eos else None,
-                               generator=self.generator)
+        with amp:
+            gen = m.actor.generate(prompt_ids, prompt_valid, cfg.response_len,
+                                   temperature=cfg.temperature, pad_id=self.tok.pad_id,
+                                   eos_id=self.tok.eos_id if cfg.stop_at_eos else None,
+                                   generator=self.sample_generator)
         tokens, valid, P, mask = gen.tokens, gen.valid, gen.prompt_len, gen.mask
-        old_logprobs = gen.logprobs
         for name in ("tokens", "valid", "response", "logprobs", "mask"):
             tr(name if name != "logprobs" else "old_logprobs", getattr(gen, name))
-        self._check_finite("actor log-probs", old_logprobs)
+        self._check_finite("actor log-probs", gen.logprobs)
 
-        with torch.no_grad():
-            # 3. the reward model scores each whole response
-            phase("3_score")
-            scores = m.reward(tokens, valid)  # (B,)
-            self._check_finite("reward model scores", scores)
-            finished = (gen.response == self.tok.eos_id).any(1)
-            scores = scores - cfg.missing_eos_penalty * (~finished).float()
-            tr("scores", scores)
+        # 3. the reward model scores each whole response (on its own device)
+        phase("3_score")
+        rdev = devs["reward"]
+        with distributed.autocast(rdev, cfg.amp):
+            scores = m.reward(tokens.to(rdev), valid.to(rdev)).float().to(dev)  # (B,)
+        self._check_finite("reward model scores", scores)
+        finished = (gen.response == self.tok.eos_id).any(1)
+        scores = scores - cfg.missing_eos_penalty * (~finished).float()
+        tr("scores", scores)
 
-            # 4. the reference gives the KL penalty; the score goes on the last token
-            phase("4_reference_kl")
-            ref_logprobs = m.reference(tokens, valid, P, cfg.temperature).logprobs
-            self._check_finite("reference log-probs", ref_logprobs)
-            kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, T)
-            beta = self.kl_ctl.value
-            rewards = compute_rewards(scores, old_logprobs, ref_logprobs, mask, beta,
-                                      cfg.kl_estimator)
-            tr("ref_logprobs", ref_logprobs)
-            tr("kl", kl)
-            tr("rewards", rewards)
+        # 4. the reference gives the KL penalty; the score goes on the last token
+        phase("4_reference_kl")
+        fdev = devs["reference"]
+        with distributed.autocast(fdev, cfg.amp):
+            ref_logprobs = m.reference(tokens.to(fdev), valid.to(fdev), P,
+                                       cfg.temperature).logprobs.float().to(dev)  # (B, T)
+        self._check_finite("reference log-probs", ref_logprobs)
+        kl = kl_penalty(gen.logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, T)
+        beta = self.kl_ctl.value
+        rewards = compute_rewards(scores, gen.logprobs, ref_logprobs, mask, beta,
+                                  cfg.kl_estimator)
+        tr("ref_logprobs", ref_logprobs)
+        tr("kl", kl)
+        tr("rewards", rewards)
 
-            # 5. the critic's values, then GAE
-            phase("5_values_gae")
-            hidden = None if m.critic.mode == "separate" else m.actor(tokens, valid, P).hidden
-            old_values = m.critic(tokens, valid, P, actor_hidden=hidden) * mask
-            advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-            if cfg.whiten_advantages:
-                advantages = whiten(advantages, mask)
-            tr("old_values", old_values)
-            tr("advantages", advantages)
-            tr("returns", returns)
+        # 5. the critic's values, then GAE (whitened with the statistics of all ranks)
+        phase("5_values_gae")
+        with amp:
+            if m.critic.mode == "separate":
+                values = m.critic(tokens, valid, P)
+            else:  # the critic reads the actor's hidden states: one pass through both
+                values = self.policy(tokens, valid, P)[2]
+        values = values.float() * mask  # (B, T)
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = whiten(advantages, mask,
+                                reduce=distributed.all_reduce_sum if self.world > 1 else None)
+        tr("old_values", values)
+        tr("advantages", advantages)
+        tr("returns", returns)
+        return Rollout(prompts, tokens, valid, P, gen.response, mask, gen.logprobs, ref_logprobs,
+                       scores, kl, rewards, values, advantages, returns, beta)
 
-        # 6. PPO epochs over minibatches: actor and critic learn from the same batch
-        phase("6_ppo")
-        m.actor.train()
-        m.critic.train()
+    def update(self, batch: Rollout) -> dict[str, float]:
+        """Phase 6: PPO epochs over minibatches; actor and critic learn from one loss."""
+        cfg = self.config
+        tr = self.trace or (lambda name, t: None)
+        policy = self.ddp or self.policy
+        self.models.actor.train()
+        self.models.critic.train()
         stats = defaultdict(list)
-        B = tokens.size(0)
+        B = batch.tokens.size(0)
         for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(B, generator=self.generator).to(dev)
+            order = torch.randperm(B, generator=self.generator).to(self.device)
             for idx in order.chunk(cfg.minibatches):
-                out, values = self._policy(tokens[idx], valid[idx], P)
-                losses = ppo_losses(out.logprobs, old_logprobs[idx], advantages[idx], values,
-                                    old_values[idx], returns[idx], mask[idx], clip=cfg.clip,
-                                    vf_clip=cfg.vf_clip or None, entropy=out.entropy)
+                with distributed.autocast(self.device, cfg.amp):
+                    logprobs, entropy, values = policy(batch.tokens[idx], batch.valid[idx],
+                                                       batch.prompt_len)
+                mask = batch.mask[idx]
+                losses = ppo_losses(logprobs.float(), batch.logprobs[idx], batch.advantages[idx],
+                                    values.float(), batch.values[idx], batch.returns[idx], mask,
+                                    clip=cfg.clip, vf_clip=cfg.vf_clip or None,
+                                    entropy=entropy.float())
                 loss = total_loss(losses, cfg.vf_coef, cfg.ent_coef)
+                if self.world > 1:
+                    # token means over the global minibatch: DDP averages gradients over ranks,
+                    # so weight this rank's mean by its share of the tokens
+                    n_local = mask.sum()
+                    n_global = distributed.all_reduce_sum(n_local.detach().clone())
+                    loss = loss * (n_local * self.world / n_global)
                 self._check_finite("PPO loss", loss)
                 if self.trace is not None and not stats:
-                    tr("minibatch_logprobs", out.logprobs)
+                    tr("minibatch_logprobs", logprobs)
                     tr("minibatch_values", values)
                     tr("loss", loss)
                 self.actor_opt.zero_grad(set_to_none=True)
@@ -318,34 +440,45 @@ class RLHFTrainer:
                     opt.step()
                 for k, v in losses.items():
                     stats[k].append(float(v.detach()))
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def step(self) -> dict:
+        """Run the six phases once; return this step's metrics (averaged over ranks)."""
+        times: dict[str, float] = {}
+        phase = self._phase_timer(times)
+        batch = self.rollout(phase)
+        phase("6_ppo")
+        stats = self.update(batch)
         phase("end")
 
-        # bookkeeping: the KL controller sees the mean KL per response
-        kl_per_response = kl.sum(1)
-        self.kl_ctl.update(float(kl_per_response.mean()), B)
-        self.step_count += 1
-        texts = [f"{p} {self.tok.decode(r)}" for p, r in zip(prompts, gen.response.cpu())]
-        gold = [gold_score(t) for t in texts]
+        B = batch.tokens.size(0)
+        kl_per_response = batch.kl.sum(1)
+        texts = [f"{p} {self.tok.decode(r)}" for p, r in zip(batch.prompts, batch.response.cpu())]
         metrics = {
-            "step": self.step_count,
-            "rm_score": float(scores.mean()),
-            "gold_score": sum(gold) / B,
+            "rm_score": float(batch.scores.mean()),
+            "gold_score": sum(map(gold_score, texts)) / B,
             "kl": float(kl_per_response.mean()),
-            "beta": beta,
-            "non_score_reward": float((-beta * kl).sum(1).mean()),
-            "entropy": float(masked_mean(out.entropy.detach(), mask[idx])),
-            "response_len": float(mask.sum(1).mean()),
-            "finished": float(finished.float().mean()),
+            "non_score_reward": float((-batch.beta * batch.kl).sum(1).mean()),
+            "response_len": float(batch.mask.sum(1).mean()),
+            "finished": float((batch.response == self.tok.eos_id).any(1).float().mean()),
             "well_formed": sum(map(is_well_formed, texts)) / B,
             "repetition": sum(repetition(t) > 0 for t in texts) / B,
-            "advantage_std": float(advantages[mask.bool()].std()),
-            **{k: sum(v) / len(v) for k, v in stats.items()},
-            **{f"time_{k}": v for k, v in times.items() if k != "1_prompts"},
-            "sample": texts[0],
+            "advantage_std": float(batch.advantages[batch.mask.bool()].std()),
+            **stats,
         }
+        if self.world > 1:  # equal shares per rank: the mean of rank means is the global mean
+            keys = list(metrics)
+            vec = distributed.all_reduce_sum(torch.tensor([metrics[k] for k in keys],
+                                                          dtype=torch.float64, device=self.device))
+            metrics = {k: float(v) / self.world for k, v in zip(keys, vec.tolist())}
+        self.kl_ctl.update(metrics["kl"], self.config.batch_size)
+        self.step_count += 1
+        metrics = {"step": self.step_count, "beta": batch.beta, **metrics,
+                   **{f"time_{k}": v for k, v in times.items() if k != "1_prompts"},
+                   "sample": texts[0]}
         metrics["time_step"] = sum(v for k, v in metrics.items() if k.startswith("time_"))
         self.history.append(metrics)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.rank == 0:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         return metrics
@@ -358,7 +491,8 @@ class RLHFTrainer:
         if steps < self.step_count:
             raise ValueError(f"steps ({steps}) is less than the steps already taken "
                              f"({self.step_count})")
-        bar = tqdm(total=steps, initial=self.step_count, desc="RLHF", disable=not progress)
+        bar = tqdm(total=steps, initial=self.step_count, desc="RLHF",
+                   disable=not progress or self.rank != 0)
         while self.step_count < steps:
             metrics = self.step()
             bar.update()
@@ -376,7 +510,7 @@ class RLHFTrainer:
     def sample(self, prompts: list[str], seed: int = 0, greedy: bool = False) -> list[str]:
         """The actor's responses to ``prompts`` as text (for before/after comparisons)."""
         ids, valid = self.tok.encode_batch(prompts)
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator(self.device).manual_seed(seed)
         self.models.actor.eval()
         out = self.models.actor.generate(ids.to(self.device), valid.to(self.device),
                                          self.config.response_len, top_k=1 if greedy else None,
@@ -440,4 +574,4 @@ def format_trace(trace: _Trace) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PPOConfig", "RLHFTrainer", "trace_step", "format_trace"]
+__all__ = ["PPOConfig", "RLHFTrainer", "Rollout", "PolicyValue", "trace_step", "format_trace"]

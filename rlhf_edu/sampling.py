@@ -1,0 +1,108 @@
+"""Rejection sampling (best-of-n) and fine-tuning on the best samples: the baseline to PPO.
+
+"Why not just fine-tune on high-reward responses?" Best-of-n draws ``n`` responses per prompt,
+keeps the one the reward model likes best, and trains the actor on it with the ordinary
+language-model loss (as in Llama 2's rejection-sampling fine-tuning). There is no critic, no
+advantage, no ratio clipping, and no KL penalty: only the reference's KL is measured, to compare
+with PPO at the same number of generated samples.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .models import Models
+from .rewards import kl_penalty
+from .task import Tokenizer, gold_score, is_well_formed, repetition, sample_prompts
+
+
+@dataclass
+class BestOfN:
+    """The best of ``n`` responses per prompt. B prompts, P prompt width, T response width."""
+
+    tokens: torch.Tensor  # (B, P + T)
+    valid: torch.Tensor  # (B, P + T)
+    mask: torch.Tensor  # (B, T) response tokens
+    prompt_len: int
+    scores: torch.Tensor  # (B,) reward-model score of the chosen response
+    all_scores: torch.Tensor  # (B, n) scores of every candidate
+    texts: list[str]  # (B,) the chosen responses, with their prompts
+    all_texts: list[str]  # (B * n,) every candidate
+
+
+@torch.no_grad()
+def best_of_n(models: Models, prompts: list[str], n: int, response_len: int = 20,
+              generator: torch.Generator | None = None,
+              missing_eos_penalty: float = 1.0) -> BestOfN:
+    """Sample ``n`` responses per prompt from the actor and keep the highest-scoring one."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    if not prompts:
+        raise ValueError("prompts is empty")
+    tok = Tokenizer()
+    ids, valid = tok.encode_batch([p for p in prompts for _ in range(n)])  # (B*n, P)
+    models.actor.eval()
+    out = models.actor.generate(ids, valid, response_len, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                                generator=generator)
+    finished = (out.response == tok.eos_id).any(1)
+    scores = models.reward(out.tokens, out.valid) - missing_eos_penalty * (~finished).float()
+    B = len(prompts)
+    all_scores = scores.view(B, n)
+    best = all_scores.argmax(1) + torch.arange(B) * n  # (B,) row index of each prompt's best
+    all_texts = [f"{prompts[r // n]} {tok.decode(out.response[r])}" for r in range(B * n)]
+    return BestOfN(out.tokens[best], out.valid[best], out.mask[best], out.prompt_len,
+                   scores[best], all_scores, [all_texts[r] for r in best.tolist()], all_texts)
+
+
+def rejection_sampling(models: Models, steps: int, prompts_per_step: int = 16, n: int = 4,
+                       response_len: int = 20, lr: float = 1e-4, epochs: int = 1,
+                       seed: int = 0, callback=None) -> list[dict]:
+    """Fine-tune the actor on its best-of-``n`` samples for ``steps`` steps.
+
+    Each step generates ``prompts_per_step * n`` responses, as many as a PPO step with
+    ``batch_size = prompts_per_step * n``, so the two can be compared per generated sample.
+    """
+    if steps <= 0 or prompts_per_step <= 0:
+        raise ValueError(f"steps and prompts_per_step must be positive, got {steps}, "
+                         f"{prompts_per_step}")
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(models.actor.parameters(), lr=lr, eps=1e-5)
+    history = []
+    for step in range(1, steps + 1):
+        start = time.perf_counter()
+        prompts = sample_prompts(prompts_per_step, g)
+        best = best_of_n(models, prompts, n, response_len, g)
+        with torch.no_grad():
+            ref = models.reference(best.tokens, best.valid, best.prompt_len).logprobs
+        models.actor.train()
+        for _ in range(epochs):
+            out = models.actor(best.tokens, best.valid, best.prompt_len)
+            # the language-model loss on the chosen responses only (the prompt is given)
+            loss = -(out.logprobs * best.mask).sum() / best.mask.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(models.actor.parameters(), 1.0)
+            opt.step()
+        kl = (kl_penalty(out.logprobs.detach(), ref) * best.mask).sum(1).mean()
+        metrics = {
+            "step": step,
+            "samples": step * prompts_per_step * n,
+            # the policy's own quality (all samples), comparable with PPO's metrics
+            "rm_score": float(best.all_scores.mean()),
+            "gold_score": sum(map(gold_score, best.all_texts)) / len(best.all_texts),
+            "best_rm_score": float(best.scores.mean()),
+            "best_gold_score": sum(map(gold_score, best.texts)) / len(prompts),
+            "kl": float(kl),
+            "well_formed": sum(map(is_well_formed, best.texts)) / len(prompts),
+            "repetition": sum(repetition(t) > 0 for t in best.texts) / len(prompts),
+            "loss": float(loss.detach()),
+            "sample": best.texts[0],
+            "time_step": time.perf_counter() - start,
+        }
+        history.append(metrics)
+        if callback is not None:
+            callback(metrics)
+    return history

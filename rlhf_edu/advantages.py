@@ -50,9 +50,14 @@ def _check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
 def _check_2d(name: str, x: Tensor) -> None:
     if x.ndim != 2:
         raise ValueError(f"{name} must have shape (B, T), got {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); a batch needs at least "
+                         "one row and one token")
 
 
 def _check_finite(name: str, x: Tensor) -> None:
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
     bad = (~torch.isfinite(x)).nonzero()
     if len(bad) > 0:
         raise ValueError(f"{name} contains NaN or inf at index {_fmt_index(bad[0].tolist())}")

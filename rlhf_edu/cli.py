@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         distributed.configure_threads(args.threads)
         return args.func(args)
-    except ValueError as e:  # bad input: one readable line, no traceback
+    except (ValueError, FloatingPointError) as e:  # bad input: one readable line
         print(f"rlhf-edu {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

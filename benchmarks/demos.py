@@ -1,7 +1,7 @@
 """The course's measured runs: reward hacking at beta=0, a good beta, beta=10, the adaptive
 controller, and rejection sampling at the same number of generated samples as PPO.
 
-    python benchmarks/demos.py [--steps 100] [--out benchmarks/results/demos.json]
+    python benchmarks/demos.py [--steps 120] [--out benchmarks/results/demos.json]
 
 Prints one table (first step vs the mean of the last 10 steps) and writes every run's full
 metrics to JSON; the notebooks and the beta-choosing exercise read that file.
@@ -31,7 +31,7 @@ def ppo_run(steps: int, **kw) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results/demos.json")
     args = parser.parse_args()

@@ -12,7 +12,7 @@ plots can call it freely.
 
 The **gold score** plays the human labeller. It is the sentiment of a well-formed review
 (positive minus negative clauses, divided by the three clauses a review may have, so in [-1, 1])
-minus 0.5 per repeated content word, floored at -1; a text the grammar cannot parse scores -1.
+minus 1 per repeated content word, floored at -1; a text the grammar cannot parse scores -1.
 More praise is better, but only inside the grammar. The reward model never sees this function,
 only noisy preference labels drawn from it, which is what leaves room for reward hacking.
 """
@@ -50,6 +50,7 @@ ADJECTIVES = POSITIVE + NEGATIVE + NEUTRAL
 VERBS = VERBS_POS + VERBS_NEG
 CONTENT_WORDS = frozenset(NOUNS + ADJECTIVES + VERBS)
 MAX_CLAUSES = 3
+REPEAT_PENALTY = 1.0  # gold-score cost of each repeated content word
 
 # Prompts are review openings of two or three words, so a batch mixes lengths (padding matters).
 PROMPTS: tuple[str, ...] = (
@@ -212,8 +213,8 @@ def repetition(text: str) -> int:
 
 
 def gold_score(text: str) -> float:
-    """The hidden human judgement in [-1, 1]: sentiment, minus 0.5 per repeat; -1 if malformed."""
+    """The hidden human judgement in [-1, 1]: sentiment, minus 1 per repeat; -1 if malformed."""
     review = parse(text)
     if review is None:
         return -1.0
-    return max(-1.0, review.sentiment - 0.5 * review.repeats)
+    return max(-1.0, review.sentiment - REPEAT_PENALTY * review.repeats)

@@ -565,12 +565,14 @@ def format_trace(trace: _Trace) -> str:
     for phase, name, shape, dtype in trace.tensors:
         lines.append(f"{phase:<16} {name:<20} {str(shape):<16} {dtype}")
     lines.append("")
-    lines.append(f"{'model':<10} {'generate calls':>15} {'forward passes':>15} "
+    lines.append(f"{'model':<10} {'generation passes':>18} {'forward passes':>15} "
                  f"{'backward passes':>16}")
     for role in ("actor", "critic", "reward", "reference"):
         fw = trace.forward.get(role, {})
-        lines.append(f"{role:<10} {fw.get('generate', 0):>15} {fw.get('forward', 0):>15} "
+        lines.append(f"{role:<10} {fw.get('generate', 0):>18} {fw.get('forward', 0):>15} "
                      f"{trace.backward.get(role, 0):>16}")
+    lines.append("generation passes: one prefill of the prompt, then one cached pass per new "
+                 "token; forward passes: full-sequence passes (scoring, values, PPO minibatches)")
     return "\n".join(lines)
 
 

@@ -42,8 +42,9 @@ def test_corpus_covers_the_vocabulary_and_mixes_sentiment():
     ("i loved the wine and the staff was really rude .", 0.0),
     ("the food was great and the service was good but the view was bad .", 1 / 3),
     ("the food was great and the wine was good and i loved the view .", 1.0),
-    ("the food was great and the food was nice .", 2 / 3 - 0.5),  # one repeated noun
-    ("the food was great and the wine was great and the view was great .", 1.0 - 1.0),
+    ("the food was great and the food was nice .", 2 / 3 - 1),  # one repeated noun
+    ("the food was great and the wine was great and i loved the view .", 1.0 - 1.0),
+    ("the food was great and the wine was great and the view was great .", -1.0),
     ("the food was awful and the food was awful and the food was awful .", -1.0),  # floored
     ("the food was great great great amazing amazing !", -1.0),  # malformed
     ("the food was great", -1.0),  # unfinished

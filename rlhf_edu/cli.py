@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, memory
+from . import distributed, grading, memory
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -220,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("memory", help="GPU memory of RLHF training: per role, item and GPU")
     memory.add_memory_arguments(p)
     p.set_defaults(func=memory.run_memory_cli)
+
+    p = sub.add_parser("grade", help="grade your exercises: passed/total per exercise")
+    grading.add_grade_arguments(p)
+    p.set_defaults(func=grading.run_grade_cli)
 
     p = sub.add_parser("trace", help="shapes, dtypes and forward passes of one RLHF step")
     p.add_argument("--batch", type=int, default=4)

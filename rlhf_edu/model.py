@@ -184,6 +184,27 @@ class GPT(nn.Module):
             cache.length += T
         return self.ln_f(x)
 
+    def _decode_step(self, tok: torch.Tensor, alive: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Hidden state ``(B, C)`` after one new token per row: :meth:`body` for ``T = 1``.
+
+        Gives bit-for-bit what ``body(tok[:, None], alive[:, None], cache)[:, -1]`` gives, with
+        the mask and positions updated in place instead of rebuilt each token: at generation
+        speed the small ops around the matmuls cost as much as the matmuls.
+        """
+        start = cache.length  # generate() has checked that the sequence fits the context
+        pos = cache.n_valid + alive.long() - 1  # (B,) >= 0: every prompt has a real token
+        cache.n_valid += alive.long()
+        # the query sees the real keys so far and itself (a finished row's pad included, so it
+        # gets a defined, ignored output); later queries see this key only if it is real
+        cache.valid[:, start] = True
+        attn_mask = cache.valid[:, None, None, :start + 1]  # (B, 1, 1, S)
+        x = self.drop(self.wte(tok[:, None]) + self.wpe(pos[:, None]))  # (B, 1, C)
+        for layer, block in enumerate(self.h):
+            x = block(x, attn_mask, cache, layer)
+        cache.valid[:, start] = alive
+        cache.length += 1
+        return self.ln_f(x)[:, -1]
+
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, T, V)`` from hidden states; the output head shares the token embedding."""
         return F.linear(hidden, self.wte.weight)
@@ -226,24 +247,47 @@ class GPT(nn.Module):
         if padding_side == "right":  # shift each row's real tokens to the end
             prompt, prompt_valid = left_pad(prompt, prompt_valid, pad_id)
 
+        # inference mode skips autograd's bookkeeping on each of the loop's many small ops; its
+        # tensors cannot enter autograd later, so the results are cloned out of it at the end
+        with torch.inference_mode():
+            response, logprobs, mask = self._sample(prompt, prompt_valid, max_new_tokens,
+                                                    temperature, top_k, eos_id, pad_id,
+                                                    generator, use_cache)
+        response, logprobs, mask = response.clone(), logprobs.clone(), mask.clone()
+        return Generation(
+            tokens=torch.cat([prompt, response], 1), valid=torch.cat([prompt_valid, mask], 1),
+            prompt_len=P, response=response, logprobs=logprobs, mask=mask.float())
+
+    def _sample(self, prompt, prompt_valid, max_new_tokens, temperature, top_k, eos_id, pad_id,
+                generator, use_cache):
+        """The sampling loop of :meth:`generate`: response, log-probs and mask, each ``(B, T)``."""
+        B, P = prompt.shape
         cache = KVCache(self.config, B, P + max_new_tokens, prompt.device,
                         self.wte.weight.dtype) if use_cache else None
         tokens, valid = prompt, prompt_valid
         hidden = self.body(tokens, valid, cache)[:, -1]  # (B, C)
         finished = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+        alive = ~finished  # stays all True without eos_id
+        pad = torch.full((B,), pad_id, dtype=torch.long, device=prompt.device)
         new_tokens, new_logprobs, new_mask = [], [], []
         for _ in range(max_new_tokens):
-            logits = self.head(hidden).float() / temperature  # (B, V)
+            logits = self.head(hidden).float()  # (B, V)
+            if temperature != 1.0:  # x / 1.0 is x exactly: skipping it changes no bit
+                logits = logits / temperature
             logp = F.log_softmax(logits, dim=-1)
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             probs = F.softmax(logits, dim=-1)
             tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
-            alive = ~finished
-            tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
+            if eos_id is not None:  # finished rows get <pad> and log-prob 0 (else: no-ops)
+                alive = ~finished
+                tok = torch.where(alive, tok, pad)
+            lp = logp.gather(1, tok[:, None]).squeeze(1)  # (B,)
+            if eos_id is not None:
+                lp = lp * alive
             new_tokens.append(tok)
-            new_logprobs.append(logp.gather(1, tok[:, None]).squeeze(1) * alive)
+            new_logprobs.append(lp)
             new_mask.append(alive)
             if eos_id is not None:
                 finished = finished | (tok == eos_id)
@@ -252,17 +296,14 @@ class GPT(nn.Module):
             if len(new_tokens) == max_new_tokens:
                 break
             if cache is not None:
-                hidden = self.body(tok[:, None], alive[:, None], cache)[:, -1]
+                hidden = self._decode_step(tok, alive, cache)
             else:
                 tokens = torch.cat([tokens, tok[:, None]], 1)
                 valid = torch.cat([valid, alive[:, None]], 1)
                 hidden = self.body(tokens, valid)[:, -1]
-        response = torch.stack(new_tokens, 1)  # (B, T)
-        mask = torch.stack(new_mask, 1)  # (B, T)
-        return Generation(
-            tokens=torch.cat([prompt, response], 1), valid=torch.cat([prompt_valid, mask], 1),
-            prompt_len=P, response=response, logprobs=torch.stack(new_logprobs, 1),
-            mask=mask.float())
+        # (B, T) each
+        return (torch.stack(new_tokens, 1), torch.stack(new_logprobs, 1),
+                torch.stack(new_mask, 1))
 
 
 def left_pad(ids: torch.Tensor, valid: torch.Tensor, pad_id: int = 0):

@@ -190,11 +190,13 @@ def load_pretrained(kind: str = "sft", path: str | Path | None = None) -> GPT | 
 
 
 def build_models(critic_mode: str = "separate", sft: GPT | None = None,
-                 reward: RewardModel | None = None, critic_init: str = "reward") -> Models:
+                 reward: RewardModel | None = None, critic_init: str = "reward",
+                 seed: int = 0) -> Models:
     """Actor and reference from the SFT model, the reward model, and a critic.
 
     ``critic_init`` ("reward" or "sft") picks the critic's backbone in "separate" mode;
-    starting from the reward model, as InstructGPT did, gives values a head start.
+    starting from the reward model, as InstructGPT did, gives values a head start. ``seed``
+    initialises the critic's new value head (the global random state is left as it was).
     """
     if critic_mode not in CRITIC_MODES:
         raise ValueError(f"unknown critic mode {critic_mode!r}; expected one of "
@@ -210,7 +212,9 @@ def build_models(critic_mode: str = "separate", sft: GPT | None = None,
     reference = Reference(actor)
     reward.requires_grad_(False).eval()
     body = copy.deepcopy(reward.gpt).requires_grad_(True) if critic_init == "reward" else None
-    critic = Critic(critic_mode, actor, body=body)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        critic = Critic(critic_mode, actor, body=body)
     if critic_init == "reward" and critic_mode == "separate":
         critic.value_head.load_state_dict(reward.score_head.state_dict())
     return Models(actor, critic.train(), reward, reference)

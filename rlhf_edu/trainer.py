@@ -198,7 +198,7 @@ class RLHFTrainer:
         self.device = distributed.local_device(cfg.device)
         self.devices = distributed.resolve_placement(cfg.placement, self.device)
         self.device = self.devices["actor"]
-        self.models = models or build_models(cfg.critic_mode)
+        self.models = models or build_models(cfg.critic_mode, seed=cfg.seed)
         if self.models.critic.mode != cfg.critic_mode:
             raise ValueError(f"models have critic mode {self.models.critic.mode!r} but the "
                              f"config asks for {cfg.critic_mode!r}")

@@ -158,3 +158,14 @@ def test_run_dir_with_a_different_run_is_refused(tmp_path):
 def test_models_and_config_must_agree():
     with pytest.raises(ValueError, match="critic mode 'head' but the config asks for"):
         RLHFTrainer(PPOConfig(critic_mode="separate"), models=build_models("head"))
+
+
+@pytest.mark.parametrize("mode", ["shared", "head"])
+def test_the_seed_alone_decides_the_run(mode):
+    """The critic's new value head is initialised from the config's seed, not the global RNG."""
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        runs.append(_trainer(critic_mode=mode, seed=4).train(2, progress=False))
+    strip = [[{k: v for k, v in m.items() if not k.startswith("time_")} for m in h] for h in runs]
+    assert strip[0] == strip[1]

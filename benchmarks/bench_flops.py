@@ -1,0 +1,134 @@
+"""Model FLOP utilisation (MFU) of one RLHF step against this machine's measured matmul rate.
+
+    python benchmarks/bench_flops.py [--repeats 5]
+
+1. The machine's fp32 matmul throughput on one thread: ``(1024 x 1024) @ (1024 x 1024)``
+   (2 * 1024^3 FLOPs), timed in the same run, interleaved with the steps below.
+2. One step (batch 64, exactly 16 response tokens, 4 PPO epochs x 2 minibatches) for two
+   presets with randomly initialised models: "toy" (the shipped shape: 3 layers, 4 heads,
+   width 128, ~0.6 M parameters per model) and "small" (6 layers, 8 heads, width 384,
+   ~10.7 M parameters per model); context 128, vocabulary 64.
+3. The step's FLOPs, counted from the shapes (matmuls only; layer norms, GELU, softmax and Adam
+   are not counted, as is usual for MFU): a forward costs ``2 N`` per token, with ``N`` the
+   ``12 L d^2`` block weights (plus ``V d`` where logits are computed), plus ``4 L d`` per
+   attended key for attention scores and values (causal: ``s`` keys at position ``s``); a
+   trained token costs 3x its forward (``6 N``). Generation runs the prompt once and each new
+   token once (KV cache), rollout forwards (reward, reference, critic) and the PPO epochs
+   (actor and critic, forward and backward) run the full sequence of ``P + T`` tokens.
+
+MFU = counted FLOPs / measured seconds / matmul rate, for the whole step and per phase (from the
+trainer's phase timers). Target: >= 20 % at "small". Writes ``results/flops.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import _common
+import torch
+
+from rlhf_edu.model import GPT, GPTConfig
+from rlhf_edu.models import RewardModel, build_models
+from rlhf_edu.task import PROMPTS
+from rlhf_edu.trainer import PPOConfig, RLHFTrainer
+
+PRESETS = {
+    "toy": GPTConfig(n_layer=3, n_head=4, n_embd=128, vocab_size=64, block_size=128),
+    "small": GPTConfig(n_layer=6, n_head=8, n_embd=384, vocab_size=64, block_size=128),
+}
+BATCH, RESPONSE_LEN, EPOCHS = 64, 16, 4
+PROMPT_LEN = 1 + max(len(p.split()) for p in PROMPTS)  # <bos> + the longest prompt: the batch
+MATMUL_N = 1024
+
+
+def body_flops(c: GPTConfig, rows: int, keys: list[int]) -> float:
+    """Forward FLOPs of the blocks for ``rows`` sequences whose queries see ``keys[i]`` keys."""
+    weights = 2 * 12 * c.n_layer * c.n_embd ** 2 * len(keys)
+    attention = 4 * c.n_layer * c.n_embd * sum(keys)
+    return rows * (weights + attention)
+
+
+def step_flops(c: GPTConfig, B: int = BATCH, P: int = PROMPT_LEN, T: int = RESPONSE_LEN,
+               epochs: int = EPOCHS) -> dict[str, float]:
+    """FLOPs of each phase of one step (no <eos> stopping: every row has ``T`` tokens)."""
+    S = P + T
+    full = list(range(1, S + 1))  # a full-sequence forward: position s sees s keys
+    lm_head = 2 * c.vocab_size * c.n_embd  # logits of one position
+    scalar_head = 2 * c.n_embd
+    generate = (body_flops(c, B, list(range(1, P + 1)))  # the prompt, once
+                + body_flops(c, B, list(range(P + 1, S)))  # each new token but the last
+                + B * T * lm_head)
+    score = body_flops(c, B, full) + B * scalar_head
+    reference = body_flops(c, B, full) + B * T * lm_head
+    values = body_flops(c, B, full) + B * T * scalar_head
+    ppo = epochs * 3 * (2 * body_flops(c, B, full) + B * T * (lm_head + scalar_head))
+    return {"2_generate": generate, "3_score": score, "4_reference_kl": reference,
+            "5_values_gae": values, "6_ppo": ppo}
+
+
+def matmul_seconds(a: torch.Tensor, b: torch.Tensor, reps: int = 10) -> float:
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return (time.perf_counter() - start) / reps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    info = _common.setup()
+    torch.manual_seed(0)
+    trainers, params = {}, {}
+    for name, c in PRESETS.items():
+        models = build_models(sft=GPT(c), reward=RewardModel(GPT(c)))
+        params[name] = models.actor.gpt.num_params()
+        trainers[name] = RLHFTrainer(PPOConfig(batch_size=BATCH, response_len=RESPONSE_LEN,
+                                               stop_at_eos=False, ppo_epochs=EPOCHS), models)
+    a, b = torch.randn(MATMUL_N, MATMUL_N), torch.randn(MATMUL_N, MATMUL_N)
+    history: dict[str, list[dict]] = {name: [] for name in PRESETS}
+    matmul: list[float] = []
+    fns = {"matmul": lambda: matmul.append(matmul_seconds(a, b))}
+    fns.update({name: (lambda name=name: history[name].append(trainers[name].step()))
+                for name in PRESETS})
+    _common.interleaved(fns, repeats=args.repeats)
+    rate = 2 * MATMUL_N ** 3 / _common.median(matmul[1:])  # FLOP/s, warm-up dropped
+
+    rows = []
+    for name, c in PRESETS.items():
+        flops = step_flops(c)
+        timed = history[name][1:]
+        row = {"preset": name, "params": params[name], "shape": f"{c.n_layer}x{c.n_embd}",
+               "step_s": _common.median([m["time_step"] for m in timed]),
+               "step_gflop": sum(flops.values()) / 1e9}
+        row["gflop_s"] = row["step_gflop"] / row["step_s"]
+        row["mfu"] = row["gflop_s"] * 1e9 / rate
+        for phase, f in flops.items():
+            seconds = _common.median([m[f"time_{phase}"] for m in timed])
+            row[f"mfu_{phase}"] = f / seconds / rate
+        rows.append(row)
+
+    print(f"\nModel FLOP utilisation of one RLHF step (batch {BATCH}, prompt {PROMPT_LEN}, "
+          f"{RESPONSE_LEN} new tokens, {EPOCHS} PPO epochs), median of {args.repeats} steps")
+    print(_common.machine_line(info))
+    print(f"measured fp32 matmul ({MATMUL_N}^3, 1 thread): {rate / 1e9:.1f} GFLOP/s")
+    print(_common.format_table(rows, [
+        ("preset", "preset", "s"), ("shape", "layers x width", "s"),
+        ("params", "params/model", ",d"), ("step_gflop", "GFLOP/step", ".1f"),
+        ("step_s", "s/step", ".3f"), ("gflop_s", "GFLOP/s", ".1f"), ("mfu", "MFU", ".1%"),
+        ("mfu_2_generate", "MFU gen.", ".1%"), ("mfu_4_reference_kl", "MFU ref. fwd", ".1%"),
+        ("mfu_6_ppo", "MFU PPO", ".1%")]))
+    small = next(r for r in rows if r["preset"] == "small")
+    met = small["mfu"] >= 0.20
+    print(f"target: MFU >= 20 % at 'small': {'met' if met else 'NOT met'} ({small['mfu']:.1%})")
+    path = _common.write_json("flops.json", {
+        "machine": info, "matmul_gflop_s": rate / 1e9, "matmul_s": matmul,
+        "presets": {k: vars(v) for k, v in PRESETS.items()}, "rows": rows,
+        "flops_per_phase": {k: step_flops(v) for k, v in PRESETS.items()}, "target_met": met})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

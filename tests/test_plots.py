@@ -1,0 +1,198 @@
+"""Tests of rlhf_edu.plots: the figures' data, the live plot, and the widgets driven as a user
+would (set a slider, read the result)."""
+
+import json
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from rlhf_edu import plots
+from rlhf_edu.memory import ModelSpec, memory_breakdown
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def fake_run(n: int, beta: float, kl_rate: float) -> list[dict]:
+    return [{"step": s, "beta": beta, "rm_score": 0.01 * s, "gold_score": 0.5 - kl_rate * s / 100,
+             "kl": kl_rate * s, "repetition": 0.1, "entropy": 1.0, "clipfrac": 0.01,
+             "sample": f"sample {s} at beta {beta}"} for s in range(1, n + 1)]
+
+
+@pytest.fixture
+def runs():
+    return {"beta=0": fake_run(20, 0.0, 1.0), "beta=10": fake_run(20, 10.0, 0.0),
+            "beta=0.05": fake_run(20, 0.05, 0.2),
+            "rejection sampling": [{"step": s, "samples": 64 * s, "rm_score": 0.1, "kl": 0.5,
+                                    "gold_score": 0.1, "repetition": 0.0, "sample": "x"}
+                                   for s in range(1, 21)]}
+
+
+def line_data(ax) -> list[np.ndarray]:
+    return [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()]
+
+
+def test_plot_training_unchanged():
+    history = fake_run(5, 0.05, 0.2)
+    fig = plots.plot_training(history)
+    assert len(fig.axes) == len(plots.PANELS) == 4
+    np.testing.assert_allclose(line_data(fig.axes[2])[0], [m["kl"] for m in history])
+
+
+def test_smooth_is_a_trailing_mean():
+    np.testing.assert_allclose(plots.smooth([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5])
+    np.testing.assert_allclose(plots.smooth([1, 2, 3], 1), [1, 2, 3])
+    with pytest.raises(ValueError, match="window"):
+        plots.smooth([1.0], 0)
+
+
+def test_beta_runs_sorted_by_beta(runs):
+    assert list(plots.beta_runs(runs)) == [0.0, 0.05, 10.0]
+    with pytest.raises(ValueError, match="beta="):
+        plots.beta_runs({"rejection": []})
+
+
+def test_plot_runs_and_beta_runs(runs):
+    fig = plots.plot_beta_runs(runs, window=1)
+    rm = line_data(fig.axes[0])
+    assert len(rm) == 3  # only the fixed-beta runs
+    np.testing.assert_allclose(rm[0], [0.01 * s for s in range(1, 21)])
+    fig = plots.plot_runs(runs, x="samples", panels=(("gold_score", "gold"),))
+    xs = [np.asarray(line.get_xdata()) for line in fig.axes[0].get_lines()]
+    assert all(x[-1] == 64 * 20 for x in xs)  # PPO: step * batch; rejection: recorded
+    with pytest.raises(ValueError, match="x must be"):
+        plots.plot_runs(runs, x="time")
+
+
+def test_beta_run_view_returns_the_step(runs):
+    out = plots.beta_run_view(runs, 0.0, 10, window=1)
+    assert out == {"beta": 0.0, "step": 10, "rm_score": 0.1, "gold_score": 0.4, "kl": 10.0,
+                   "repetition": 0.1, "sample": "sample 10 at beta 0.0"}
+    assert plots.beta_run_view(runs, 10.0, 999)["step"] == 20  # clamped to the run
+    with pytest.raises(ValueError, match="no run with beta"):
+        plots.beta_run_view(runs, 3.0, 1)
+
+
+def test_beta_explorer_slider_drives_the_result(runs):
+    pytest.importorskip("ipywidgets")
+    w = plots.beta_explorer(runs, window=1)
+    beta, step = w.children[0], w.children[1]
+    assert w.result["beta"] == 0.05 and w.result["step"] == 20  # the middle beta, last step
+    beta.value = 0.0
+    assert w.result["kl"] == 20.0
+    step.value = 5  # continuous_update: setting a value re-runs the function
+    assert w.result == plots.beta_run_view(runs, 0.0, 5, window=1)
+    beta.value = 10.0
+    w.update()
+    assert w.result["kl"] == 0.0 and w.result["step"] == 5
+
+
+def test_widgets_show_their_figure_on_every_update(runs, monkeypatch):
+    """A slider must redraw: the widget's function ends with plt.show(), which the inline
+    backend turns into a display inside the widget's output (ipywidgets' own flush misses the
+    backend name that matplotlib reports after %matplotlib inline)."""
+    pytest.importorskip("ipywidgets")
+    shown = []
+    monkeypatch.setattr(plots.plt, "show", lambda: shown.append(len(plt.get_fignums())))
+    w = plots.beta_explorer(runs, window=1)
+    w.children[1].value = 3
+    m = plots.memory_explorer()
+    m.children[2].value = 3  # ZeRO stage
+    assert len(shown) == 4 and all(n >= 1 for n in shown)  # each call drew a figure first
+
+
+def test_adaptive_and_overoptimisation(runs):
+    fig = plots.plot_adaptive_kl(runs["beta=0.05"], target=2.0)
+    assert line_data(fig.axes[1])[1].tolist() == [2.0, 2.0]  # the target line
+    pts = plots.overoptimisation_points(runs, window=1)
+    assert set(pts) == set(runs)
+    np.testing.assert_allclose(pts["beta=0"]["kl"], np.arange(1, 21))
+    fig = plots.plot_overoptimisation(runs, window=1)
+    x = np.asarray(fig.axes[0].get_lines()[0].get_xdata())
+    np.testing.assert_allclose(x, np.sqrt(np.arange(1, 21)))  # against sqrt(KL)
+    rows = plots.kl_bins({"a": runs["beta=0"]}, edges=(0, 10, 100))
+    assert [r["n"] for r in rows] == [9, 11]
+    assert rows[0]["gold_score"] == pytest.approx(np.mean([0.5 - s / 100 for s in range(1, 10)]))
+
+
+def test_live_plot_redraws_every_k_steps():
+    live = plots.LivePlot(every=3, total=7, display=False)
+    for m in fake_run(7, 0.05, 0.2):
+        live(m)
+    assert live.draws == 3  # steps 3, 6 and the last (7)
+    assert len(live.axes) == len(plots.LIVE_PANELS)
+    np.testing.assert_allclose(line_data(live.axes[4])[0], [0.01] * 7)  # clipfrac
+    with pytest.raises(ValueError, match="every"):
+        plots.LivePlot(every=0, display=False)
+
+
+def test_live_plot_as_trainer_callback():
+    from rlhf_edu.models import build_models
+    from rlhf_edu.trainer import PPOConfig, RLHFTrainer
+
+    cfg = PPOConfig(batch_size=8, response_len=6, ppo_epochs=1, minibatches=1)
+    trainer = RLHFTrainer(cfg, build_models(cfg.critic_mode))
+    live = plots.LivePlot(every=1, display=False)
+    history = trainer.train(2, progress=False, callback=live)
+    assert live.history == history and live.draws == 2
+    assert all(len(line_data(ax)[0]) == 2 for ax in live.axes)
+
+
+def test_kl_estimators_and_heatmap():
+    from rlhf_edu.rewards import kl_penalty
+
+    g = torch.Generator().manual_seed(0)
+    logp, ref = -torch.rand(3, 5, generator=g), -torch.rand(3, 5, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.float)
+    est = {k: kl_penalty(logp, ref, k) for k in ("k1", "k3")}
+    fig = plots.plot_kl_estimators(est, mask, row=0, words=["a", "b", "c"])
+    bars = [p.get_height() for p in fig.axes[0].patches]
+    np.testing.assert_allclose(bars, torch.cat([est["k1"][0, :3], est["k3"][0, :3]]), rtol=1e-6)
+    adv = torch.arange(15.0).view(3, 5) - 7
+    fig = plots.plot_advantage_heatmap({"raw": adv, "half": adv / 2}, mask)
+    img = fig.axes[0].get_images()[0].get_array()
+    assert np.ma.is_masked(img[0, 3]) and img[1, 4] == 2  # padding blank, values kept
+    assert fig.axes[0].get_images()[0].get_clim() == (-7.0, 7.0)  # shared, centred on 0
+
+
+def test_memory_plot_and_view_match_the_calculator():
+    bd = memory_breakdown(ModelSpec.preset("llama-7b"), assumptions="chapter")
+    fig = plots.plot_memory_breakdown(bd, gpu_mem_gb=80)
+    heights = {}
+    for p in fig.axes[0].patches:  # stacked bars: sum each role's segments
+        x = round(p.get_x(), 3)
+        heights[x] = heights.get(x, 0) + p.get_height()
+    assert sum(heights.values()) == pytest.approx(bd.total_gb)
+    out = plots.memory_view(7.0, n_gpus=8, zero_stage=3, gpu_mem_gb=80)
+    ref = memory_breakdown(ModelSpec.from_n_params(7e9), 8, 3)
+    assert out["per_gpu_gb"] == round(ref.per_gpu_gb, 2) and out["fits"]
+    assert "error" in plots.memory_view(7.0, n_gpus=1, placement="split")
+
+
+def test_memory_explorer_sliders():
+    pytest.importorskip("ipywidgets")
+    w = plots.memory_explorer()
+    sliders = {c.description: c for c in w.children if hasattr(c, "description")}
+    first = w.result["per_gpu_gb"]
+    sliders["GPUs"].value = 8
+    sliders["ZeRO stage"].value = 3
+    assert w.result["per_gpu_gb"] < first / 4  # sharded over 8 GPUs
+    sliders["LoRA"].value = 0.01
+    lora = w.result["per_gpu_gb"]
+    expected = memory_breakdown(ModelSpec.from_n_params(7e9), 8, 3, lora_fraction=0.01)
+    assert lora == round(expected.per_gpu_gb, 2)
+    sliders["params (B)"].value = 1000.0
+    assert w.result["fits"] is False
+
+
+def test_load_demo_runs(tmp_path):
+    path = tmp_path / "demos.json"
+    path.write_text(json.dumps({"steps": 1, "seed": 0, "runs": {"beta=0": []}}))
+    assert plots.load_demo_runs(path)["runs"] == {"beta=0": []}
+    with pytest.raises(FileNotFoundError, match="benchmarks/demos.py"):
+        plots.load_demo_runs(tmp_path / "missing.json")

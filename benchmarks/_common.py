@@ -108,3 +108,14 @@ def write_json(name: str, payload: dict) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(payload, indent=1) + "\n")
     return path
+
+
+def save_figure(fig, path: Path, info: dict) -> None:
+    """Stamp the machine on a benchmark figure, save it to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.text(0.01, 0.01, f"{info['cpu']}, {info['torch_threads']} thread, torch {info['torch']}",
+             fontsize=7, color="gray")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

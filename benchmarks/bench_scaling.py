@@ -104,11 +104,7 @@ def plot(rows: list[dict], slopes: dict, info: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("RLHF step scaling (log-log, fitted slopes in the legend)", fontsize=10)
-    fig.text(0.01, 0.01, f"{info['cpu']}, {info['torch_threads']} thread, torch {info['torch']}",
-             fontsize=7, color="gray")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _common.save_figure(fig, path, info)
 
 
 def main() -> None:

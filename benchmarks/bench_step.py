@@ -52,11 +52,7 @@ def plot(rows: list[dict], info: dict, path) -> None:
     ax.set_ylim(0, max(bottom) * 1.15)
     ax.set_title("One RLHF step by phase: batch 64, toy GPT (3 layers, width 128)", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
-    fig.text(0.01, 0.01, f"{info['cpu']}, {info['torch_threads']} thread, torch {info['torch']}",
-             fontsize=7, color="gray")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _common.save_figure(fig, path, info)
 
 
 def main() -> None:

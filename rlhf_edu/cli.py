@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from . import distributed, grading, memory
 
 
@@ -86,7 +84,7 @@ def _config_from_args(args: argparse.Namespace):
                      kl_estimator=args.kl_estimator, critic_mode=args.critic,
                      ppo_epochs=args.ppo_epochs, minibatches=args.minibatches,
                      actor_lr=args.actor_lr, ent_coef=args.ent_coef, device=args.device,
-                     placement=_placement(args.placement))
+                     placement=_placement(args.placement), precision=args.precision)
 
 
 def _placement(text: str) -> str | dict:
@@ -106,11 +104,6 @@ def _launch(nproc: int, argv: list[str]) -> int:
     """Re-run this command under torchrun with ``nproc`` processes (DDP; gloo on CPU)."""
     import subprocess
 
-    if nproc <= 0:
-        raise ValueError(f"--nproc must be positive, got {nproc}")
-    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
-        raise ValueError(f"--nproc {nproc} but only {torch.cuda.device_count()} CUDA device(s) "
-                         "are visible")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "rlhf_edu.cli", *argv]
     return subprocess.run(cmd).returncode
@@ -120,6 +113,16 @@ def _train(args: argparse.Namespace) -> int:
     from .plots import plot_training
     from .trainer import RLHFTrainer
 
+    config = _config_from_args(args)
+    # bad input fails here, in one process, before any work or any torchrun starts
+    distributed.check_nproc(args.nproc, config.device)
+    config.check_world(args.nproc)
+    distributed.resolve_placement(config.placement, distributed.select_device(config.device))
+    if args.resume and not (args.run_dir / "checkpoint.pt").exists():
+        raise ValueError(f"--resume: no checkpoint.pt in {str(args.run_dir)!r}")
+    if not args.resume and (args.run_dir / "metrics.jsonl").exists():
+        raise ValueError(f"run directory {str(args.run_dir)!r} already holds a run; pass "
+                         "--resume to continue it or choose another --run-dir")
     if args.nproc > 1:  # the same command, minus --nproc, in each of nproc processes
         argv, skip = [], False
         for a in args.argv:
@@ -127,13 +130,7 @@ def _train(args: argparse.Namespace) -> int:
                 argv.append(a)
             skip = a == "--nproc"
         return _launch(args.nproc, argv)
-    config = _config_from_args(args)
-    if args.resume and not (args.run_dir / "checkpoint.pt").exists():
-        raise ValueError(f"--resume: no checkpoint.pt in {str(args.run_dir)!r}")
-    if not args.resume and (args.run_dir / "metrics.jsonl").exists():
-        raise ValueError(f"run directory {str(args.run_dir)!r} already holds a run; pass "
-                         "--resume to continue it or choose another --run-dir")
-    rank, _ = distributed.init_from_env()
+    rank, _ = distributed.init_from_env(config.device)
     trainer = RLHFTrainer(config, run_dir=args.run_dir)
     if args.resume:
         trainer.load()
@@ -208,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--placement", default="colocate",
                    help='colocate, or JSON such as \'{"reward": "cuda:1", "reference": "cuda:1"}\'')
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="auto: bf16 autocast and bf16 frozen models on CUDA, fp32 on CPU")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes (re-launches under torchrun; gloo on CPU)")
     p.add_argument("--seed", type=int, default=0)

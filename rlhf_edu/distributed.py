@@ -24,9 +24,13 @@ def configure_threads(n: int | None = None) -> int:
 
 
 def select_device(device: str = "auto") -> torch.device:
-    """``"auto"`` → ``cuda`` if available else ``cpu``; otherwise the named device, checked."""
+    """``"auto"`` → ``cuda`` if available else ``cpu``; otherwise the named device, checked.
+
+    A CUDA device always comes back with its index (``"cuda"`` → the current device, e.g.
+    ``cuda:0``), so two names of the same GPU compare equal.
+    """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError as e:
@@ -37,6 +41,8 @@ def select_device(device: str = "auto") -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} "
                              "CUDA device(s) visible")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
@@ -52,22 +58,49 @@ def seed_everything(seed: int) -> None:
 ROLES = ("actor", "critic", "reward", "reference")
 
 
-def init_from_env() -> tuple[int, int]:
+def check_nproc(nproc: int, device: str = "auto") -> None:
+    """Raise ``ValueError`` unless ``nproc`` processes can each have ``device`` of their own.
+
+    On CUDA (nccl) every process needs a GPU of its own; CPU processes (gloo) share the cores.
+    """
+    if nproc <= 0:
+        raise ValueError(f"--nproc must be positive, got {nproc}")
+    if nproc > 1 and device not in ("auto", "cuda") and select_device(device).type == "cuda":
+        raise ValueError(f"device {device!r} names one GPU, but {nproc} processes each need "
+                         "their own: pass --device cuda (rank r takes GPU LOCAL_RANK)")
+    if select_device(device).type == "cuda" and nproc > torch.cuda.device_count():
+        raise ValueError(f"{nproc} processes requested on {device!r} but only "
+                         f"{torch.cuda.device_count()} CUDA device(s) are visible "
+                         "(one process per GPU with nccl)")
+
+
+def init_from_env(device: str = "auto") -> tuple[int, int]:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
-    Returns ``(rank, world_size)``; ``(0, 1)`` without ``torchrun``. The backend is nccl when
-    CUDA is available and gloo otherwise, so the same code runs as CPU processes in tests.
+    Returns ``(rank, world_size)``; ``(0, 1)`` without ``torchrun``. The backend follows the
+    device: nccl when the processes run on CUDA (each on GPU ``LOCAL_RANK``, made the current
+    device), gloo on CPU, so the same code runs as CPU processes in tests.
     """
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl" and world > torch.cuda.device_count():
-            raise ValueError(f"{world} processes requested but only {torch.cuda.device_count()} "
-                             "CUDA device(s) are visible (one process per GPU with nccl)")
+        check_nproc(int(os.environ.get("LOCAL_WORLD_SIZE", world)), device)
+        backend = "nccl" if local_device(device).type == "cuda" else "gloo"
         dist.init_process_group(backend)
     return rank_and_world()
+
+
+def check_process_group(requested: str, device: torch.device) -> None:
+    """Raise ``ValueError`` unless the process group fits this rank's ``device``: nccl for
+    CUDA, gloo for CPU, one GPU per local process."""
+    import torch.distributed as dist
+
+    check_nproc(int(os.environ.get("LOCAL_WORLD_SIZE", rank_and_world()[1])), requested)
+    backend = dist.get_backend()
+    if (backend == "nccl") != (device.type == "cuda"):
+        raise ValueError(f"the process group uses {backend} but this rank computes on {device}; "
+                         f"call init_from_env({requested!r}) with the trainer's device")
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -104,10 +137,14 @@ def shutdown() -> None:
 
 
 def local_device(device: str = "auto") -> torch.device:
-    """This process's device: ``cuda:LOCAL_RANK`` under torchrun with CUDA, else as named."""
+    """This process's device: ``cuda:LOCAL_RANK`` for ``"cuda"``/``"auto"`` under torchrun with
+    CUDA, else as named. A CUDA device becomes the current one, which collectives such as
+    ``all_gather_object`` use to stage their data."""
     dev = select_device(device)
-    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
-        dev = select_device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+    if dev.type == "cuda":
+        if device in ("auto", "cuda") and "LOCAL_RANK" in os.environ:
+            dev = select_device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+        torch.cuda.set_device(dev)
     return dev
 
 
@@ -133,7 +170,35 @@ def resolve_placement(placement: str | dict, device: torch.device) -> dict[str, 
     return devices
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA; on CPU a disabled context (fp32 keeps CPU runs bit-exact)."""
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """Whether ``precision`` means bf16 compute on ``device``.
+
+    ``"auto"``: bf16 on CUDA, fp32 on CPU (CPU runs stay bit-exact and fast); ``"bf16"``: bf16
+    on any device, CPU included (slower there, but it runs the GPU's mixed-precision code path
+    on a laptop); ``"fp32"``: never.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of "
+                         f"{', '.join(PRECISIONS)}")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """``torch.autocast`` to bf16 where :func:`uses_bf16` says so, else a disabled context.
+
+    Autocast keeps the trained models' weights in fp32 (the master weights) and runs matmuls in
+    bf16; softmax, log-softmax and losses stay in fp32.
+    """
     return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=enabled and device.type == "cuda")
+                          enabled=uses_bf16(device, precision))
+
+
+def to_bf16(module: torch.nn.Module) -> torch.nn.Module:
+    """Store a frozen module's parameters in bf16 (half the memory); buffers keep their dtype,
+    so a reward model's z-normalisation statistics stay in fp32."""
+    for p in module.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    return module

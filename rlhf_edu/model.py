@@ -44,16 +44,31 @@ class GPTConfig:
 
 
 class KVCache:
-    """Keys and values of every layer, preallocated for ``max_len`` positions."""
+    """Keys and values of every layer, preallocated for ``max_len`` positions.
 
-    def __init__(self, config: GPTConfig, batch: int, max_len: int, device, dtype):
+    The key/value storage is allocated at the first write, in the dtype the layers produce
+    (bf16 under autocast, else the weights' dtype), so attention never casts the cache.
+    """
+
+    def __init__(self, config: GPTConfig, batch: int, max_len: int, device):
         hs = config.n_embd // config.n_head
-        shape = (config.n_layer, batch, config.n_head, max_len, hs)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.shape = (config.n_layer, batch, config.n_head, max_len, hs)
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.n_valid = torch.zeros(batch, dtype=torch.long, device=device)  # real tokens per row
         self.length = 0  # positions filled so far
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store ``k``, ``v`` ``(B, nh, T, hs)`` after the cached positions of ``layer``; return
+        the keys and values of all positions so far, ``(B, nh, S, hs)`` each."""
+        if self.k is None:
+            self.k = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
+            self.v = torch.zeros(self.shape, device=v.device, dtype=v.dtype)
+        start, end = self.length, self.length + k.size(2)
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -72,11 +87,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
-            start = cache.length
-            cache.k[layer, :, :, start:start + T] = k
-            cache.v[layer, :, :, start:start + T] = v
-            k = cache.k[layer, :, :, :start + T]  # (B, nh, S, hs), S = start + T
-            v = cache.v[layer, :, :, :start + T]
+            k, v = cache.write(layer, k, v)  # (B, nh, S, hs), S = cached + T
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and cache is None,
             dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
@@ -262,8 +273,7 @@ class GPT(nn.Module):
                 generator, use_cache):
         """The sampling loop of :meth:`generate`: response, log-probs and mask, each ``(B, T)``."""
         B, P = prompt.shape
-        cache = KVCache(self.config, B, P + max_new_tokens, prompt.device,
-                        self.wte.weight.dtype) if use_cache else None
+        cache = KVCache(self.config, B, P + max_new_tokens, prompt.device) if use_cache else None
         tokens, valid = prompt, prompt_valid
         hidden = self.body(tokens, valid, cache)[:, -1]  # (B, C)
         finished = torch.zeros(B, dtype=torch.bool, device=prompt.device)

@@ -43,15 +43,19 @@ def best_of_n(models: Models, prompts: list[str], n: int, response_len: int = 20
     if not prompts:
         raise ValueError("prompts is empty")
     tok = Tokenizer()
+    dev = next(models.actor.parameters()).device
+    rdev = next(models.reward.parameters()).device
     ids, valid = tok.encode_batch([p for p in prompts for _ in range(n)])  # (B*n, P)
     models.actor.eval()
-    out = models.actor.generate(ids, valid, response_len, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                                generator=generator)
+    out = models.actor.generate(ids.to(dev), valid.to(dev), response_len, eos_id=tok.eos_id,
+                                pad_id=tok.pad_id, generator=generator)
     finished = (out.response == tok.eos_id).any(1)
-    scores = models.reward(out.tokens, out.valid) - missing_eos_penalty * (~finished).float()
+    scores = models.reward(out.tokens.to(rdev), out.valid.to(rdev)).float().to(dev)
+    scores = scores - missing_eos_penalty * (~finished).float()  # (B*n,)
     B = len(prompts)
     all_scores = scores.view(B, n)
-    best = all_scores.argmax(1) + torch.arange(B) * n  # (B,) row index of each prompt's best
+    # (B,) row index of each prompt's best
+    best = all_scores.argmax(1) + torch.arange(B, device=dev) * n
     all_texts = [f"{prompts[r // n]} {tok.decode(out.response[r])}" for r in range(B * n)]
     return BestOfN(out.tokens[best], out.valid[best], out.mask[best], out.prompt_len,
                    scores[best], all_scores, [all_texts[r] for r in best.tolist()], all_texts)
@@ -69,14 +73,19 @@ def rejection_sampling(models: Models, steps: int, prompts_per_step: int = 16, n
         raise ValueError(f"steps and prompts_per_step must be positive, got {steps}, "
                          f"{prompts_per_step}")
     g = torch.Generator().manual_seed(seed)
+    dev = next(models.actor.parameters()).device
+    # prompts come from a CPU generator; tokens are sampled by one on the actor's device
+    sample_g = g if dev.type == "cpu" else torch.Generator(dev).manual_seed(seed + 1)
     opt = torch.optim.Adam(models.actor.parameters(), lr=lr, eps=1e-5)
     history = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
         prompts = sample_prompts(prompts_per_step, g)
-        best = best_of_n(models, prompts, n, response_len, g)
+        best = best_of_n(models, prompts, n, response_len, sample_g)
+        fdev = next(models.reference.parameters()).device
         with torch.no_grad():
-            ref = models.reference(best.tokens, best.valid, best.prompt_len).logprobs
+            ref = models.reference(best.tokens.to(fdev), best.valid.to(fdev),
+                                   best.prompt_len).logprobs.float().to(dev)
         models.actor.train()
         for _ in range(epochs):
             out = models.actor(best.tokens, best.valid, best.prompt_len)

@@ -90,8 +90,9 @@ class PPOConfig:
     """cpu, cuda, cuda:N or auto (under torchrun with CUDA: each rank's own GPU)"""
     placement: str | dict = "colocate"
     """"colocate" (all four models on `device`) or a map role -> device: {"reward": "cuda:1"}"""
-    amp: bool = True
-    """bf16 autocast on CUDA (CPU always runs fp32, so CPU runs are bit-exact)"""
+    precision: str = "auto"
+    """auto (bf16 autocast and bf16 frozen models on CUDA, fp32 on CPU), bf16 (also on CPU) or
+    fp32; the trained models always keep fp32 master weights"""
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "response_len", "ppo_epochs", "minibatches", "temperature",
@@ -113,6 +114,15 @@ class PPOConfig:
         if self.batch_size % self.minibatches:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by minibatches "
                              f"({self.minibatches})")
+        if self.precision not in distributed.PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; expected one of "
+                             f"{', '.join(distributed.PRECISIONS)}")
+
+    def check_world(self, world: int) -> None:
+        """Raise ``ValueError`` unless the batch splits into ``world`` ranks x minibatches."""
+        if self.batch_size % world or (self.batch_size // world) % self.minibatches:
+            raise ValueError(f"batch_size {self.batch_size} must split into {world} ranks "
+                             f"x {self.minibatches} minibatches")
 
 
 class _Trace:
@@ -192,10 +202,10 @@ class RLHFTrainer:
                  run_dir: str | Path | None = None):
         self.config = cfg = config or PPOConfig()
         self.rank, self.world = distributed.rank_and_world()
-        if cfg.batch_size % self.world or (cfg.batch_size // self.world) % cfg.minibatches:
-            raise ValueError(f"batch_size {cfg.batch_size} must split into {self.world} ranks "
-                             f"x {cfg.minibatches} minibatches")
+        cfg.check_world(self.world)
         self.device = distributed.local_device(cfg.device)
+        if self.world > 1:
+            distributed.check_process_group(cfg.device, self.device)
         self.devices = distributed.resolve_placement(cfg.placement, self.device)
         self.device = self.devices["actor"]
         self.models = models or build_models(cfg.critic_mode, seed=cfg.seed)
@@ -204,8 +214,9 @@ class RLHFTrainer:
                              f"config asks for {cfg.critic_mode!r}")
         for role, module in self.models.roles().items():
             module.to(self.devices[role])
-            if role in ("reward", "reference") and self.devices[role].type == "cuda":
-                module.to(torch.bfloat16)  # frozen: half the memory, no optimiser to feed
+            if role in ("reward", "reference") and distributed.uses_bf16(self.devices[role],
+                                                                         cfg.precision):
+                distributed.to_bf16(module)  # frozen: half the memory, no optimiser to feed
         self.tok = Tokenizer()
         # prompts and minibatch order come from a generator every rank shares (same seed);
         # token sampling from one per rank, on the actor's device
@@ -331,7 +342,7 @@ class RLHFTrainer:
         cfg, m, dev, devs = self.config, self.models, self.device, self.devices
         tr = self.trace or (lambda name, t: None)
         phase = phase or (lambda name: None)
-        amp = distributed.autocast(dev, cfg.amp)
+        amp = distributed.autocast(dev, cfg.precision)
 
         # 1. sample prompts (all ranks draw the same global batch and keep their share)
         phase("1_prompts")
@@ -359,7 +370,7 @@ class RLHFTrainer:
         # 3. the reward model scores each whole response (on its own device)
         phase("3_score")
         rdev = devs["reward"]
-        with distributed.autocast(rdev, cfg.amp):
+        with distributed.autocast(rdev, cfg.precision):
             scores = m.reward(tokens.to(rdev), valid.to(rdev)).float().to(dev)  # (B,)
         self._check_finite("reward model scores", scores)
         finished = (gen.response == self.tok.eos_id).any(1)
@@ -369,7 +380,7 @@ class RLHFTrainer:
         # 4. the reference gives the KL penalty; the score goes on the last token
         phase("4_reference_kl")
         fdev = devs["reference"]
-        with distributed.autocast(fdev, cfg.amp):
+        with distributed.autocast(fdev, cfg.precision):
             ref_logprobs = m.reference(tokens.to(fdev), valid.to(fdev), P,
                                        cfg.temperature).logprobs.float().to(dev)  # (B, T)
         self._check_finite("reference log-probs", ref_logprobs)
@@ -409,9 +420,10 @@ class RLHFTrainer:
         stats = defaultdict(list)
         B = batch.tokens.size(0)
         for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(B, generator=self.generator).to(self.device)
+            # the order comes from the CPU generator all ranks share, then moves to the device
+            order = torch.randperm(B, generator=self.generator, device="cpu").to(self.device)
             for idx in order.chunk(cfg.minibatches):
-                with distributed.autocast(self.device, cfg.amp):
+                with distributed.autocast(self.device, cfg.precision):
                     logprobs, entropy, values = policy(batch.tokens[idx], batch.valid[idx],
                                                        batch.prompt_len)
                 mask = batch.mask[idx]

@@ -173,7 +173,9 @@ def test_fp32_prediction_equals_the_package_roles(mode):
 @needs_model
 def test_kv_cache_equals_the_package_cache():
     cfg = GPTConfig()
-    cache = KVCache(cfg, batch=5, max_len=cfg.block_size, device="cpu", dtype=torch.float32)
+    cache = KVCache(cfg, batch=5, max_len=cfg.block_size, device="cpu")
+    GPT(cfg).body(torch.zeros(5, 1, dtype=torch.long), cache=cache)  # allocates at first write
+    assert cache.k.dtype == torch.float32
     bd = memory_breakdown(ModelSpec.from_gpt_config(cfg), batch=5, prompt_len=16,
                           response_len=cfg.block_size - 16, precision="fp32")
     assert bd.roles["actor"].kv_cache == tensor_bytes([cache.k, cache.v])

@@ -351,3 +351,26 @@ def test_bad_input_names_the_field(call, message):
 def test_gb_is_decimal():
     assert GB == 1e9 and math.isclose(memory_breakdown(SEVEN).per_gpu_gb * GB,
                                       memory_breakdown(SEVEN).per_gpu_bytes)
+
+
+@needs_model
+@pytest.mark.parametrize("mode", ["separate", "shared", "head"])
+def test_mixed_prediction_equals_a_bf16_trainer_after_a_step(mode):
+    """What stays resident between steps of a ``precision="bf16"`` run (the GPU's default path,
+    run here on CPU) is what the calculator's model states predict, byte for byte: fp32 weights
+    (4) + fp32 grads (4) + Adam (8) equal its bf16 weights (2) + grads (2) + master (4) + Adam
+    (8) per trained parameter, and the frozen models hold 2 bytes per parameter."""
+    from rlhf_edu.trainer import PPOConfig, RLHFTrainer
+
+    trainer = RLHFTrainer(PPOConfig(batch_size=4, response_len=6, ppo_epochs=1, minibatches=1,
+                                    critic_mode=mode, precision="bf16"))
+    trainer.step()
+    bd = memory_breakdown(ModelSpec.preset("toy"), critic=mode, precision="mixed")
+    m = trainer.models
+    for role in ("reward", "reference"):
+        assert states(bd.roles[role]) == tensor_bytes(getattr(m, role).parameters()), role
+    for role, opt in (("actor", trainer.actor_opt), ("critic", trainer.critic_opt)):
+        params = [p for g in opt.param_groups for p in g["params"]]
+        adam = [opt.state[p][k] for p in params for k in ("exp_avg", "exp_avg_sq")]
+        real = tensor_bytes(params) + tensor_bytes(p.grad for p in params) + tensor_bytes(adam)
+        assert states(bd.roles[role]) == real, role

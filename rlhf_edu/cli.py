@@ -132,6 +132,13 @@ def _train(args: argparse.Namespace) -> int:
         return _launch(args.nproc, argv)
     rank, _ = distributed.init_from_env(config.device)
     trainer = RLHFTrainer(config, run_dir=args.run_dir)
+    if rank == 0:
+        bf16 = distributed.uses_bf16(trainer.device, config.precision)
+        devices = trainer.devices
+        where = (f"the four models on {trainer.device}" if len(set(devices.values())) == 1
+                 else ", ".join(f"{role} on {dev}" for role, dev in devices.items()))
+        print(f"{trainer.world} process{'es' if trainer.world > 1 else ''}, {where}, "
+              f"{'bf16 autocast (frozen models in bf16)' if bf16 else 'fp32'}", flush=True)
     if args.resume:
         trainer.load()
     history = trainer.train(args.steps, save_every=args.save_every, progress=not args.quiet)

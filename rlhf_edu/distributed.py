@@ -173,6 +173,12 @@ def resolve_placement(placement: str | dict, device: torch.device) -> dict[str, 
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of "
+                         f"{', '.join(PRECISIONS)}")
+
+
 def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
     """Whether ``precision`` means bf16 compute on ``device``.
 
@@ -180,9 +186,7 @@ def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
     on any device, CPU included (slower there, but it runs the GPU's mixed-precision code path
     on a laptop); ``"fp32"``: never.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of "
-                         f"{', '.join(PRECISIONS)}")
+    check_precision(precision)
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 

@@ -114,9 +114,7 @@ class PPOConfig:
         if self.batch_size % self.minibatches:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by minibatches "
                              f"({self.minibatches})")
-        if self.precision not in distributed.PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; expected one of "
-                             f"{', '.join(distributed.PRECISIONS)}")
+        distributed.check_precision(self.precision)
 
     def check_world(self, world: int) -> None:
         """Raise ``ValueError`` unless the batch splits into ``world`` ranks x minibatches."""

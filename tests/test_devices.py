@@ -181,3 +181,44 @@ def test_bad_launches_fail_before_torchrun_starts(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("rlhf-edu train: error:"), result.stderr
     assert message in lines[0]
     assert not (tmp_path / "r").exists()
+
+
+class TransferAudit(TorchFunctionMode):
+    """Records the ``Tensor.to(device)`` calls the trainer makes: in a split placement these
+    are the copies between GPUs (and between host and GPU)."""
+
+    def __init__(self, trainer):
+        super().__init__()
+        self.trainer, self.moves = trainer, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.to and sys._getframe(1).f_code.co_filename.endswith("trainer.py"):
+            t = args[0]
+            phase = self.trainer.trace.phase if self.trainer.trace else ""
+            self.moves.append((phase, tuple(t.shape), str(t.dtype)[6:]))
+        return func(*args, **kwargs)
+
+
+def test_only_ids_masks_scores_and_logprobs_cross_to_the_frozen_models():
+    # the table of notebook 2 ("What crosses GPUs in a split placement"), observed
+    from rlhf_edu.trainer import _Trace
+
+    B, T = 4, 6
+    trainer = RLHFTrainer(PPOConfig(batch_size=B, response_len=T, stop_at_eos=False,
+                                    ppo_epochs=1, minibatches=1,
+                                    placement={"reward": "cpu", "reference": "cpu"}))
+    trainer.trace = _Trace()
+    with TransferAudit(trainer) as audit:
+        batch = trainer.rollout(lambda name: setattr(trainer.trace, "phase", name))
+    L = batch.tokens.size(1)
+    crossing = [m for m in audit.moves if m[0] in ("3_score", "4_reference_kl")]
+    assert crossing == [
+        ("3_score", (B, L), "int64"), ("3_score", (B, L), "bool"),  # ids, mask to the RM
+        ("3_score", (B,), "float32"),  # scores back
+        ("4_reference_kl", (B, L), "int64"), ("4_reference_kl", (B, L), "bool"),
+        ("4_reference_kl", (B, T), "float32"),  # reference log-probs back
+    ]
+    # from the host: only the tokenised prompts
+    assert [m[0] for m in audit.moves if m[0] not in ("3_score", "4_reference_kl")] == [
+        "1_prompts", "1_prompts"]

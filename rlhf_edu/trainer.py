@@ -449,8 +449,12 @@ class RLHFTrainer:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                     opt.step()
                 for k, v in losses.items():
-                    stats[k].append(float(v.detach()))
-        return {k: sum(v) / len(v) for k, v in stats.items()}
+                    stats[k].append(v.detach())
+        # one copy to the host for all the statistics, not one per number: on a GPU each
+        # copy waits for every queued kernel to finish
+        keys = list(stats)
+        table = torch.stack([torch.stack(stats[k]) for k in keys]).tolist()
+        return {k: sum(row) / len(row) for k, row in zip(keys, table)}
 
     def step(self) -> dict:
         """Run the six phases once; return this step's metrics (averaged over ranks)."""

@@ -222,3 +222,35 @@ def test_only_ids_masks_scores_and_logprobs_cross_to_the_frozen_models():
     # from the host: only the tokenised prompts
     assert [m[0] for m in audit.moves if m[0] not in ("3_score", "4_reference_kl")] == [
         "1_prompts", "1_prompts"]
+
+
+class HostSyncs(TorchFunctionMode):
+    """Counts the calls, from package code, that copy a tensor's value to the host (on a GPU
+    each one waits for every queued kernel to finish)."""
+
+    SYNCS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.__bool__,
+             torch.Tensor.__float__, torch.Tensor.__int__}
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SYNCS:
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename.startswith(PACKAGE):
+                self.calls.append(f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_ppo_loop_reads_nothing_back_but_its_two_checks():
+    epochs, minibatches = 3, 2
+    trainer = RLHFTrainer(PPOConfig(batch_size=8, response_len=6, ppo_epochs=epochs,
+                                    minibatches=minibatches))
+    batch = trainer.rollout()
+    with HostSyncs() as syncs:
+        stats = trainer.update(batch)
+    # per minibatch: "is the loss finite?" and "is any token unmasked?"; then the statistics
+    # of the whole update come back in one copy
+    assert len(syncs.calls) == 2 * epochs * minibatches + 1, syncs.calls
+    assert set(stats) >= {"policy_loss", "value_loss", "clipfrac", "approx_kl"}

@@ -134,6 +134,17 @@ def main() -> None:
         ("states_pred", "predicted states GB", ".3f"), ("resident", "resident GB", ".3f"),
         ("states_ratio", "resident/pred", ".2f"), ("total_pred", "predicted total GB", ".3f"),
         ("peak", "peak GB", ".3f"), ("peak_ratio", "peak/pred", ".2f")]))
+    print("\nREADME rows (Running on GPUs):")
+    for r, t in zip(rows, table):
+        shape = "{} × {}".format(SIZES[r["size"]][0], SIZES[r["size"]][2])
+        gpu = f"{t['gpu']:.3f}" if t["gpu"] is not None else "-"
+        if t["speedup"] is not None:
+            gpu += f" ({t['speedup']:.0f}× faster)"
+        peak = (f"{t['peak']:.3f} GB peak, {t['resident']:.3f} GB resident"
+                if t["peak"] is not None else "-")
+        cpu = f"{t['cpu']:.2f}" if t["cpu"] is not None else "-"
+        print(f"| {r['size']} ({shape}) | {t['params']:.1f} M | {cpu} | {gpu} | {peak} | "
+              f"{t['total_pred']:.3f} GB (states {t['states_pred']:.3f}) |")
     path = _common.write_json("devices.json", {"machine": info, "batch": args.batch,
                                                "prompt_len": PROMPT, "response_len": RESPONSE,
                                                "rows": rows})

@@ -43,6 +43,8 @@ def select_device(device: str = "auto") -> torch.device:
                              "CUDA device(s) visible")
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
+    elif dev.type != "cpu":  # mps, xpu, ...: the trainer is written and tested for cpu and cuda
+        raise ValueError(f"device {device!r} is not supported: use cpu, cuda, cuda:N or auto")
     return dev
 
 

@@ -146,6 +146,12 @@ def test_cuda_names_are_normalised_or_refused():
             distributed.select_device("cuda")
 
 
+@pytest.mark.parametrize("device", ["mps", "meta", "xpu:0"])
+def test_other_device_types_are_refused(device):
+    with pytest.raises(ValueError, match=f"device '{device}' is not supported: use cpu, cuda"):
+        distributed.select_device(device)
+
+
 def test_nproc_checks():
     distributed.check_nproc(4, "cpu")  # gloo ranks share the CPU
     with pytest.raises(ValueError, match="--nproc must be positive, got 0"):

@@ -27,24 +27,39 @@ FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, tor
 PACKAGE = str(Path(rlhf_edu.__file__).parent)
 # text in, CPU tensors out: the tokenizer and the prompt sampler work on the host by design
 # (the trainer moves their output to the device in one explicit copy)
-HOST_SIDE = {str(Path(PACKAGE) / "task.py")}
+HOST_SIDE = {"task.py"}
 
 
-class FactoryAudit(TorchFunctionMode):
-    """Records each call of a tensor factory, made from package code, that names no device."""
+class CallRecorder(TorchFunctionMode):
+    """Records the calls of ``funcs`` made directly from package code (``files``: only from
+    files whose path ends so) for which ``keep(func, args, kwargs)`` holds, as ``(where, func
+    name, args)``; ``where`` is ``file:line``."""
 
-    def __init__(self):
+    def __init__(self, funcs, keep=lambda func, args, kwargs: True, files=""):
         super().__init__()
-        self.implicit: list[str] = []
+        self.funcs, self.keep, self.files = funcs, keep, files
+        self.calls: list[tuple[str, str, tuple]] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in FACTORIES and "device" not in kwargs:
+        if func in self.funcs:
             caller = sys._getframe(1)
             where = caller.f_code.co_filename
-            if where.startswith(PACKAGE) and where not in HOST_SIDE:
-                self.implicit.append(f"{Path(where).name}:{caller.f_lineno} {func.__name__}")
+            if (where.startswith(PACKAGE) and where.endswith(self.files)
+                    and self.keep(func, args, kwargs)):
+                self.calls.append((f"{Path(where).name}:{caller.f_lineno}", func.__name__, args))
         return func(*args, **kwargs)
+
+
+def FactoryAudit() -> CallRecorder:
+    """Tensor factories called from package code without naming a device."""
+    return CallRecorder(FACTORIES, keep=lambda func, args, kwargs: "device" not in kwargs)
+
+
+def implicit(audit: CallRecorder) -> list[str]:
+    """The audit's findings outside the host-side files."""
+    return [f"{where} {name}" for where, name, _ in audit.calls
+            if where.split(":")[0] not in HOST_SIDE]
 
 
 def test_the_audit_catches_a_factory_without_device():
@@ -52,7 +67,7 @@ def test_the_audit_catches_a_factory_without_device():
                    "exec")
     with FactoryAudit() as audit:
         exec(code, {"torch": torch})
-    assert audit.implicit == ["x.py:1 zeros"]
+    assert implicit(audit) == ["x.py:1 zeros"]
 
 
 @pytest.mark.parametrize("critic_mode", ["separate", "head"])
@@ -62,14 +77,14 @@ def test_every_tensor_of_a_step_names_its_device(critic_mode):
     with FactoryAudit() as audit:
         trainer.step()
         trainer.sample(["the food"])
-    assert audit.implicit == []
+    assert implicit(audit) == []
 
 
 def test_rejection_sampling_names_its_devices():
     models = build_models()
     with FactoryAudit() as audit:
         rejection_sampling(models, steps=1, prompts_per_step=2, n=2, response_len=6)
-    assert audit.implicit == []
+    assert implicit(audit) == []
 
 
 # ---------------------------------------------------------------- precision
@@ -189,23 +204,6 @@ def test_bad_launches_fail_before_torchrun_starts(tmp_path, args, message):
     assert not (tmp_path / "r").exists()
 
 
-class TransferAudit(TorchFunctionMode):
-    """Records the ``Tensor.to(device)`` calls the trainer makes: in a split placement these
-    are the copies between GPUs (and between host and GPU)."""
-
-    def __init__(self, trainer):
-        super().__init__()
-        self.trainer, self.moves = trainer, []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.Tensor.to and sys._getframe(1).f_code.co_filename.endswith("trainer.py"):
-            t = args[0]
-            phase = self.trainer.trace.phase if self.trainer.trace else ""
-            self.moves.append((phase, tuple(t.shape), str(t.dtype)[6:]))
-        return func(*args, **kwargs)
-
-
 def test_only_ids_masks_scores_and_logprobs_cross_to_the_frozen_models():
     # the table of notebook 2 ("What crosses GPUs in a split placement"), observed
     from rlhf_edu.trainer import _Trace
@@ -215,10 +213,16 @@ def test_only_ids_masks_scores_and_logprobs_cross_to_the_frozen_models():
                                     ppo_epochs=1, minibatches=1,
                                     placement={"reward": "cpu", "reference": "cpu"}))
     trainer.trace = _Trace()
-    with TransferAudit(trainer) as audit:
+    moves = []  # (phase, shape, dtype) of every Tensor.to the trainer calls
+
+    def keep(func, args, kwargs):
+        moves.append((trainer.trace.phase, tuple(args[0].shape), str(args[0].dtype)[6:]))
+        return True
+
+    with CallRecorder({torch.Tensor.to}, keep, files="trainer.py"):
         batch = trainer.rollout(lambda name: setattr(trainer.trace, "phase", name))
     L = batch.tokens.size(1)
-    crossing = [m for m in audit.moves if m[0] in ("3_score", "4_reference_kl")]
+    crossing = [m for m in moves if m[0] in ("3_score", "4_reference_kl")]
     assert crossing == [
         ("3_score", (B, L), "int64"), ("3_score", (B, L), "bool"),  # ids, mask to the RM
         ("3_score", (B,), "float32"),  # scores back
@@ -226,27 +230,13 @@ def test_only_ids_masks_scores_and_logprobs_cross_to_the_frozen_models():
         ("4_reference_kl", (B, T), "float32"),  # reference log-probs back
     ]
     # from the host: only the tokenised prompts
-    assert [m[0] for m in audit.moves if m[0] not in ("3_score", "4_reference_kl")] == [
+    assert [m[0] for m in moves if m[0] not in ("3_score", "4_reference_kl")] == [
         "1_prompts", "1_prompts"]
 
 
-class HostSyncs(TorchFunctionMode):
-    """Counts the calls, from package code, that copy a tensor's value to the host (on a GPU
-    each one waits for every queued kernel to finish)."""
-
-    SYNCS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.__bool__,
-             torch.Tensor.__float__, torch.Tensor.__int__}
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.SYNCS:
-            caller = sys._getframe(1)
-            if caller.f_code.co_filename.startswith(PACKAGE):
-                self.calls.append(f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno}")
-        return func(*args, **(kwargs or {}))
+# calls that copy a tensor's value to the host: on a GPU each waits for every queued kernel
+HOST_SYNCS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.__bool__,
+              torch.Tensor.__float__, torch.Tensor.__int__}
 
 
 def test_the_ppo_loop_reads_nothing_back_but_its_two_checks():
@@ -254,7 +244,7 @@ def test_the_ppo_loop_reads_nothing_back_but_its_two_checks():
     trainer = RLHFTrainer(PPOConfig(batch_size=8, response_len=6, ppo_epochs=epochs,
                                     minibatches=minibatches))
     batch = trainer.rollout()
-    with HostSyncs() as syncs:
+    with CallRecorder(HOST_SYNCS) as syncs:
         stats = trainer.update(batch)
     # per minibatch: "is the loss finite?" and "is any token unmasked?"; then the statistics
     # of the whole update come back in one copy

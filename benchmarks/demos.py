@@ -1,7 +1,7 @@
 """The course's measured runs: reward hacking at beta=0, a good beta, beta=10, the adaptive
 controller, and rejection sampling at the same number of generated samples as PPO.
 
-    python benchmarks/demos.py [--steps 120] [--out benchmarks/results/demos.json]
+    python benchmarks/demos.py [--steps 120] [--out rlhf_edu/data/demos.json]
 
 Prints one table (first step vs the mean of the last 10 steps) and writes every run's full
 metrics to JSON; the notebooks and the beta-choosing exercise read that file.
@@ -19,6 +19,7 @@ import torch
 
 from rlhf_edu.distributed import configure_threads
 from rlhf_edu.models import build_models
+from rlhf_edu.plots import DEMOS_PATH
 from rlhf_edu.sampling import rejection_sampling
 from rlhf_edu.trainer import PPOConfig, RLHFTrainer
 
@@ -33,7 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results/demos.json")
+    parser.add_argument("--out", type=Path, default=DEMOS_PATH,
+                        help="where to write the runs (default: the copy the package ships)")
     args = parser.parse_args()
     threads = configure_threads()
     runs = {

@@ -27,7 +27,7 @@ Hidden (reading them fails the test): ``gold_score`` and ``well_formed``, the hi
 verdict, and ``sample``, the text itself.
 
 Grade: ``rlhf-edu grade 7`` or ``pytest tests/exercises/test_ex07_choose_beta.py``. The tests
-run ``diagnose_beta`` on recorded runs (``benchmarks/results/demos.json`` and
+run ``diagnose_beta`` on recorded runs (``rlhf_edu/data/demos.json`` and
 ``tests/exercises/data/beta_runs.json``) labelled by what the hidden gold score did: it
 collapsed after peaking (too_low), barely rose (too_high), or rose and held (ok); see
 ``tests/exercises/data/record_beta_runs.py``. Solution: ``solutions/ex07_choose_beta.py``.
@@ -45,7 +45,7 @@ def diagnose_beta(history: list[dict[str, float]]) -> str:
     """Return "too_low", "too_high" or "ok" for a run (50 or more steps).
 
     Hint: look at the runs first, e.g.
-    ``json.load(open("benchmarks/results/demos.json"))["runs"]["beta=0"]``, and plot ``kl``,
+    ``json.load(open("rlhf_edu/data/demos.json"))["runs"]["beta=0"]``, and plot ``kl``,
     ``rm_score`` and ``repetition`` per step for beta=0, 0.05 and 10. The RM score rises in
     every run that moves, so it cannot tell "good" from "hacked"; how far the policy moved
     (KL at the end of the run, averaged over the last steps) and signs of degenerate text can.

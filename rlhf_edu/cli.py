@@ -166,6 +166,10 @@ def _trace(args: argparse.Namespace) -> int:
     return 0
 
 
+CRITIC_HELP = ("critic mode: separate (own network), shared (a value head on a shared backbone), "
+               "head (a value head on the actor) (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf-edu", description=__doc__)
     parser.add_argument("--threads", type=int, default=None,
@@ -173,42 +177,63 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="train the SFT actor on the review grammar")
-    p.add_argument("--out", type=Path, default=Path("sft.pt"))
-    p.add_argument("--reviews", type=int, default=30_000)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--n-layer", type=int, default=3)
-    p.add_argument("--n-head", type=int, default=4)
-    p.add_argument("--n-embd", type=int, default=128)
-    p.add_argument("--eval-samples", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("sft.pt"),
+                   help="checkpoint file to write (default: %(default)s)")
+    p.add_argument("--reviews", type=int, default=30_000,
+                   help="reviews sampled from the grammar to train on (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=4,
+                   help="passes over the reviews (default: %(default)s)")
+    p.add_argument("--n-layer", type=int, default=3,
+                   help="transformer blocks (default: %(default)s)")
+    p.add_argument("--n-head", type=int, default=4, help="attention heads (default: %(default)s)")
+    p.add_argument("--n-embd", type=int, default=128,
+                   help="width of the residual stream (default: %(default)s)")
+    p.add_argument("--eval-samples", type=int, default=500,
+                   help="samples drawn to measure the SFT model afterwards (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of data and training (default: %(default)s)")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("train-rm", help="train the reward model on preference pairs")
     p.add_argument("--sft", type=Path, default=None, help="SFT checkpoint (default: shipped)")
-    p.add_argument("--out", type=Path, default=Path("reward.pt"))
-    p.add_argument("--pairs", type=int, default=8000)
-    p.add_argument("--heldout", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("reward.pt"),
+                   help="checkpoint file to write (default: %(default)s)")
+    p.add_argument("--pairs", type=int, default=8000,
+                   help="preference pairs to train on (default: %(default)s)")
+    p.add_argument("--heldout", type=int, default=1000,
+                   help="further pairs kept aside to measure accuracy (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=2,
+                   help="passes over the pairs (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the pairs and of training (default: %(default)s)")
     p.set_defaults(func=_train_rm)
 
     p = sub.add_parser("models", help="the four models: parameters and which ones train")
-    p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"))
+    p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"),
+                   help=CRITIC_HELP)
     p.set_defaults(func=_models)
 
     p = sub.add_parser("train", help="RLHF with PPO from the shipped SFT actor and reward model")
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=60, help="PPO steps to run (default: %(default)s)")
     p.add_argument("--beta", type=float, default=0.05, help="KL coefficient (initial, if adaptive)")
     p.add_argument("--kl-target", type=float, default=None,
                    help="use the adaptive KL controller with this target KL per response")
-    p.add_argument("--kl-estimator", default="k1", choices=("k1", "k2", "k3"))
-    p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"))
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--response-len", type=int, default=20)
-    p.add_argument("--ppo-epochs", type=int, default=4)
-    p.add_argument("--minibatches", type=int, default=2)
-    p.add_argument("--actor-lr", type=float, default=1e-4)
-    p.add_argument("--ent-coef", type=float, default=0.0)
+    p.add_argument("--kl-estimator", default="k1", choices=("k1", "k2", "k3"),
+                   help="per-token KL estimator in the reward (default: %(default)s)")
+    p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"),
+                   help=CRITIC_HELP)
+    p.add_argument("--batch", type=int, default=64,
+                   help="prompts (and responses) per step (default: %(default)s)")
+    p.add_argument("--response-len", type=int, default=20,
+                   help="most tokens generated per response (default: %(default)s)")
+    p.add_argument("--ppo-epochs", type=int, default=4,
+                   help="PPO passes over each batch (default: %(default)s)")
+    p.add_argument("--minibatches", type=int, default=2,
+                   help="minibatches per PPO epoch (default: %(default)s)")
+    p.add_argument("--actor-lr", type=float, default=1e-4,
+                   help="Adam learning rate of the actor (default: %(default)s)")
+    p.add_argument("--ent-coef", type=float, default=0.0,
+                   help="c2, weight of the entropy bonus (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--placement", default="colocate",
                    help='colocate, or JSON such as \'{"reward": "cuda:1", "reference": "cuda:1"}\'')
@@ -216,9 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 autocast and bf16 frozen models on CUDA, fp32 on CPU")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes (re-launches under torchrun; gloo on CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-dir", type=Path, default=Path("runs/latest"))
-    p.add_argument("--save-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of prompts, sampling and minibatch order (default: %(default)s)")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/latest"),
+                   help="where metrics.jsonl, training.png and checkpoint.pt go "
+                        "(default: %(default)s)")
+    p.add_argument("--save-every", type=int, default=10,
+                   help="write a checkpoint every N steps (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -232,10 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=grading.run_grade_cli)
 
     p = sub.add_parser("trace", help="shapes, dtypes and forward passes of one RLHF step")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--response-len", type=int, default=100)
-    p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=4,
+                   help="prompts in the traced step (default: %(default)s)")
+    p.add_argument("--response-len", type=int, default=100,
+                   help="tokens generated per response (default: %(default)s)")
+    p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"),
+                   help=CRITIC_HELP)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of prompts and sampling (default: %(default)s)")
     p.set_defaults(func=_trace)
     return parser
 

@@ -21,7 +21,8 @@ PANELS = (("rm_score", "RM score (z)"), ("gold_score", "gold score"), ("kl", "KL
 LIVE_PANELS = (("rm_score", "RM score (z)"), ("gold_score", "gold score"),
                ("kl", "KL per response"), ("entropy", "entropy per token"),
                ("clipfrac", "clip fraction"))
-DEMOS_PATH = Path("benchmarks") / "results" / "demos.json"
+DEMOS_PATH = Path(__file__).resolve().parent / "data" / "demos.json"
+"""The recorded runs shipped with the package (written by ``python benchmarks/demos.py``)."""
 
 
 def plot_training(history: list[dict], path: str | Path | None = None, title: str = ""):
@@ -53,19 +54,24 @@ def plot_training(history: list[dict], path: str | Path | None = None, title: st
 def load_demo_runs(path: str | Path | None = None) -> dict:
     """The runs recorded by ``python benchmarks/demos.py``: ``{"steps", "seed", "runs"}``.
 
-    Without ``path``, looks in the repository this package lives in, then under the working
-    directory and its parent (a notebook runs in ``notebooks/``).
+    Without ``path``, reads the copy shipped inside the package (``rlhf_edu/data/demos.json``),
+    so it works from an installed wheel as well as from the repository.
     """
-    if path is not None:
-        candidates = [Path(path)]
-    else:
-        repo = Path(__file__).resolve().parents[1]
-        candidates = [repo / DEMOS_PATH, Path.cwd() / DEMOS_PATH, Path.cwd().parent / DEMOS_PATH]
-    for p in candidates:
-        if p.exists():
-            return json.loads(p.read_text())
-    raise FileNotFoundError(f"no recorded runs at {', '.join(map(str, candidates))}; "
-                            "create them with `python benchmarks/demos.py`")
+    p = Path(path) if path is not None else DEMOS_PATH
+    if not p.is_file():
+        raise FileNotFoundError(f"no recorded runs at {p}; "
+                                "create them with `python benchmarks/demos.py --out PATH`")
+    return json.loads(p.read_text())
+
+
+def rounded(x: float, digits: int = 3) -> float:
+    """``x`` rounded to ``digits`` decimals, with ``-0.0`` written as ``0.0``.
+
+    A value that is zero in exact arithmetic (the KL of a policy against its own copy) comes out
+    as +1e-8 on one machine and -1e-8 on another; rounded alone it would print ``-0.000`` on
+    half of them. Use it for figures a notebook prints and nbval compares.
+    """
+    return round(float(x), digits) + 0.0
 
 
 def smooth(values, window: int = 1) -> np.ndarray:

@@ -2,6 +2,7 @@
 would (set a slider, read the result)."""
 
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -196,3 +197,7 @@ def test_load_demo_runs(tmp_path):
     assert plots.load_demo_runs(path)["runs"] == {"beta=0": []}
     with pytest.raises(FileNotFoundError, match="benchmarks/demos.py"):
         plots.load_demo_runs(tmp_path / "missing.json")
+    shipped = plots.load_demo_runs()  # the package's own copy, wherever it is installed
+    assert plots.DEMOS_PATH.is_relative_to(Path(plots.__file__).parent)
+    assert {"beta=0", "beta=0.05", "beta=10"} <= set(shipped["runs"])
+    assert all(len(h) == shipped["steps"] for h in shipped["runs"].values())

@@ -2,7 +2,7 @@
 
 Reference: recorded runs labelled by the hidden gold score (see
 ``tests/exercises/data/record_beta_runs.py`` for the rule): the course's demo runs in
-``benchmarks/results/demos.json`` and more runs in ``tests/exercises/data/beta_runs.json``.
+``rlhf_edu/data/demos.json`` and more runs in ``tests/exercises/data/beta_runs.json``.
 The learner's function sees only the metrics a practitioner has; reading a hidden one fails.
 """
 
@@ -17,7 +17,7 @@ from grading_utils import _short
 
 EXERCISE = "ex07_choose_beta"
 ROOT = Path(__file__).resolve().parents[2]
-DEMOS = ROOT / "benchmarks" / "results" / "demos.json"
+DEMOS = ROOT / "rlhf_edu" / "data" / "demos.json"
 BETA_RUNS = Path(__file__).parent / "data" / "beta_runs.json"
 HIDDEN = ("gold_score", "well_formed", "sample")
 VERDICTS = ("too_low", "too_high", "ok")

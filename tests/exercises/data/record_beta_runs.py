@@ -38,7 +38,7 @@ from rlhf_edu.distributed import configure_threads
 from rlhf_edu.trainer import PPOConfig, RLHFTrainer
 
 # (beta, seed, steps). beta=0 runs longer: with seeds 1 and 2 the collapse can come later
-# than with seed 0 (the beta=0 run of benchmarks/results/demos.json).
+# than with seed 0 (the beta=0 run of rlhf_edu/data/demos.json).
 RUNS = [(0.0, 1, 150), (0.0, 2, 150), (0.02, 0, 100), (0.05, 1, 100), (3.0, 0, 100),
         (10.0, 1, 100)]
 START = 3  # steps averaged for the starting gold score

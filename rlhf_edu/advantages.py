@@ -13,97 +13,36 @@ References:
 - CleanRL's `ppo.py` (the `lastgaelam` reverse loop), https://github.com/vwxyzjn/cleanrl
 - TRL's `whiten`/`masked_whiten` (shift_mean=False keeps the mean, used for rewards).
 
-The small `_check_*` helpers at the top are the package's shared input validation; `rewards.py`
-and `ppo.py` import them so every error message has the same form.
+Validation comes from `rlhf_edu.validate`. Padding follows one policy, shared with `rewards.py`
+and `ppo.py`: whatever a masked-out position holds (NaN included) changes no result and no
+gradient, and NaN or inf at a response position is refused, naming the argument.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from rlhf_edu.validate import (
+    check_2d,
+    check_bool,
+    check_float,
+    check_int,
+    check_mask,
+    check_same_shape,
+    check_tensor,
+)
+
 __all__ = ["masked_mean", "masked_var", "whiten", "gae"]
 
 
-# --------------------------------------------------------------------------------------------
-# Shared validation (package-internal). Errors are raised early and name the argument, the
-# offending value and what was expected.
-# --------------------------------------------------------------------------------------------
-
-
-def _fmt_index(idx: list[int]) -> str:
-    """`[3]` -> "3", `[0, 3]` -> "(0, 3)" (how a learner would index the tensor)."""
-    return str(idx[0]) if len(idx) == 1 else str(tuple(idx))
-
-
-def _check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    if a.shape != b.shape:
-        raise ValueError(
-            f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}; "
-            "they must match"
-        )
-
-
-def _check_2d(name: str, x: Tensor) -> None:
-    if x.ndim != 2:
-        raise ValueError(f"{name} must have shape (B, T), got {tuple(x.shape)}")
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); a batch needs at least "
-                         "one row and one token")
-
-
-def _check_finite(name: str, x: Tensor) -> None:
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    bad = (~torch.isfinite(x)).nonzero()
-    if len(bad) > 0:
-        raise ValueError(f"{name} contains NaN or inf at index {_fmt_index(bad[0].tolist())}")
-
-
-def _check_mask(mask: Tensor, like: Tensor, like_name: str, every_row: bool = False) -> Tensor:
-    """Validate `mask` against `like` and return it as a bool tensor.
-
-    Accepts bool or numeric masks holding only 0 and 1. With `every_row=True` each row of a
-    `(B, T)` mask must hold at least one response token (GAE and reward placement need one).
-    """
-    _check_same_shape("mask", mask, like_name, like)
-    if mask.dtype != torch.bool:
-        bad = ((mask != 0) & (mask != 1)).nonzero()
-        if len(bad) > 0:
-            idx = bad[0].tolist()
-            raise ValueError(
-                f"mask must contain only 0 and 1, got {mask[tuple(idx)].item()} "
-                f"at index {_fmt_index(idx)}"
-            )
-        mask = mask != 0
-    if every_row:
-        empty = (~mask.any(dim=-1)).nonzero()
-        if len(empty) > 0:
-            raise ValueError(f"mask row {_fmt_index(empty[0].tolist())} has no response token")
-    return mask
-
-
-def _check_unit_interval(name: str, value: float) -> None:
-    # `not (0 <= v <= 1)` is also True for NaN, so NaN is rejected here too.
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-
-
-def _check_nonnegative(name: str, value: float) -> None:
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+def _zero_padding(x: Tensor, mask: Tensor) -> Tensor:
+    """`x` where the bool `mask` is True, else a zero: bit for bit `x * mask` for finite `x`
+    (the zero keeps the sign of `x`, as `x * 0` does), but NaN or inf in the padding stays out
+    of the result (`NaN * 0` is NaN) and out of the gradient."""
+    return torch.where(mask, x, torch.zeros_like(x).copysign(x.detach()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,20 +59,30 @@ def _masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return total.sum(dim) / mask.sum(dim)
 
 
-def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """Mean of `x` over the entries where `mask` is 1.
-
-    Args:
-        x: `(B, T)` values (any shape works, as long as `mask` has the same shape).
-        mask: `(B, T)`, 1 on response tokens, 0 on padding.
-        dim: None averages over every unmasked entry of the batch (a scalar); an int averages
-            along that dimension only (e.g. `dim=1` gives one mean per response, `(B,)`).
-    """
-    m = _check_mask(mask, x, "x")
+def _check_stats_input(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """The bool mask of `masked_mean`/`masked_var`, after checking `x`, `mask` and `dim`."""
+    check_tensor("x", x)
+    if dim is not None:
+        check_int("dim", dim, minimum=-max(x.ndim, 1), maximum=max(x.ndim, 1) - 1)
+    m = check_mask(mask, x, "x", finite={"x": x})
     count = m.sum() if dim is None else m.sum(dim)
     if (count == 0).any():
         where = "" if dim is None else f" along dim {dim}"
         raise ValueError(f"mask has no unmasked entries{where}; the mean is undefined")
+    return m
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of `x` over the entries where `mask` is 1.
+
+    Args:
+        x: `(B, T)` values (any shape works, as long as `mask` has the same shape); NaN or
+            inf is refused where `mask` is 1 and ignored where it is 0.
+        mask: `(B, T)`, 1 on response tokens, 0 on padding.
+        dim: None averages over every unmasked entry of the batch (a scalar); an int averages
+            along that dimension only (e.g. `dim=1` gives one mean per response, `(B,)`).
+    """
+    m = _check_stats_input(x, mask, dim)
     return _masked_mean(x, m, dim)
 
 
@@ -142,8 +91,10 @@ def masked_var(x: Tensor, mask: Tensor) -> Tensor:
 
     `x` and `mask` are `(B, T)`; returns a scalar tensor.
     """
-    mean = masked_mean(x, mask)
-    return masked_mean((x - mean) ** 2, mask)
+    m = _check_stats_input(x, mask)
+    x = torch.where(m, x, torch.zeros_like(x))  # padding stays out of the gradient too
+    mean = _masked_mean(x, m)
+    return _masked_mean((x - mean) ** 2, m)
 
 
 def whiten(
@@ -156,9 +107,9 @@ def whiten(
     """Masked whitening: `(x - mean) / sqrt(var + eps)` with statistics over unmasked entries.
 
     Args:
-        x: `(B, T)` values, usually advantages.
-        mask: `(B, T)`, 1 on response tokens. Padding never enters the mean or the variance,
-            and the output is 0 at masked positions.
+        x: `(B, T)` values, usually advantages; NaN or inf is refused where `mask` is 1.
+        mask: `(B, T)`, 1 on response tokens. Padding never enters the mean or the variance
+            (nor the gradient), and the output is 0 at masked positions.
         shift_mean: if False the mean is added back, so only the scale changes (TRL does this
             for rewards, whose sign carries meaning).
         eps: added to the variance so a constant input does not divide by zero.
@@ -172,11 +123,16 @@ def whiten(
         `(B, T)` tensor: unmasked entries have mean 0 and (population) variance
         `var / (var + eps)`, i.e. 1 up to eps.
     """
-    m = _check_mask(mask, x, "x")
-    _check_nonnegative("eps", eps)
+    check_tensor("x", x)
+    check_bool("shift_mean", shift_mean)
+    check_float("eps", eps, minimum=0)
+    if reduce is not None and not callable(reduce):
+        raise ValueError(f"reduce must be a callable or None, got {type(reduce).__name__}")
+    m = check_mask(mask, x, "x", finite={"x": x})
+    x = torch.where(m, x, torch.zeros_like(x))  # padding stays out of the gradient too
     # Accumulate in at least float32: a bf16 count is exact only up to 256.
     acc = torch.promote_types(x.dtype, torch.float32)
-    xm = torch.where(m, x, torch.zeros_like(x)).to(acc)
+    xm = x.to(acc)
     # Three sums in one tensor: one all_reduce gives global statistics (not a mean of means).
     stats = torch.stack([xm.sum(), (xm * xm).sum(), m.sum().to(acc)])
     if reduce is not None:
@@ -219,6 +175,8 @@ def gae(
         values: `(B, T)` critic values V(s_t), usually detached.
         mask: `(B, T)`, 1 on response tokens. Any 0/1 pattern works: a masked position acts
             as an episode boundary (its value is not bootstrapped and the recursion restarts).
+            Rewards and values there are ignored, NaN included; NaN or inf where `mask` is 1
+            is refused.
         gamma: discount in [0, 1]; RLHF uses 1.0 (responses are short and end for sure).
         lam: GAE lambda in [0, 1]: 0 gives the one-step TD residual (low variance, biased by
             the critic), 1 gives the Monte-Carlo return minus V (unbiased, high variance).
@@ -227,13 +185,13 @@ def gae(
         `(advantages, returns)`, both `(B, T)` and 0 where `mask` is 0;
         `returns = advantages + values` on response tokens (the critic's targets).
     """
-    _check_2d("rewards", rewards)
-    _check_same_shape("values", values, "rewards", rewards)
-    m = _check_mask(mask, rewards, "rewards", every_row=True).to(rewards.dtype)
-    _check_unit_interval("gamma", gamma)
-    _check_unit_interval("lam", lam)
-    _check_finite("rewards", rewards)
-    _check_finite("values", values)
+    check_2d("rewards", rewards)
+    check_tensor("values", values)
+    check_same_shape("values", values, "rewards", rewards)
+    check_float("gamma", gamma, minimum=0, maximum=1)
+    check_float("lam", lam, minimum=0, maximum=1)
+    m = check_mask(mask, rewards, "rewards", every_row=True,
+                   finite={"rewards": rewards, "values": values})
 
     T = rewards.shape[1]
     lastgaelam = torch.zeros_like(rewards[:, 0])  # (B,) A_{t+1}, 0 past the end
@@ -241,14 +199,14 @@ def gae(
     for t in reversed(range(T)):
         if t < T - 1:
             # A masked next position contributes no value: terminal after the last token.
-            nextvalues = values[:, t + 1] * m[:, t + 1]
+            nextvalues = _zero_padding(values[:, t + 1], m[:, t + 1])
         else:
             nextvalues = torch.zeros_like(lastgaelam)
         delta = rewards[:, t] + gamma * nextvalues - values[:, t]
-        # Multiplying by m[:, t] zeroes padding, so the recursion restarts from 0 when it
-        # crosses a masked position into the tokens before it.
-        lastgaelam = (delta + gamma * lam * lastgaelam) * m[:, t]
+        # Zeroing padding restarts the recursion from 0 when it crosses a masked position
+        # into the tokens before it.
+        lastgaelam = _zero_padding(delta + gamma * lam * lastgaelam, m[:, t])
         advantages_reversed.append(lastgaelam)
     advantages = torch.stack(advantages_reversed[::-1], dim=1)  # (B, T)
-    returns = (advantages + values) * m
+    returns = _zero_padding(advantages + values, m)
     return advantages, returns

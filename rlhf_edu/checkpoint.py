@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -12,6 +14,7 @@ import torch
 
 from .model import GPTConfig
 from .task import VOCAB
+from .validate import check_path, shown
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -29,25 +32,60 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; checkpoints are ordinary files
         os.replace(tmp, path)
+    except RuntimeError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
+            raise
+        # torch's zip writer reports a full disk or a failed write as "[enforce fail at ...]"
+        first = str(e).strip().splitlines()[0]
+        raise OSError(f"could not write {str(path)!r} (full disk?): {first[:200]}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
 def safe_load(path: str | os.PathLike) -> dict:
-    """Load a checkpoint dict, turning a missing, truncated or foreign file into ``ValueError``."""
-    path = Path(path)
+    """Load a checkpoint dict, turning a missing, truncated or foreign file into ``ValueError``.
+
+    The load is weights-only (no pickled code runs), and a file it refuses is reported as not
+    an rlhf_edu checkpoint, without torch's advice to retry with ``weights_only=False``: that
+    would run whatever code the file holds, the wrong step for a file you do not trust.
+    """
+    path = Path(check_path("checkpoint path", path))
+    if path.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r} is a directory; expected a checkpoint file "
+                         "(.pt)")
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle garbage, ...
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):  # pickle garbage
+            raise ValueError(f"checkpoint {str(path)!r} is corrupt or truncated "
+                             f"(UnpicklingError: {_first_line(e)})") from None
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n\n|$)", str(e),
+                          re.DOTALL)
+        detail = " ".join(found.group(1).split()) if found else "refused"
+        if "Unsupported global" in detail:  # a pickled class or function: not ours
+            raise ValueError(f"checkpoint {str(path)!r} is not an rlhf_edu checkpoint: it holds "
+                             f"Python objects that a safe (weights-only) load refuses ({detail}"
+                             "); rlhf_edu checkpoints hold only tensors, numbers, strings and "
+                             "containers") from None
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt or truncated, or not an rlhf_edu "
+                         f"checkpoint (a weights-only load refuses it: {detail})") from None
+    except Exception as e:  # truncated zip, ...
         raise ValueError(f"checkpoint {str(path)!r} is corrupt or truncated "
-                         f"({type(e).__name__}: {first_line})") from e
+                         f"({type(e).__name__}: {_first_line(e)})") from e
     if not isinstance(obj, dict) or "kind" not in obj:
-        raise ValueError(f"checkpoint {str(path)!r} is not an rlhf_edu checkpoint")
+        held = f"a dict with keys {list(obj)[:8]}" if isinstance(obj, dict) else \
+            f"a {type(obj).__name__}"
+        raise ValueError(f"checkpoint {str(path)!r} is not an rlhf_edu checkpoint: it holds "
+                         f"{held}, expected a dict with a 'kind' key")
     return obj
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else ""
 
 
 def model_checkpoint(kind: str, config: GPTConfig, state_dict: dict, **meta: Any) -> dict:
@@ -57,11 +95,29 @@ def model_checkpoint(kind: str, config: GPTConfig, state_dict: dict, **meta: Any
 
 
 def check_model_checkpoint(ckpt: dict, kind: str, path: str = "checkpoint") -> GPTConfig:
-    """Check kind and vocabulary, return the stored :class:`GPTConfig`."""
-    if ckpt.get("kind") != kind:
-        raise ValueError(f"{path} holds a {ckpt.get('kind')!r} model, expected {kind!r}")
-    if list(ckpt.get("vocab", [])) != list(VOCAB):
+    """Check kind, vocabulary, config and state dict; return the stored :class:`GPTConfig`.
+
+    Every problem is a one-line ``ValueError`` that starts with ``path``: a missing key, a
+    value of the wrong type, a config key :class:`GPTConfig` does not know (or lacks), or a
+    config value it refuses.
+    """
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path} holds a {type(ckpt).__name__}, expected a checkpoint dict")
+    missing = [k for k in ("kind", "config", "vocab", "state_dict") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(map(repr, missing))}; expected a checkpoint "
+                         "written by `rlhf-edu pretrain` or `rlhf-edu train-rm`")
+    if ckpt["kind"] != kind:
+        raise ValueError(f"{path} holds a {shown(ckpt['kind'])} model, expected {kind!r}")
+    vocab = ckpt["vocab"]
+    if not isinstance(vocab, (list, tuple)) or not all(isinstance(w, str) for w in vocab):
+        raise ValueError(f"{path}: 'vocab' must be a list of words, got {type(vocab).__name__}")
+    if list(vocab) != list(VOCAB):
         raise ValueError(f"{path} was trained with a different vocabulary "
-                         f"({len(ckpt.get('vocab', []))} words) than rlhf_edu.task.VOCAB "
+                         f"({len(vocab)} words) than rlhf_edu.task.VOCAB "
                          f"({len(VOCAB)} words)")
-    return GPTConfig(**ckpt["config"])
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ValueError(f"{path}: 'state_dict' must map parameter names to tensors")
+    return GPTConfig.from_dict(ckpt["config"], where=f"{path}'s config")

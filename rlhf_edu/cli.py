@@ -4,10 +4,70 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from . import distributed, grading, memory
+
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+
+
+# ------------------------------------------------------------------ argument types
+# Every number and path is checked by argparse as it is read, before any work starts, and a
+# bad one is named in one line: "argument --steps: must be an integer >= 1, got '0'".
+
+def integer(lo: int, hi: int | None = None):
+    """An argparse type: an integer in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {text!r}")
+        return value
+    return parse
+
+
+def number(lo: float = -math.inf, positive: bool = False):
+    """An argparse type: a finite float >= lo (> 0 with ``positive``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < lo or (positive and value <= 0):
+            want = "> 0" if positive else f">= {lo:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {want}, got {text!r}")
+        return value
+    return parse
+
+
+def out_file(text: str) -> Path:
+    """An argparse type: a file to write; refused now if it names a directory."""
+    path = Path(text)
+    if not text or path.is_dir():
+        raise argparse.ArgumentTypeError(f"must name a file to write, got {text!r}"
+                                         + (" (a directory)" if text else ""))
+    return path
+
+
+def run_dir(text: str) -> Path:
+    """An argparse type: a run directory (not empty, not an existing file)."""
+    path = Path(text)
+    if not text or (path.exists() and not path.is_dir()):
+        raise argparse.ArgumentTypeError(f"must name a directory, got {text!r}"
+                                         + (" (a file)" if text else ""))
+    return path
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors in one line (``--help`` still shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -17,9 +77,11 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
     model = pretrain(config, n_reviews=args.reviews, epochs=args.epochs, seed=args.seed)
+    meta = dict(seed=args.seed, reviews=args.reviews, epochs=args.epochs)
+    # saved before the evaluation, so nothing trained is lost if it fails or is interrupted
+    atomic_save(model_checkpoint("sft", config, model.state_dict(), **meta), args.out)
     report = evaluate_lm(model, n=args.eval_samples, seed=args.seed + 1)
-    atomic_save(model_checkpoint("sft", config, model.state_dict(), seed=args.seed,
-                                 reviews=args.reviews, epochs=args.epochs,
+    atomic_save(model_checkpoint("sft", config, model.state_dict(), **meta,
                                  eval={k: v for k, v in report.items() if k != "examples"}),
                 args.out)
     print(f"wrote {args.out}")
@@ -49,9 +111,11 @@ def _train_rm(args: argparse.Namespace) -> int:
     pairs = make_preference_pairs(sft, args.pairs + args.heldout, seed=args.seed)
     train, heldout = pairs.split(args.pairs)
     rm = train_reward_model(sft, train, epochs=args.epochs, seed=args.seed)
+    meta = dict(seed=args.seed, pairs=args.pairs, epochs=args.epochs)
+    atomic_save(model_checkpoint("reward", sft.config, rm.state_dict(), **meta), args.out)
     report = evaluate_reward_model(rm, sft, heldout, seed=args.seed + 2)
-    atomic_save(model_checkpoint("reward", sft.config, rm.state_dict(), seed=args.seed,
-                                 pairs=args.pairs, epochs=args.epochs, eval=report), args.out)
+    atomic_save(model_checkpoint("reward", sft.config, rm.state_dict(), **meta, eval=report),
+                args.out)
     print(f"wrote {args.out}")
     print(f"held-out pairwise accuracy vs gold  {report['accuracy']:.1%} "
           f"({report['n_heldout']} pairs with different gold)")
@@ -80,7 +144,7 @@ def _config_from_args(args: argparse.Namespace):
 
     return PPOConfig(seed=args.seed, batch_size=args.batch, response_len=args.response_len,
                      beta=args.beta, adaptive_kl=args.kl_target is not None,
-                     kl_target=args.kl_target or PPOConfig.kl_target,
+                     kl_target=PPOConfig.kl_target if args.kl_target is None else args.kl_target,
                      kl_estimator=args.kl_estimator, critic_mode=args.critic,
                      ppo_epochs=args.ppo_epochs, minibatches=args.minibatches,
                      actor_lr=args.actor_lr, ent_coef=args.ent_coef, device=args.device,
@@ -110,7 +174,10 @@ def _launch(nproc: int, argv: list[str]) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from .plots import plot_training
+    from .rundir import RunDir, check
     from .trainer import RLHFTrainer
 
     config = _config_from_args(args)
@@ -118,11 +185,17 @@ def _train(args: argparse.Namespace) -> int:
     distributed.check_nproc(args.nproc, config.device)
     config.check_world(args.nproc)
     distributed.resolve_placement(config.placement, distributed.select_device(config.device))
-    if args.resume and not (args.run_dir / "checkpoint.pt").exists():
-        raise ValueError(f"--resume: no checkpoint.pt in {str(args.run_dir)!r}")
-    if not args.resume and (args.run_dir / "metrics.jsonl").exists():
-        raise ValueError(f"run directory {str(args.run_dir)!r} already holds a run; pass "
-                         "--resume to continue it or choose another --run-dir")
+    pid = RunDir(args.run_dir).busy()
+    if pid is not None:
+        raise ValueError(f"run directory {str(args.run_dir)!r} is in use by another run "
+                         f"(process {pid}); wait for it to end or choose another --run-dir")
+    resume_step = check(args.run_dir, asdict(config), args.resume)
+    if resume_step is not None and args.steps < resume_step:
+        raise ValueError(f"--steps {args.steps}: the run in {str(args.run_dir)!r} has already "
+                         f"taken {resume_step} steps; ask for more to continue it")
+    if resume_step is not None and args.steps == resume_step:
+        print(f"the run in {args.run_dir} has already taken {resume_step} steps: nothing to do")
+        return 0
     if args.nproc > 1:  # the same command, minus --nproc, in each of nproc processes
         argv, skip = [], False
         for a in args.argv:
@@ -131,7 +204,7 @@ def _train(args: argparse.Namespace) -> int:
             skip = a == "--nproc"
         return _launch(args.nproc, argv)
     rank, _ = distributed.init_from_env(config.device)
-    trainer = RLHFTrainer(config, run_dir=args.run_dir)
+    trainer = RLHFTrainer(config, run_dir=args.run_dir, resume=args.resume)
     if rank == 0:
         bf16 = distributed.uses_bf16(trainer.device, config.precision)
         devices = trainer.devices
@@ -139,10 +212,12 @@ def _train(args: argparse.Namespace) -> int:
                  else ", ".join(f"{role} on {dev}" for role, dev in devices.items()))
         print(f"{trainer.world} process{'es' if trainer.world > 1 else ''}, {where}, "
               f"{'bf16 autocast (frozen models in bf16)' if bf16 else 'fp32'}", flush=True)
-    if args.resume:
-        trainer.load()
+    if args.resume and trainer.step_count == 0 and rank == 0:
+        print(f"{args.run_dir} has no checkpoint yet: the run starts again from step 0",
+              flush=True)
     history = trainer.train(args.steps, save_every=args.save_every, progress=not args.quiet)
     trainer.ddp = None
+    trainer.close()
     del trainer
     distributed.shutdown()
     if rank != 0:
@@ -171,40 +246,41 @@ CRITIC_HELP = ("critic mode: separate (own network), shared (a value head on a s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf-edu", description=__doc__)
-    parser.add_argument("--threads", type=int, default=None,
+    parser = Parser(prog="rlhf-edu", description=__doc__)
+    parser.add_argument("--threads", type=integer(1), default=None,
                         help="torch threads (default: $RLHF_EDU_THREADS or 1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="train the SFT actor on the review grammar")
-    p.add_argument("--out", type=Path, default=Path("sft.pt"),
+    p.add_argument("--out", type=out_file, default=Path("sft.pt"),
                    help="checkpoint file to write (default: %(default)s)")
-    p.add_argument("--reviews", type=int, default=30_000,
+    p.add_argument("--reviews", type=integer(1), default=30_000,
                    help="reviews sampled from the grammar to train on (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=4,
+    p.add_argument("--epochs", type=integer(1), default=4,
                    help="passes over the reviews (default: %(default)s)")
-    p.add_argument("--n-layer", type=int, default=3,
+    p.add_argument("--n-layer", type=integer(1), default=3,
                    help="transformer blocks (default: %(default)s)")
-    p.add_argument("--n-head", type=int, default=4, help="attention heads (default: %(default)s)")
-    p.add_argument("--n-embd", type=int, default=128,
+    p.add_argument("--n-head", type=integer(1), default=4,
+                   help="attention heads (default: %(default)s)")
+    p.add_argument("--n-embd", type=integer(1), default=128,
                    help="width of the residual stream (default: %(default)s)")
-    p.add_argument("--eval-samples", type=int, default=500,
+    p.add_argument("--eval-samples", type=integer(1), default=500,
                    help="samples drawn to measure the SFT model afterwards (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
                    help="seed of data and training (default: %(default)s)")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("train-rm", help="train the reward model on preference pairs")
     p.add_argument("--sft", type=Path, default=None, help="SFT checkpoint (default: shipped)")
-    p.add_argument("--out", type=Path, default=Path("reward.pt"),
+    p.add_argument("--out", type=out_file, default=Path("reward.pt"),
                    help="checkpoint file to write (default: %(default)s)")
-    p.add_argument("--pairs", type=int, default=8000,
+    p.add_argument("--pairs", type=integer(1), default=8000,
                    help="preference pairs to train on (default: %(default)s)")
-    p.add_argument("--heldout", type=int, default=1000,
+    p.add_argument("--heldout", type=integer(1), default=1000,
                    help="further pairs kept aside to measure accuracy (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=2,
+    p.add_argument("--epochs", type=integer(1), default=2,
                    help="passes over the pairs (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
                    help="seed of the pairs and of training (default: %(default)s)")
     p.set_defaults(func=_train_rm)
 
@@ -214,40 +290,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_models)
 
     p = sub.add_parser("train", help="RLHF with PPO from the shipped SFT actor and reward model")
-    p.add_argument("--steps", type=int, default=60, help="PPO steps to run (default: %(default)s)")
-    p.add_argument("--beta", type=float, default=0.05, help="KL coefficient (initial, if adaptive)")
-    p.add_argument("--kl-target", type=float, default=None,
+    p.add_argument("--steps", type=integer(1), default=60,
+                   help="PPO steps to run (default: %(default)s)")
+    p.add_argument("--beta", type=number(0), default=0.05,
+                   help="KL coefficient (initial, if adaptive)")
+    p.add_argument("--kl-target", type=number(positive=True), default=None,
                    help="use the adaptive KL controller with this target KL per response")
     p.add_argument("--kl-estimator", default="k1", choices=("k1", "k2", "k3"),
                    help="per-token KL estimator in the reward (default: %(default)s)")
     p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"),
                    help=CRITIC_HELP)
-    p.add_argument("--batch", type=int, default=64,
+    p.add_argument("--batch", type=integer(1), default=64,
                    help="prompts (and responses) per step (default: %(default)s)")
-    p.add_argument("--response-len", type=int, default=20,
+    p.add_argument("--response-len", type=integer(1), default=20,
                    help="most tokens generated per response (default: %(default)s)")
-    p.add_argument("--ppo-epochs", type=int, default=4,
+    p.add_argument("--ppo-epochs", type=integer(1), default=4,
                    help="PPO passes over each batch (default: %(default)s)")
-    p.add_argument("--minibatches", type=int, default=2,
+    p.add_argument("--minibatches", type=integer(1), default=2,
                    help="minibatches per PPO epoch (default: %(default)s)")
-    p.add_argument("--actor-lr", type=float, default=1e-4,
+    p.add_argument("--actor-lr", type=number(positive=True), default=1e-4,
                    help="Adam learning rate of the actor (default: %(default)s)")
-    p.add_argument("--ent-coef", type=float, default=0.0,
+    p.add_argument("--ent-coef", type=number(0), default=0.0,
                    help="c2, weight of the entropy bonus (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--placement", default="colocate",
                    help='colocate, or JSON such as \'{"reward": "cuda:1", "reference": "cuda:1"}\'')
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="auto: bf16 autocast and bf16 frozen models on CUDA, fp32 on CPU")
-    p.add_argument("--nproc", type=int, default=1,
+    p.add_argument("--nproc", type=integer(1), default=1,
                    help="data-parallel processes (re-launches under torchrun; gloo on CPU)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
                    help="seed of prompts, sampling and minibatch order (default: %(default)s)")
-    p.add_argument("--run-dir", type=Path, default=Path("runs/latest"),
+    p.add_argument("--run-dir", type=run_dir, default=Path("runs/latest"),
                    help="where metrics.jsonl, training.png and checkpoint.pt go "
                         "(default: %(default)s)")
-    p.add_argument("--save-every", type=int, default=10,
-                   help="write a checkpoint every N steps (default: %(default)s)")
+    p.add_argument("--save-every", type=integer(0), default=10,
+                   help="checkpoint every N steps; 0: only at the end (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -261,13 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=grading.run_grade_cli)
 
     p = sub.add_parser("trace", help="shapes, dtypes and forward passes of one RLHF step")
-    p.add_argument("--batch", type=int, default=4,
+    p.add_argument("--batch", type=integer(1), default=4,
                    help="prompts in the traced step (default: %(default)s)")
-    p.add_argument("--response-len", type=int, default=100,
+    p.add_argument("--response-len", type=integer(1), default=100,
                    help="tokens generated per response (default: %(default)s)")
     p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"),
                    help=CRITIC_HELP)
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
                    help="seed of prompts and sampling (default: %(default)s)")
     p.set_defaults(func=_trace)
     return parser
@@ -282,11 +360,22 @@ def main(argv: list[str] | None = None) -> int:
         distributed.configure_threads(args.threads)
         return args.func(args)
     except (ValueError, FloatingPointError) as e:  # bad input: one readable line
-        print(f"rlhf-edu {args.command}: error: {e}", file=sys.stderr)
+        print(f"rlhf-edu {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"rlhf-edu {args.command}: interrupted", file=sys.stderr)
+    except OSError as e:  # the file system said no: a full disk, a read-only folder, ...
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"rlhf-edu {args.command}: error: {e.strerror or _one_line(e)}{where}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        text = str(e).strip().splitlines()  # RunInterrupted says which step it saved
+        print(f"rlhf-edu {args.command}: {text[0] if text else 'interrupted'}", file=sys.stderr)
         return 130
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -65,8 +65,14 @@ def check_nproc(nproc: int, device: str = "auto") -> None:
 
     On CUDA (nccl) every process needs a GPU of its own; CPU processes (gloo) share the cores.
     """
-    if nproc <= 0:
-        raise ValueError(f"--nproc must be positive, got {nproc}")
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc <= 0:
+        raise ValueError(f"--nproc must be a positive integer, got {nproc!r}")
+    cores = os.cpu_count() or 1
+    most = max(4, 2 * cores)  # a few ranks per core still teach; hundreds only exhaust memory
+    if select_device(device).type == "cpu" and nproc > most:
+        raise ValueError(f"--nproc {nproc} on CPU: at most {most} processes on this machine's "
+                         f"{cores} cores (each holds the four models and an interpreter, "
+                         "~0.4 GB; more only queue for the same cores)")
     if nproc > 1 and device not in ("auto", "cuda") and select_device(device).type == "cuda":
         raise ValueError(f"device {device!r} names one GPU, but {nproc} processes each need "
                          "their own: pass --device cuda (rank r takes GPU LOCAL_RANK)")

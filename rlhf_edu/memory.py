@@ -48,6 +48,8 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from types import SimpleNamespace
 
+from .validate import check_bool, check_float, check_int, shown
+
 GB = 1e9  # decimal gigabyte, as in the chapter
 ITEMS = ("weights", "gradients", "optimizer_states", "master_weights", "activations", "kv_cache",
          "logits")
@@ -58,14 +60,50 @@ CHAPTER_ACTIVATIONS = (20, 7)  # the chapter's ~20 GB of activations per 7e9 par
 _BYTES = {"mixed": (2, 2, 4, 8), "fp32": (4, 4, 0, 8)}  # weights, grads, master, Adam per param
 
 
-def _positive(name: str, value: float) -> None:
-    if value is None or value <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
+# The one place memory.py checks its numbers: each name's rule. Counts are ints >= 1 (a float
+# is refused, even 2.0); sizes in GB are finite floats > 0; None passes where it means a default.
+_COUNTS = ("n_layer", "n_embd", "n_head", "vocab_size", "block_size", "n_params", "n_kv_head",
+           "nominal_params", "n_gpus", "frozen_gpus", "batch", "micro_batch", "prompt_len",
+           "response_len", "dtype_bytes")
+_MAY_BE_NONE = ("n_params", "n_kv_head", "nominal_params", "frozen_gpus", "prompt_len",
+                "response_len", "dtype_bytes", "lora_fraction", "cpu_mem_gb")
+
+
+def _check_numbers(**values: object) -> None:
+    """Check each named number by its rule (see ``_COUNTS``); ``ValueError`` naming the first
+    bad one, its value and what was expected."""
+    for name, value in values.items():
+        none_ok = name in _MAY_BE_NONE
+        if name in ("--gpu-mem", "--cpu-mem"):  # the CLI's names: None is "not given"
+            check_float(name, value, minimum=0, strict_min=True, none_ok=True)
+        elif name in _COUNTS:
+            check_int(name, value, minimum=1, none_ok=none_ok)
+        elif name in ("gpu_mem_gb", "cpu_mem_gb"):
+            check_float(name, value, minimum=0, strict_min=True, none_ok=none_ok)
+        elif name == "lora_fraction":
+            check_float(name, value, minimum=0, maximum=1, strict_min=True, none_ok=True)
+        elif name in ("params", "largest_layer"):  # may be fractional (a LoRA share) or 0
+            check_float(name, value, minimum=0)
+        elif name in ("offload", "activation_checkpointing"):
+            check_bool(name, value)
+        elif name == "zero_stage":  # the type here; the stages are checked by _one_of
+            check_int(name, value)
+        elif name == "limit":
+            check_int(name, value, minimum=0)
+        else:
+            raise AssertionError(f"no rule for {name}")  # a programming error, not bad input
 
 
 def _one_of(name: str, value: object, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+    if isinstance(value, bool) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, "
+                         f"got {shown(value)}")
+
+
+def _check_spec(name: str, spec: object, none_ok: bool = False) -> None:
+    if not (isinstance(spec, ModelSpec) or (none_ok and spec is None)):
+        raise ValueError(f"{name} must be a ModelSpec{' or None' if none_ok else ''} (e.g. "
+                         f"ModelSpec.preset('llama-7b')), got {type(spec).__name__}")
 
 
 @dataclass(frozen=True)
@@ -83,19 +121,21 @@ class ModelSpec:
     nominal_params: int | None = None  # the round size in the name ("7B"), used by the chapter
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_embd", "n_head", "vocab_size", "block_size"):
-            _positive(name, getattr(self, name))
+        if not isinstance(self.name, str):
+            raise ValueError(f"name must be a str, got {type(self.name).__name__}")
+        _check_numbers(**{k: getattr(self, k) for k in (
+            "n_layer", "n_embd", "n_head", "vocab_size", "block_size", "n_params", "n_kv_head",
+            "nominal_params")})
         if self.n_embd % self.n_head:
             raise ValueError(f"n_head must divide n_embd={self.n_embd}, got {self.n_head}")
         kv = self.n_kv_head if self.n_kv_head is not None else self.n_head
-        if kv <= 0 or self.n_head % kv:
+        if self.n_head % kv:
             raise ValueError(f"n_kv_head must divide n_head={self.n_head}, got {kv}")
         object.__setattr__(self, "n_kv_head", kv)
         if self.n_params is None:
             C, L = self.n_embd, self.n_layer
             n = self.vocab_size * C + self.block_size * C + L * (12 * C * C + 13 * C) + 2 * C
             object.__setattr__(self, "n_params", n)
-        _positive("n_params", self.n_params)
 
     @property
     def largest_layer(self) -> int:
@@ -105,6 +145,7 @@ class ModelSpec:
 
     def with_head(self, n_head_params: int | None = None) -> ModelSpec:
         """This model plus a scalar head (value or reward): ``C + 1`` more parameters."""
+        check_int("n_head_params", n_head_params, minimum=0, none_ok=True)
         extra = self.n_embd + 1 if n_head_params is None else n_head_params
         return replace(self, name=f"{self.name}+head", n_params=self.n_params + extra)
 
@@ -117,8 +158,8 @@ class ModelSpec:
 
     @classmethod
     def from_n_params(cls, n_params: float) -> ModelSpec:
-        """A model of ``n_params`` parameters, shaped like the preset nearest in size."""
-        _positive("n_params", n_params)
+        """A model of ``n_params`` >= 1 parameters, shaped like the preset nearest in size."""
+        check_float("n_params", n_params, minimum=1)
         near = min(PRESETS, key=lambda k: abs(math.log(n_params / cls.preset(k).n_params)))
         return replace(cls.preset(near), name=f"{n_params:.3g} params", n_params=int(n_params),
                        nominal_params=int(n_params))
@@ -229,9 +270,10 @@ def model_states_bytes(n_params: float, largest_layer: float, zero_stage: int, n
                        offload: bool = False, precision: str = "mixed") -> dict[str, float]:
     """Weights, gradients, optimizer states and master weights per GPU of one trained model
     sharded by ZeRO over ``n_gpus`` (see the module docstring), plus ``"cpu"`` if offloaded."""
+    _check_numbers(params=n_params, largest_layer=largest_layer, zero_stage=zero_stage,
+                   n_gpus=n_gpus, offload=offload)
     _one_of("zero_stage", zero_stage, (0, 1, 2, 3))
     _one_of("precision", precision, tuple(_BYTES))
-    _positive("n_gpus", n_gpus)
     if offload and zero_stage == 0:
         raise ValueError("offload needs zero_stage >= 1, got 0")
     w, g, m, a = _BYTES[precision]
@@ -294,19 +336,21 @@ def memory_breakdown(spec: ModelSpec, n_gpus: int = 1, zero_stage: int = 0, *,
     that minimises per-GPU memory) and the trained models on the rest. ``dtype_bytes`` of
     activations and KV cache defaults to 2 (mixed) or 4 (fp32).
     """
+    _check_spec("spec", spec)
     prompt_len = min(256, spec.block_size // 2) if prompt_len is None else prompt_len
     response_len = min(256, spec.block_size // 2) if response_len is None else response_len
     args = dict(locals())
+    _check_spec("critic_spec", critic_spec, none_ok=True)
+    _check_spec("reward_spec", reward_spec, none_ok=True)
+    _check_numbers(n_gpus=n_gpus, zero_stage=zero_stage, offload=offload,
+                   lora_fraction=lora_fraction, frozen_gpus=frozen_gpus, batch=batch,
+                   micro_batch=micro_batch, prompt_len=prompt_len, response_len=response_len,
+                   activation_checkpointing=activation_checkpointing, dtype_bytes=dtype_bytes)
     _one_of("assumptions", assumptions, ("precise", "chapter"))
     _one_of("zero_stage", zero_stage, (0, 1, 2, 3))
     _one_of("critic", critic, CRITIC_MODES)
     _one_of("placement", placement, PLACEMENTS)
     _one_of("precision", precision, tuple(_BYTES))
-    for name, value in [("n_gpus", n_gpus), ("batch", batch), ("micro_batch", micro_batch),
-                        ("prompt_len", prompt_len), ("response_len", response_len)]:
-        _positive(name, value)
-    if lora_fraction is not None and not 0 < lora_fraction <= 1:
-        raise ValueError(f"lora_fraction must be in (0, 1], got {lora_fraction!r}")
     if prompt_len + response_len > spec.block_size:
         raise ValueError(f"prompt_len + response_len must be <= block_size={spec.block_size}, "
                          f"got {prompt_len + response_len}")
@@ -324,15 +368,13 @@ def memory_breakdown(spec: ModelSpec, n_gpus: int = 1, zero_stage: int = 0, *,
         if n_gpus < 2:
             raise ValueError(f"placement='split' needs n_gpus >= 2, got {n_gpus}")
         if frozen_gpus is None:  # the split that balances the two groups best
-            options = [memory_breakdown(**{**args, "frozen_gpus": k}) for k in range(1, n_gpus)]
-            return min(options, key=lambda bd: bd.per_gpu_bytes)
+            return _best_split(lambda k: memory_breakdown(**{**args, "frozen_gpus": k}), n_gpus)
         if not 0 < frozen_gpus < n_gpus:
             raise ValueError(f"frozen_gpus must be in 1..{n_gpus - 1}, got {frozen_gpus}")
     if critic != "separate" and critic_spec is not None:
         raise ValueError(f"critic_spec needs critic='separate', got critic={critic!r}")
     if dtype_bytes is None:
         dtype_bytes = 2 if precision == "mixed" else 4
-    _positive("dtype_bytes", dtype_bytes)
 
     k = frozen_gpus if placement == "split" else 0
     n_train, n_frozen = n_gpus - k, k or n_gpus
@@ -379,6 +421,42 @@ def memory_breakdown(spec: ModelSpec, n_gpus: int = 1, zero_stage: int = 0, *,
                            placement, k, activation_checkpointing, settings)
 
 
+def _best_split(breakdown, n_gpus: int) -> MemoryBreakdown:
+    """The split placement with the least per-GPU memory: ``breakdown(k)`` with k frozen GPUs,
+    the smallest such k on a tie, as ``min`` over k = 1 .. n_gpus - 1 would pick it.
+
+    A binary search, O(log n_gpus) breakdowns: the trained group's bytes per GPU, F(k), never
+    fall as k grows (its n - k GPUs shrink) and the frozen group's, G(k), never rise, exactly so
+    in floating point (every term is a sum of products and quotients monotone in the count).
+    The per-GPU figure max(F, G) thus falls while G > F and rises once F >= G.
+    """
+    def groups(k: int) -> tuple[float, float]:
+        g = breakdown(k).group_bytes()
+        return g["trained"], g["frozen"]
+
+    lo, hi = 1, n_gpus  # the first k with F(k) >= G(k), or n_gpus if there is none
+    while lo < hi:
+        mid = (lo + hi) // 2
+        f, g = groups(mid)
+        if f >= g:
+            hi = mid
+        else:
+            lo = mid + 1
+    cross = lo
+    best = max(groups(cross)) if cross < n_gpus else math.inf
+    if cross > 1 and groups(cross - 1)[1] <= best:  # the minimum lies where G > F: the first
+        best = groups(cross - 1)[1]  # k whose G(k) already equals it (G falls with k)
+        lo, hi = 1, cross - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if groups(mid)[1] <= best:
+                hi = mid
+            else:
+                lo = mid + 1
+        return breakdown(lo)
+    return breakdown(cross)
+
+
 def plan(spec: ModelSpec, n_gpus: int = 8, gpu_mem_gb: float = 80.0, *,
          lora_fraction: float = 0.01, critic_modes: tuple[str, ...] = ("separate", "shared"),
          critic_spec: ModelSpec | None = None, reward_spec: ModelSpec | None = None,
@@ -394,7 +472,20 @@ def plan(spec: ModelSpec, n_gpus: int = 8, gpu_mem_gb: float = 80.0, *,
     Sorted fewest compromises first: full fine-tuning, a separate critic, no offload, a lower
     ZeRO stage (less communication), no recomputation, colocation; then by per-GPU memory.
     """
-    _positive("gpu_mem_gb", gpu_mem_gb)
+    _check_spec("spec", spec)
+    _check_numbers(n_gpus=n_gpus, gpu_mem_gb=gpu_mem_gb, cpu_mem_gb=cpu_mem_gb,
+                   lora_fraction=lora_fraction)
+    if lora_fraction is None:
+        raise ValueError("lora_fraction must be a number in (0, 1], got None")
+    if isinstance(critic_modes, str) or not isinstance(critic_modes, (tuple, list)) \
+            or not critic_modes or any(c not in CRITIC_MODES for c in critic_modes):
+        raise ValueError(f"critic_modes must be a non-empty tuple of {', '.join(CRITIC_MODES)}, "
+                         f"got {shown(critic_modes)}")
+    unknown = sorted(set(workload) - {"batch", "micro_batch", "prompt_len", "response_len",
+                                      "precision", "dtype_bytes"})
+    if unknown:
+        raise ValueError(f"unknown workload setting(s) {unknown}; expected batch, micro_batch, "
+                         "prompt_len, response_len, precision, dtype_bytes")
     fits = []
     for zero, offload, lora, critic, placement, ckpt in itertools.product(
             (0, 1, 2, 3), (False, True), (None, lora_fraction), critic_modes, PLACEMENTS,
@@ -414,13 +505,15 @@ def plan(spec: ModelSpec, n_gpus: int = 8, gpu_mem_gb: float = 80.0, *,
 
 def parse_model(text: str) -> ModelSpec:
     """A preset name ("llama-7b") or a parameter count ("7e9")."""
-    if text in PRESETS:
+    if isinstance(text, str) and text in PRESETS:
         return ModelSpec.preset(text)
     try:
-        n = float(text)
+        n = float(text) if isinstance(text, str) else math.nan
     except ValueError:
-        raise ValueError(f"model must be one of {', '.join(PRESETS)} or a parameter count, "
-                         f"got {text!r}") from None
+        n = math.nan
+    if not 1 <= n < math.inf:
+        raise ValueError(f"model must be one of {', '.join(PRESETS)} or a finite parameter "
+                         f"count >= 1 (such as 7e9), got {shown(text)}")
     return ModelSpec.from_n_params(n)
 
 
@@ -444,6 +537,7 @@ def format_breakdown(bd: MemoryBreakdown) -> str:
 
 def format_plan(rows: list[MemoryBreakdown], limit: int = 20) -> str:
     """The plan as a table, ``limit`` rows at most."""
+    _check_numbers(limit=limit)
     lines = [f"{'#':>3} {'ZeRO':>4} {'offload':>7} {'LoRA':>6} {'critic':>8} {'placement':>10} "
              f"{'ckpt':>5} {'GB/GPU':>8} {'CPU GB':>8}"]
     for i, b in enumerate(rows[:limit], 1):
@@ -462,8 +556,12 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--model", default="llama-7b", help=f"{', '.join(PRESETS)} or a parameter count (7e9)")
     add("--gpus", type=int, default=1, help="number of GPUs")
-    add("--gpu-mem", type=float, default=80.0, help="memory per GPU in GB (1e9 bytes)")
-    add("--cpu-mem", type=float, default=None, help="host memory for offload in GB (--plan)")
+    add("--gpu-mem", type=float, default=None,
+        help="memory per GPU in GB (1e9 bytes): the limit of --plan (default 80); without "
+             "--plan, say whether the breakdown fits in it")
+    add("--cpu-mem", type=float, default=None,
+        help="host memory for offload in GB: a limit of --plan; without --plan, say whether "
+             "the offloaded optimizer fits in it")
     add("--zero", type=int, choices=(0, 1, 2, 3), default=0, help="ZeRO stage")
     add("--lora", type=float, default=None, metavar="FRACTION", help="train this fraction (LoRA)")
     add("--offload", action="store_true", help="optimizer states on the CPU")
@@ -477,18 +575,52 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     add("--checkpointing", action="store_true", help="activation checkpointing")
     add("--chapter", action="store_true", help="the chapter's assumptions (its 7B table)")
     add("--json", action="store_true", help="print JSON")
-    add("--plan", action="store_true", help="list the configurations that fit")
+    add("--plan", action="store_true",
+        help="list the configurations that fit (it tries every ZeRO stage, offload, critic, "
+             "placement and checkpointing itself)")
+
+
+# options that --plan enumerates itself, with their defaults: given with --plan, they are refused
+_PLAN_TRIES = {"zero": 0, "offload": False, "critic": "separate", "placement": "colocate",
+               "frozen_gpus": None, "checkpointing": False, "chapter": False}
+
+
+def _fit_lines(bd: MemoryBreakdown, gpu_mem: float | None, cpu_mem: float | None) -> list[str]:
+    """Whether ``bd`` fits the given GPU and host memory (GB), one line each."""
+    lines = []
+    if gpu_mem is not None:
+        fits = bd.per_gpu_bytes <= gpu_mem * GB
+        lines.append(f"fits in {gpu_mem:g} GB per GPU: {'yes' if fits else 'no'} "
+                     f"({bd.per_gpu_gb:.2f} GB needed on the busiest GPU)")
+    if cpu_mem is not None:
+        fits = bd.cpu_bytes <= cpu_mem * GB
+        lines.append(f"fits in {cpu_mem:g} GB of host memory: {'yes' if fits else 'no'} "
+                     f"({bd.cpu_bytes / GB:.2f} GB offloaded)")
+    return lines
 
 
 def run_memory_cli(args: argparse.Namespace) -> int:
-    """Print the breakdown (or the plan) the parsed ``args`` ask for; 2 on bad input."""
+    """Print the breakdown (or the plan) the parsed ``args`` ask for; 2 on bad input.
+
+    ``--gpu-mem``/``--cpu-mem`` are the limits of ``--plan``; without it they add a line that
+    says whether the breakdown fits. Options ``--plan`` tries itself (``--zero``, ``--offload``,
+    ``--critic``, ``--placement``, ``--frozen-gpus``, ``--checkpointing``) and ``--chapter``
+    are refused with ``--plan`` rather than silently ignored.
+    """
     workload = dict(batch=args.batch, micro_batch=args.micro_batch, prompt_len=args.prompt_len,
                     response_len=args.response_len)
     try:
+        _check_numbers(**{"--gpu-mem": args.gpu_mem, "--cpu-mem": args.cpu_mem})
         spec = parse_model(args.model)
         if args.plan:
-            rows = plan(spec, args.gpus, args.gpu_mem, cpu_mem_gb=args.cpu_mem, **workload,
-                        **({"lora_fraction": args.lora} if args.lora else {}))
+            given = [k for k, default in _PLAN_TRIES.items() if getattr(args, k) != default]
+            if given:
+                flags = ", ".join("--" + k.replace("_", "-") for k in given)
+                raise ValueError(f"{flags} cannot be used with --plan, which tries every "
+                                 "setting itself; drop them or drop --plan")
+            rows = plan(spec, args.gpus, 80.0 if args.gpu_mem is None else args.gpu_mem,
+                        cpu_mem_gb=args.cpu_mem, **workload,
+                        **({"lora_fraction": args.lora} if args.lora is not None else {}))
         else:
             bd = memory_breakdown(spec, args.gpus, args.zero, offload=args.offload,
                                   lora_fraction=args.lora, critic=args.critic,
@@ -497,18 +629,29 @@ def run_memory_cli(args: argparse.Namespace) -> int:
                                   assumptions="chapter" if args.chapter else "precise",
                                   **workload)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"rlhf-edu memory: error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps([b.to_dict() for b in rows] if args.plan else bd.to_dict(), indent=1))
+        if args.plan:
+            print(json.dumps([b.to_dict() for b in rows], indent=1))
+        else:
+            d = bd.to_dict()
+            if args.gpu_mem is not None:
+                d.update(gpu_mem_gb=args.gpu_mem, fits=bd.per_gpu_bytes <= args.gpu_mem * GB)
+            if args.cpu_mem is not None:
+                d.update(cpu_mem_gb=args.cpu_mem, cpu_fits=bd.cpu_bytes <= args.cpu_mem * GB)
+            print(json.dumps(d, indent=1))
     elif args.plan:
+        gpu_mem = 80.0 if args.gpu_mem is None else args.gpu_mem
         print(f"{spec.name} ({spec.n_params / 1e9:.2f}B params) on {args.gpus} x "
-              f"{args.gpu_mem:g} GB: {len(rows)} configurations fit")
+              f"{gpu_mem:g} GB: {len(rows)} configurations fit")
         print(format_plan(rows))
     else:
         print(f"{spec.name}, {bd.assumptions} accounting, {bd.n_gpus} GPU(s), ZeRO-{bd.zero_stage}"
               f", critic {bd.critic}, {bd.placement}")
         print(format_breakdown(bd))
+        for line in _fit_lines(bd, args.gpu_mem, args.cpu_mem):
+            print(line)
     return 0
 
 

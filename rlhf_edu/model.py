@@ -15,11 +15,13 @@ learned positions, the output head tied to the token embedding. Two additions se
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from .validate import check_bool, check_float, check_int, check_tensor, shown
 
 
 @dataclass
@@ -33,14 +35,34 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+            value = check_int(f"GPTConfig.{name}", getattr(self, name), minimum=1)
+            if value >= 2**31:  # beyond what torch sizes a layer with (and any memory)
+                raise ValueError(f"GPTConfig.{name} must be a positive int below 2**31, got "
+                                 f"{value}")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by "
                              f"n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        check_float("GPTConfig.dropout", self.dropout, minimum=0, maximum=1, strict_max=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> GPTConfig:
+        """The config a dict such as ``asdict(config)`` describes; ``ValueError`` (starting with
+        ``where``) for a non-dict, a key GPTConfig does not know or lacks, or a value it
+        refuses, instead of a ``TypeError`` from the constructor or a silent default."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(d, dict):
+            raise ValueError(f"{where} must be a dict of GPTConfig fields, got {type(d).__name__}")
+        unknown = sorted(map(str, set(d) - set(names)))
+        absent = [k for k in names if k not in d]
+        if unknown or absent:
+            raise ValueError(f"{where} has " + (f"unknown key(s) {unknown}" if unknown else "")
+                             + (" and " if unknown and absent else "")
+                             + (f"no {absent}" if absent else "")
+                             + f"; expected exactly the GPTConfig fields {', '.join(names)}")
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
 
 
 class KVCache:
@@ -133,6 +155,8 @@ class Generation:
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise ValueError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
@@ -163,6 +187,12 @@ class GPT(nn.Module):
         positions count real tokens only, so padding never changes a real token's output.
         With ``cache`` the ids continue the cached sequence.
         """
+        _check_ids("idx", idx)
+        if valid is not None:
+            check_tensor("valid", valid)
+            if valid.shape != idx.shape:
+                raise ValueError(f"valid has shape {tuple(valid.shape)} but idx has shape "
+                                 f"{tuple(idx.shape)}; they must match")
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -188,12 +218,26 @@ class GPT(nn.Module):
             # so padded queries get a defined (and ignored) output instead of NaN
             attn_mask = ((k_pos <= q_pos) & keys[:, None, :]) | (k_pos == q_pos)  # (B, T, S)
             attn_mask = attn_mask[:, None]  # (B, 1, T, S), broadcast over heads
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.drop(self._embed(idx) + self.wpe(pos))  # (B, T, C)
         for layer, block in enumerate(self.h):
             x = block(x, attn_mask, cache, layer)
         if cache is not None:
             cache.length += T
         return self.ln_f(x)
+
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``(B, T, C)``; an id outside the vocabulary is a ``ValueError``
+        naming it (found only once the lookup has failed, so valid input pays nothing)."""
+        try:
+            return self.wte(idx)
+        except IndexError:
+            V = self.config.vocab_size
+            bad = ((idx < 0) | (idx >= V)).nonzero()
+            if len(bad) == 0:
+                raise
+            at = tuple(bad[0].tolist())
+            raise ValueError(f"idx contains id {idx[at].item()} at index {at}; expected ids "
+                             f"in [0, {V}) (the model's vocab_size)") from None
 
     def _decode_step(self, tok: torch.Tensor, alive: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Hidden state ``(B, C)`` after one new token per row: :meth:`body` for ``T = 1``.
@@ -224,6 +268,35 @@ class GPT(nn.Module):
         """Logits ``(B, T, V)`` for ids ``(B, T)``."""
         return self.head(self.body(idx, valid))
 
+    def _check_prompt(self, prompt: torch.Tensor, prompt_valid: torch.Tensor,
+                      padding_side: str) -> None:
+        """Ids in the vocabulary, no all-padding row, and padding on ``padding_side`` only:
+        one read back to the host, then the message if something is wrong."""
+        V = self.config.vocab_size
+        real = prompt_valid
+        outside = (prompt < 0) | (prompt >= V)  # (B, P)
+        all_pad = ~real.any(1)  # (B,)
+        # left padding: a real token is never followed by padding; right: never preceded
+        wrong_side = (real[:, :-1] & ~real[:, 1:]) if padding_side == "left" else (
+            ~real[:, :-1] & real[:, 1:])  # (B, P - 1)
+        if not bool(torch.stack([outside.any(), all_pad.any(), wrong_side.any()]).any()):
+            return
+        if outside.any():
+            at = tuple(outside.nonzero()[0].tolist())
+            raise ValueError(f"prompt contains id {prompt[at].item()} at index {at}; expected "
+                             f"ids in [0, {V}) (the model's vocab_size)")
+        if all_pad.any():
+            raise ValueError(f"prompt row {int(all_pad.nonzero()[0])} is all padding")
+        row, col = wrong_side.nonzero()[0].tolist()
+        if padding_side == "left":
+            raise ValueError(
+                f"prompt row {row} is not left-padded: position {col + 1} is padding after a "
+                f"real token; expected padding only before the real tokens (as "
+                f"Tokenizer.encode_batch makes it), or pass padding_side='right'")
+        raise ValueError(
+            f"prompt row {row} is not right-padded: position {col + 1} is a real token after "
+            f"padding; expected padding only after the real tokens (padding_side='right')")
+
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, prompt_valid: torch.Tensor | None = None,
                  max_new_tokens: int = 20, temperature: float = 1.0, top_k: int | None = None,
@@ -231,32 +304,50 @@ class GPT(nn.Module):
                  generator: torch.Generator | None = None, use_cache: bool = True) -> Generation:
         """Sample up to ``max_new_tokens`` after ``prompt`` ``(B, P)``.
 
-        ``prompt_valid`` ``(B, P)`` marks real prompt tokens; ``padding_side`` says where the
-        padding is ("right"-padded prompts are moved to the left first). Rows stop at ``eos_id``
-        and are padded with ``pad_id`` after it. ``use_cache=False`` recomputes the whole sequence
-        every step (slow; it exists to check the cache). The returned log-probs are those of the
-        temperature-scaled distribution *before* top-k truncation, i.e. of the policy that a
-        forward pass scores.
+        ``prompt`` ``(B, P)`` holds ids in ``[0, vocab_size)``; ``prompt_valid`` ``(B, P)`` marks
+        its real tokens; ``padding_side`` says where the padding is ("right"-padded prompts are
+        moved to the left first). Sampling continues each row from its last column, so a prompt
+        padded on the other side, or with holes, is refused (it would sample after padding).
+        ``max_new_tokens`` >= 1, ``temperature`` > 0, ``top_k`` >= 1 or None. Rows stop at
+        ``eos_id`` and are padded with ``pad_id`` after it. ``use_cache=False`` recomputes the
+        whole sequence every step (slow; it exists to check the cache). The returned log-probs
+        are those of the temperature-scaled distribution *before* top-k truncation, i.e. of the
+        policy that a forward pass scores.
         """
+        _check_ids("prompt", prompt)
         B, P = prompt.shape
         if prompt_valid is None:
             prompt_valid = torch.ones_like(prompt, dtype=torch.bool)
-        prompt_valid = prompt_valid.bool()
+        check_tensor("prompt_valid", prompt_valid)
         if prompt.shape != prompt_valid.shape:
             raise ValueError(f"prompt has shape {tuple(prompt.shape)} but prompt_valid has "
                              f"shape {tuple(prompt_valid.shape)}")
-        if (~prompt_valid).all(1).any():
-            row = int((~prompt_valid).all(1).nonzero()[0])
-            raise ValueError(f"prompt row {row} is all padding")
+        if prompt_valid.dtype != torch.bool:
+            bad = ((prompt_valid != 0) & (prompt_valid != 1)).nonzero()
+            if len(bad):
+                at = tuple(bad[0].tolist())
+                raise ValueError(f"prompt_valid must contain only 0 and 1 (or be bool), got "
+                                 f"{prompt_valid[at].item()} at index {at}")
+        prompt_valid = prompt_valid.bool()
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {shown(padding_side)}")
+        self._check_prompt(prompt, prompt_valid, padding_side)
+        check_int("max_new_tokens", max_new_tokens, minimum=1)
         if P + max_new_tokens > self.config.block_size:
             raise ValueError(f"prompt width {P} + max_new_tokens {max_new_tokens} exceeds the "
                              f"model's context block_size={self.config.block_size}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        check_float("temperature", temperature, minimum=0, strict_min=True)
+        if top_k is not None:
+            check_int("top_k", top_k, minimum=1, none_ok=True)
+        for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
+            check_int(name, value, minimum=0, maximum=self.config.vocab_size - 1,
+                      none_ok=name == "eos_id")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got "
+                             f"{type(generator).__name__}")
+        check_bool("use_cache", use_cache)
         if padding_side == "right":  # shift each row's real tokens to the end
-            prompt, prompt_valid = left_pad(prompt, prompt_valid, pad_id)
+            prompt, prompt_valid = _left_pad(prompt, prompt_valid, pad_id)
 
         # inference mode skips autograd's bookkeeping on each of the loop's many small ops; its
         # tensors cannot enter autograd later, so the results are cloned out of it at the end
@@ -289,7 +380,13 @@ class GPT(nn.Module):
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             probs = F.softmax(logits, dim=-1)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+            try:
+                tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+            except RuntimeError:  # checked only on failure: the sampling loop stays sync-free
+                if not bool(torch.isfinite(logits).any(-1).all()):
+                    raise FloatingPointError("the next-token logits are NaN or inf: the "
+                                             "model's weights have diverged") from None
+                raise
             if eos_id is not None:  # finished rows get <pad> and log-prob 0 (else: no-ops)
                 alive = ~finished
                 tok = torch.where(alive, tok, pad)
@@ -316,8 +413,40 @@ class GPT(nn.Module):
                 torch.stack(new_mask, 1))
 
 
+def _check_ids(name: str, ids: object) -> None:
+    """``ids`` must be a non-empty ``(B, T)`` integer tensor (values are checked elsewhere)."""
+    check_tensor(name, ids, ndim=2, shape="(B, T)")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"{name} must be a tensor of integer token ids, got {ids.dtype}")
+    if ids.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); expected at least one "
+                         "row and one token")
+
+
 def left_pad(ids: torch.Tensor, valid: torch.Tensor, pad_id: int = 0):
-    """Move each row's real tokens to the right end: right-padded ``(B, T)`` → left-padded."""
+    """Move each row's real tokens to the right end: right-padded ``(B, T)`` → left-padded.
+
+    ``valid`` ``(B, T)`` must mark a prefix of each row (right padding); other patterns are
+    refused rather than scrambled.
+    """
+    _check_ids("ids", ids)
+    check_tensor("valid", valid)
+    if valid.shape != ids.shape:
+        raise ValueError(f"valid has shape {tuple(valid.shape)} but ids has shape "
+                         f"{tuple(ids.shape)}; they must match")
+    check_int("pad_id", pad_id, minimum=0, maximum=2**63 - 1)
+    check_tensor("valid", valid)
+    valid = valid.bool()
+    holes = ~valid[:, :-1] & valid[:, 1:]  # a real token after padding
+    if bool(holes.any()):
+        row, col = holes.nonzero()[0].tolist()
+        raise ValueError(f"valid row {row} is not right-padded: position {col + 1} is a real "
+                         "token after padding; expected each row's real tokens first")
+    return _left_pad(ids, valid, pad_id)
+
+
+def _left_pad(ids: torch.Tensor, valid: torch.Tensor, pad_id: int):
+    """:func:`left_pad` on checked input."""
     n = valid.long().sum(1, keepdim=True)  # (B, 1)
     T = ids.size(1)
     src = (torch.arange(T, device=ids.device)[None] - (T - n)) % T  # where each slot reads from
@@ -328,4 +457,9 @@ def left_pad(ids: torch.Tensor, valid: torch.Tensor, pad_id: int = 0):
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log-softmax of ``logits`` ``(B, T, V)`` read at ``tokens`` ``(B, T)`` → ``(B, T)``."""
+    check_tensor("logits", logits, ndim=3, shape="(B, T, V)")
+    check_tensor("tokens", tokens, ndim=2, shape="(B, T)")
+    if logits.shape[:2] != tokens.shape:
+        raise ValueError(f"logits have (B, T) = {tuple(logits.shape[:2])} but tokens have shape "
+                         f"{tuple(tokens.shape)}; they must match")
     return F.log_softmax(logits.float(), dim=-1).gather(-1, tokens[..., None]).squeeze(-1)

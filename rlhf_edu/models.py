@@ -33,6 +33,15 @@ import torch.nn as nn
 from .checkpoint import check_model_checkpoint, safe_load
 from .model import GPT, GPTConfig, token_logprobs
 from .ppo import entropy_from_logits
+from .validate import (
+    check_float,
+    check_instance,
+    check_int,
+    check_path,
+    check_seed,
+    check_tensor,
+    shown,
+)
 
 CRITIC_MODES = ("separate", "shared", "head")
 
@@ -53,11 +62,14 @@ class Actor(nn.Module):
 
     def __init__(self, gpt: GPT):
         super().__init__()
+        check_instance("gpt", gpt, GPT)
         self.gpt = gpt
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor, prompt_len: int,
                 temperature: float = 1.0) -> PolicyOutput:
         """Score the response part (columns ``prompt_len:``) of ``tokens`` ``(B, P + T)``."""
+        _check_prompt_len(tokens, prompt_len)
+        check_float("temperature", temperature, minimum=0, strict_min=True)
         hidden = self.gpt.body(tokens, valid)[:, prompt_len - 1:-1]  # (B, T, C)
         logits = self.gpt.head(hidden).float() / temperature  # (B, T, V)
         return PolicyOutput(token_logprobs(logits, tokens[:, prompt_len:]),
@@ -68,10 +80,21 @@ class Actor(nn.Module):
         return self.gpt.generate(*args, **kwargs)
 
 
+def _check_prompt_len(tokens: torch.Tensor, prompt_len: int) -> None:
+    """``prompt_len`` P must leave a prompt and a response: 1 <= P < L for ``(B, L)`` tokens."""
+    check_tensor("tokens", tokens, ndim=2, shape="(B, P + T)")
+    L = tokens.size(1)
+    if L < 2:
+        raise ValueError(f"tokens must hold a prompt and a response (at least 2 columns), "
+                         f"got shape {tuple(tokens.shape)}")
+    check_int("prompt_len", prompt_len, minimum=1, maximum=L - 1)
+
+
 class Reference(Actor):
     """A frozen copy of the initial actor: ``requires_grad=False`` and always in eval mode."""
 
     def __init__(self, actor: Actor):
+        check_instance("actor", actor, Actor)
         super().__init__(copy.deepcopy(actor.gpt))
         self.requires_grad_(False)
         self.eval()
@@ -85,9 +108,9 @@ class Critic(nn.Module):
 
     def __init__(self, mode: str, actor: Actor, body: GPT | None = None):
         super().__init__()
-        if mode not in CRITIC_MODES:
-            raise ValueError(f"unknown critic mode {mode!r}; expected one of "
-                             f"{', '.join(CRITIC_MODES)}")
+        _check_critic_mode(mode)
+        check_instance("actor", actor, Actor)
+        check_instance("body", body, GPT, none_ok=True)
         self.mode = mode
         C = actor.gpt.config.n_embd
         if mode == "separate":
@@ -105,6 +128,15 @@ class Critic(nn.Module):
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor, prompt_len: int,
                 actor_hidden: torch.Tensor | None = None) -> torch.Tensor:
         """``actor_hidden`` ``(B, T, C)`` is required in "shared" and "head" modes."""
+        _check_prompt_len(tokens, prompt_len)
+        if actor_hidden is not None and self.mode != "separate":
+            check_tensor("actor_hidden", actor_hidden, ndim=3, shape="(B, T, C)")
+            T = tokens.size(1) - prompt_len
+            C = self.value_head.in_features if self.mode != "head" else \
+                self.value_head[0].in_features
+            if tuple(actor_hidden.shape) != (tokens.size(0), T, C):
+                raise ValueError(f"actor_hidden has shape {tuple(actor_hidden.shape)}, expected "
+                                 f"(B, T, C) = {(tokens.size(0), T, C)} for these tokens")
         if self.mode == "separate":
             hidden = self.body.body(tokens, valid)[:, prompt_len - 1:-1]  # (B, T, C)
         elif actor_hidden is None:
@@ -124,6 +156,7 @@ class RewardModel(nn.Module):
 
     def __init__(self, gpt: GPT):
         super().__init__()
+        check_instance("gpt", gpt, GPT)
         self.gpt = gpt
         self.score_head = nn.Linear(gpt.config.n_embd, 1)
         nn.init.zeros_(self.score_head.weight)
@@ -132,9 +165,16 @@ class RewardModel(nn.Module):
         self.register_buffer("std", torch.ones(()))
 
     def raw(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Un-normalised scores ``(B,)`` of ``tokens`` ``(B, L)``."""
+        """Un-normalised scores ``(B,)`` of ``tokens`` ``(B, L)``; ``valid`` ``(B, L)`` marks
+        real tokens, and each row needs one (the score is read at its last)."""
+        check_tensor("tokens", tokens, ndim=2, shape="(B, L)")
         if valid is None:
             valid = torch.ones_like(tokens, dtype=torch.bool)
+        check_tensor("valid", valid)
+        if valid.shape == tokens.shape and bool((~valid.bool()).all(-1).any()):
+            row = int((~valid.bool()).all(-1).nonzero()[0])
+            raise ValueError(f"valid row {row} has no real token; expected at least one per row "
+                             "(the score is read at the last)")
         hidden = self.gpt.body(tokens, valid)  # (B, L, C)
         L = tokens.size(1)
         last = (valid.long() * torch.arange(1, L + 1, device=tokens.device)).argmax(1)  # (B,)
@@ -163,6 +203,12 @@ class Models:
                 "critic": [p for p in self.critic.parameters() if p.requires_grad]}
 
 
+def _check_critic_mode(mode: object) -> None:
+    if not isinstance(mode, str) or mode not in CRITIC_MODES:
+        raise ValueError(f"unknown critic mode {shown(mode)}; expected one of "
+                         f"{', '.join(CRITIC_MODES)}")
+
+
 def weights_path(kind: str) -> Path:
     """Where the shipped ``sft`` or ``reward`` checkpoint lives inside the package."""
     return Path(str(resources.files("rlhf_edu") / "weights" / f"{kind}.pt"))
@@ -174,8 +220,8 @@ def load_pretrained(kind: str = "sft", path: str | Path | None = None) -> GPT | 
     ``path`` loads another checkpoint written by ``rlhf-edu pretrain`` / ``rlhf-edu train-rm``.
     """
     if kind not in ("sft", "reward"):
-        raise ValueError(f"kind must be 'sft' or 'reward', got {kind!r}")
-    path = Path(path) if path is not None else weights_path(kind)
+        raise ValueError(f"kind must be 'sft' or 'reward', got {shown(kind)}")
+    path = Path(check_path("path", path)) if path is not None else weights_path(kind)
     if not path.exists():
         raise ValueError(f"no {kind} weights at {str(path)!r}; create them with "
                          f"`rlhf-edu {'pretrain' if kind == 'sft' else 'train-rm'}`")
@@ -198,11 +244,16 @@ def build_models(critic_mode: str = "separate", sft: GPT | None = None,
     starting from the reward model, as InstructGPT did, gives values a head start. ``seed``
     initialises the critic's new value head (the global random state is left as it was).
     """
-    if critic_mode not in CRITIC_MODES:
-        raise ValueError(f"unknown critic mode {critic_mode!r}; expected one of "
-                         f"{', '.join(CRITIC_MODES)}")
+    _check_critic_mode(critic_mode)
     if critic_init not in ("reward", "sft"):
-        raise ValueError(f"critic_init must be 'reward' or 'sft', got {critic_init!r}")
+        raise ValueError(f"critic_init must be 'reward' or 'sft', got {shown(critic_init)}")
+    check_seed("seed", seed)
+    if sft is not None and not isinstance(sft, GPT):
+        raise ValueError(f"sft must be a GPT (e.g. load_pretrained('sft')) or None, got "
+                         f"{type(sft).__name__}")
+    if reward is not None and not isinstance(reward, RewardModel):
+        raise ValueError(f"reward must be a RewardModel (e.g. load_pretrained('reward')) or "
+                         f"None, got {type(reward).__name__}")
     sft = copy.deepcopy(sft) if sft is not None else load_pretrained("sft")
     reward = copy.deepcopy(reward) if reward is not None else load_pretrained("reward")
     if sft.config.vocab_size != reward.gpt.config.vocab_size:

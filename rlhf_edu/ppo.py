@@ -24,18 +24,20 @@ References:
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlhf_edu.advantages import (
-    _check_mask,
-    _check_nonnegative,
-    _check_positive,
-    _check_same_shape,
-    _masked_mean,
+from rlhf_edu.advantages import _masked_mean
+from rlhf_edu.validate import (
+    check_float,
+    check_floating,
+    check_int,
+    check_mask,
+    check_same_shape,
+    shown,
 )
 
 __all__ = [
@@ -53,6 +55,7 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     `(B, T, V)` -> `(B, T)`. Uses log_softmax (no overflow for large logits) and treats
     `p = 0` entries (e.g. logits of -inf) as contributing 0, with finite gradients.
     """
+    check_floating("logits", logits)
     acc = torch.promote_types(logits.dtype, torch.float32)
     logp = F.log_softmax(logits.to(acc), dim=-1)
     p = logp.exp()
@@ -83,7 +86,11 @@ def ppo_losses(
         values: `(B, T)` current critic values (differentiable).
         old_values: `(B, T)` critic values at rollout time.
         returns: `(B, T)` value targets from `gae`.
-        mask: `(B, T)`, 1 on response tokens.
+        mask: `(B, T)`, 1 on response tokens. Whatever any input holds where it is 0 (NaN
+            included) reaches neither the losses nor the gradients. Where it is 1, NaN or inf
+            in the rollout's data (`old_logprobs`, `advantages`, `old_values`, `returns`) is
+            refused; the current forward pass is not read back (a NaN there is a diverged
+            model: it shows in the loss, which the trainer checks, naming the step).
         clip: eps of the ratio clipping, > 0.
         vf_clip: how far values may move from `old_values` before the clipped error takes
             over; None disables value clipping.
@@ -101,20 +108,29 @@ def ppo_losses(
         - `approx_kl`: masked mean of `(r - 1) - log r`, the k3 estimate of KL(old || new).
         Diagnostics (`clipfrac`, `vf_clipfrac`, `approx_kl`) are detached.
     """
-    _check_positive("clip", clip)
-    if vf_clip is not None:
-        _check_positive("vf_clip", vf_clip)
-    for name, x in [
-        ("old_logprobs", old_logprobs),
-        ("advantages", advantages),
-        ("values", values),
-        ("old_values", old_values),
-        ("returns", returns),
-    ] + ([("entropy", entropy)] if entropy is not None else []):
-        _check_same_shape(name, x, "logprobs", logprobs)
-    m = _check_mask(mask, logprobs, "logprobs")
-    if not m.any():
-        raise ValueError("mask has no unmasked entries; the PPO losses are undefined")
+    check_float("clip", clip, minimum=0, strict_min=True)
+    check_float("vf_clip", vf_clip, minimum=0, strict_min=True, none_ok=True)
+    check_floating("logprobs", logprobs)
+    inputs = {"logprobs": logprobs, "old_logprobs": old_logprobs, "advantages": advantages,
+              "values": values, "old_values": old_values, "returns": returns}
+    if entropy is not None:
+        inputs["entropy"] = entropy
+    for name, x in inputs.items():
+        check_floating(name, x)
+        check_same_shape(name, x, "logprobs", logprobs)
+    # The rollout's data must be finite on response tokens; the current forward pass
+    # (logprobs, values, entropy) is not read back: a NaN there is a diverged model, and it
+    # shows in the loss, which the caller checks (the trainer, naming the step).
+    rollout = {k: inputs[k] for k in ("old_logprobs", "advantages", "old_values", "returns")}
+    m = check_mask(mask, logprobs, "logprobs", nonempty=True, finite=rollout,
+                   what="; the PPO losses are undefined")
+    # Padding is set to 0 before any arithmetic: whatever it held (NaN from a rollout's
+    # padding, say) then reaches neither the losses nor, through exp and max, the gradients.
+    logprobs, old_logprobs, advantages, values, old_values, returns = (
+        torch.where(m, x, 0.0) for x in (logprobs, old_logprobs, advantages, values, old_values,
+                                         returns))
+    if entropy is not None:
+        entropy = torch.where(m, entropy, 0.0)
 
     # Policy: the max of the two losses is the min of the two objectives (pessimistic bound).
     log_ratio = logprobs - old_logprobs
@@ -154,28 +170,46 @@ def total_loss(losses: dict[str, Tensor], vf_coef: float = 0.1, ent_coef: float 
     error is added, and the entropy bonus is subtracted (minimising the loss raises entropy).
 
     Args:
-        losses: the dict from `ppo_losses`.
+        losses: the dict from `ppo_losses` (floating-point tensors). Their values are not
+            read back (no host synchronisation): a NaN loss means training diverged, and
+            the caller checks the loss it is about to step on.
         vf_coef: c1 >= 0 (TRL's default 0.1).
         ent_coef: c2 >= 0; needs `losses["entropy"]` when nonzero.
     """
-    _check_nonnegative("vf_coef", vf_coef)
-    _check_nonnegative("ent_coef", ent_coef)
+    check_float("vf_coef", vf_coef, minimum=0)
+    check_float("ent_coef", ent_coef, minimum=0)
+    if not isinstance(losses, Mapping):
+        raise ValueError(f"losses must be the dict from ppo_losses, got {type(losses).__name__}")
+    needed = ["policy_loss", "value_loss"] + (["entropy"] if ent_coef != 0 else [])
+    for key in needed:
+        if key not in losses:
+            if key == "entropy":
+                raise ValueError(f"ent_coef is {ent_coef} but losses has no 'entropy'; "
+                                 "pass entropy= to ppo_losses")
+            raise ValueError(f"losses has no {key!r}; expected the dict from ppo_losses "
+                             f"(keys {', '.join(map(repr, needed))}), got keys "
+                             f"{shown(list(losses))}")
+    for key in needed:
+        check_floating(f"losses[{key!r}]", losses[key])
     loss = losses["policy_loss"] + vf_coef * losses["value_loss"]
     if ent_coef != 0:
-        if "entropy" not in losses:
-            raise ValueError(
-                f"ent_coef is {ent_coef} but losses has no 'entropy'; "
-                "pass entropy= to ppo_losses"
-            )
         loss = loss - ent_coef * losses["entropy"]
     return loss
+
+
+def _controller_state(state: object, keys: tuple[str, ...]) -> dict[str, float]:
+    """A KL controller's saved state, checked: a dict holding ``keys``."""
+    if not isinstance(state, Mapping) or any(k not in state for k in keys):
+        raise ValueError(f"a KL controller state must be a dict with keys {', '.join(keys)}, "
+                         f"got {shown(state)}")
+    return {k: state[k] for k in keys}
 
 
 class FixedKLController:
     """A constant KL coefficient beta (the controller TRL uses)."""
 
     def __init__(self, beta: float) -> None:
-        _check_nonnegative("beta", beta)
+        check_float("beta", beta, minimum=0)
         self.value = float(beta)
 
     def update(self, current_kl: float, n_steps: int) -> float:
@@ -186,7 +220,8 @@ class FixedKLController:
         return {"value": self.value}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value = float(state["value"])
+        state = _controller_state(state, ("value",))
+        self.value = check_float("state['value']", state["value"], minimum=0)
 
 
 class AdaptiveKLController:
@@ -204,9 +239,9 @@ class AdaptiveKLController:
     """
 
     def __init__(self, init_beta: float, target: float, horizon: float = 10000) -> None:
-        _check_nonnegative("init_beta", init_beta)
-        _check_positive("target", target)
-        _check_positive("horizon", horizon)
+        check_float("init_beta", init_beta, minimum=0)
+        check_float("target", target, minimum=0, strict_min=True)
+        check_float("horizon", horizon, minimum=0, strict_min=True)
         self.value = float(init_beta)
         self.target = float(target)
         self.horizon = float(horizon)
@@ -214,9 +249,11 @@ class AdaptiveKLController:
     def update(self, current_kl: float, n_steps: int) -> float:
         """Update beta from the KL measured on the last `n_steps` samples; return the new beta."""
         # current_kl may be negative (a k1 estimate on a batch is noisy); only NaN/inf is wrong.
-        if not math.isfinite(float(current_kl)):
-            raise ValueError(f"current_kl must be finite, got {current_kl}")
-        _check_nonnegative("n_steps", n_steps)
+        check_float("current_kl", current_kl)
+        check_int("n_steps", n_steps, minimum=0)
+        if n_steps > self.horizon:  # beta could go negative: 1 - 0.2 * n_steps / horizon
+            raise ValueError(f"n_steps must be <= horizon ({self.horizon:g}), so that one update "
+                             f"moves beta by at most 20 %, got {n_steps}")
         proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + proportional_error * n_steps / self.horizon
         return self.value
@@ -225,6 +262,8 @@ class AdaptiveKLController:
         return {"value": self.value, "target": self.target, "horizon": self.horizon}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value = float(state["value"])
-        self.target = float(state["target"])
-        self.horizon = float(state["horizon"])
+        state = _controller_state(state, ("value", "target", "horizon"))
+        self.value = check_float("state['value']", state["value"], minimum=0)
+        self.target = check_float("state['target']", state["target"], minimum=0, strict_min=True)
+        self.horizon = check_float("state['horizon']", state["horizon"], minimum=0,
+                                   strict_min=True)

@@ -11,10 +11,23 @@ from tqdm.auto import tqdm
 
 from .model import GPT, GPTConfig
 from .task import Tokenizer, gold_score, parse, repetition, sample_corpus
+from .validate import (
+    check_bool,
+    check_float,
+    check_instance,
+    check_int,
+    check_seed,
+    check_tensor,
+    derived_seed,
+    shown,
+)
 
 
 def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Id lists to right-padded ids ``(N, L)`` and their valid mask ``(N, L)``."""
+    if not rows or not any(len(r) for r in rows):
+        raise ValueError(f"rows must hold at least one non-empty list of ids, got {shown(rows)}")
+    check_int("pad_id", pad_id, minimum=0)
     ids = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
@@ -24,12 +37,22 @@ def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 def encode_texts(texts: list[str], tok: Tokenizer, eos: list[bool] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``<bos> text [<eos>]`` per text, right-padded: ids ``(N, L)`` and valid mask ``(N, L)``."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts:
+        raise ValueError(f"texts must be a non-empty list of strings, got {shown(texts)}")
     eos = eos if eos is not None else [True] * len(texts)
+    if len(eos) != len(texts):
+        raise ValueError(f"eos has {len(eos)} entries but texts has {len(texts)}; they must "
+                         "match (one flag per text)")
     return pad_right([tok.encode(t, bos=True, eos=e) for t, e in zip(texts, eos)], tok.pad_id)
 
 
 def lm_loss(model: GPT, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy over the real targets of right-padded ``ids`` ``(B, L)``."""
+    check_tensor("ids", ids, ndim=2, shape="(B, L)")
+    check_tensor("valid", valid)
+    if valid.shape != ids.shape or ids.size(1) < 2:
+        raise ValueError(f"ids {tuple(ids.shape)} and valid {tuple(valid.shape)} must have the "
+                         "same shape (B, L) with L >= 2 (a token and its next)")
     logits = model(ids[:, :-1])  # right padding needs no attention mask
     targets = ids[:, 1:].masked_fill(~valid[:, 1:], -100)
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
@@ -39,9 +62,13 @@ def lm_loss(model: GPT, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def pretrain(config: GPTConfig | None = None, n_reviews: int = 30_000, epochs: int = 4,
              batch_size: int = 64, lr: float = 2e-3, seed: int = 0, progress: bool = True) -> GPT:
     """Train a GPT on ``n_reviews`` grammar samples (AdamW, cosine decay); eval mode on return."""
-    if n_reviews <= 0 or epochs <= 0 or batch_size <= 0:
-        raise ValueError(f"n_reviews, epochs and batch_size must be positive, got {n_reviews}, "
-                         f"{epochs}, {batch_size}")
+    for name, value in (("n_reviews", n_reviews), ("epochs", epochs),
+                        ("batch_size", batch_size)):
+        check_int(name, value, minimum=1)
+    check_float("lr", lr, minimum=0, strict_min=True)
+    check_seed("seed", seed)
+    check_bool("progress", progress)
+    check_instance("config", config, GPTConfig, none_ok=True)
     torch.manual_seed(seed)
     tok = Tokenizer()
     model = GPT(config or GPTConfig())
@@ -73,6 +100,11 @@ def pretrain(config: GPTConfig | None = None, n_reviews: int = 30_000, epochs: i
 def sample_texts(model: GPT, n: int, seed: int = 0, temperature: float = 1.0,
                  batch_size: int = 250) -> tuple[list[str], list[bool]]:
     """``n`` unconditional samples (from ``<bos>``) as text, and whether each reached ``<eos>``."""
+    check_instance("model", model, GPT)
+    check_int("n", n, minimum=1)
+    check_seed("seed", seed)
+    check_float("temperature", temperature, minimum=0, strict_min=True)
+    check_int("batch_size", batch_size, minimum=1)
     tok = Tokenizer()
     g = torch.Generator().manual_seed(seed)
     texts, finished = [], []
@@ -102,8 +134,10 @@ def sentiment_mix(texts: list[str]) -> dict[str, float]:
 
 def evaluate_lm(model: GPT, n: int = 500, seed: int = 0, temperature: float = 1.0) -> dict:
     """The SFT acceptance figures on ``n`` samples: well-formed, repeats, sentiment vs corpus."""
+    check_int("n", n, minimum=1)
+    check_seed("seed", seed)
     texts, finished = sample_texts(model, n, seed, temperature)
-    corpus = sample_corpus(n, seed + 1)
+    corpus = sample_corpus(n, derived_seed(seed, 1))
     return {
         "n": n,
         "well_formed": sum(parse(t) is not None for t in texts) / n,

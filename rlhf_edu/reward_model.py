@@ -25,13 +25,27 @@ from .model import GPT
 from .models import RewardModel
 from .pretrain import encode_texts, pad_right
 from .task import Tokenizer, gold_score, sample_prompts
+from .validate import (
+    check_bool,
+    check_finite,
+    check_float,
+    check_instance,
+    check_int,
+    check_seed,
+    derived_seed,
+)
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    """Mean of ``-log sigmoid(r_chosen - r_rejected)`` over pairs ``(N,)``."""
+    """Mean of ``-log sigmoid(r_chosen - r_rejected)`` over pairs ``(N,)``; N >= 1, and the
+    rewards must be finite (a NaN would silently become the loss)."""
+    check_finite({"r_chosen": r_chosen, "r_rejected": r_rejected})
     if r_chosen.shape != r_rejected.shape:
         raise ValueError(f"r_chosen has shape {tuple(r_chosen.shape)} but r_rejected has shape "
                          f"{tuple(r_rejected.shape)}; they must match")
+    if r_chosen.numel() == 0:
+        raise ValueError("r_chosen and r_rejected are empty; the mean loss needs at least one "
+                         "pair")
     return -F.logsigmoid(r_chosen - r_rejected).mean()
 
 
@@ -51,6 +65,9 @@ class PreferencePairs:
         return self.chosen.size(0)
 
     def split(self, n_train: int) -> tuple[PreferencePairs, PreferencePairs]:
+        """The first ``n_train`` pairs and the rest (0 <= n_train <= len(self))."""
+        check_int("n_train", n_train, minimum=0, maximum=len(self))
+
         def part(s: slice) -> PreferencePairs:
             return PreferencePairs(self.chosen[s], self.chosen_valid[s], self.rejected[s],
                                    self.rejected_valid[s], self.gold_chosen[s],
@@ -63,6 +80,9 @@ def sample_responses(sft: GPT, prompts: list[str], generator: torch.Generator,
                      ) -> tuple[list[str], list[list[int]]]:
     """Full texts (prompt + response) sampled from ``sft``, and their ids
     (``<bos>``, prompt, response up to and including ``<eos>`` if reached)."""
+    check_instance("sft", sft, GPT)
+    check_int("max_new_tokens", max_new_tokens, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
     tok = Tokenizer()
     texts, rows = [], []
     for start in range(0, len(prompts), batch_size):
@@ -79,8 +99,10 @@ def sample_responses(sft: GPT, prompts: list[str], generator: torch.Generator,
 def make_preference_pairs(sft: GPT, n_pairs: int, seed: int = 0, sharpness: float = 5.0
                           ) -> PreferencePairs:
     """Two SFT samples per prompt, labelled by a Bradley-Terry coin flip on the gold score."""
-    if n_pairs <= 0:
-        raise ValueError(f"n_pairs must be positive, got {n_pairs}")
+    check_instance("sft", sft, GPT)
+    check_int("n_pairs", n_pairs, minimum=1)
+    check_seed("seed", seed)
+    check_float("sharpness", sharpness, minimum=0)
     g = torch.Generator().manual_seed(seed)
     prompts = sample_prompts(n_pairs, g)
     with torch.no_grad():
@@ -105,6 +127,8 @@ def make_preference_pairs(sft: GPT, n_pairs: int, seed: int = 0, sharpness: floa
 @torch.no_grad()
 def pairwise_accuracy(rm: RewardModel, pairs: PreferencePairs) -> float:
     """Fraction of pairs with different gold scores that the RM orders like the gold score."""
+    check_instance("rm", rm, RewardModel)
+    check_instance("pairs", pairs, PreferencePairs)
     rm.eval()
     differ = pairs.gold_chosen != pairs.gold_rejected
     if not differ.any():
@@ -117,7 +141,11 @@ def pairwise_accuracy(rm: RewardModel, pairs: PreferencePairs) -> float:
 
 @torch.no_grad()
 def normalise(rm: RewardModel, sft: GPT, n: int = 1000, seed: int = 0) -> None:
-    """Set ``rm.mean``/``rm.std`` so scores of SFT samples have mean 0 and std 1."""
+    """Set ``rm.mean``/``rm.std`` so scores of ``n`` >= 2 SFT samples have mean 0 and std 1."""
+    check_instance("rm", rm, RewardModel)
+    check_instance("sft", sft, GPT)
+    check_int("n", n, minimum=2)
+    check_seed("seed", seed)
     g = torch.Generator().manual_seed(seed)
     _, rows = sample_responses(sft, sample_prompts(n, g), g)
     raw = rm.eval().raw(*pad_right(rows, Tokenizer().pad_id))
@@ -128,8 +156,15 @@ def normalise(rm: RewardModel, sft: GPT, n: int = 1000, seed: int = 0) -> None:
 def train_reward_model(sft: GPT, pairs: PreferencePairs, epochs: int = 2, batch_size: int = 32,
                        lr: float = 3e-4, seed: int = 0, progress: bool = True) -> RewardModel:
     """A :class:`RewardModel` initialised from ``sft`` and trained on ``pairs``; z-normalised."""
-    if epochs <= 0 or batch_size <= 0:
-        raise ValueError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
+    check_int("epochs", epochs, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    check_float("lr", lr, minimum=0, strict_min=True)
+    check_seed("seed", seed)
+    check_bool("progress", progress)
+    check_instance("sft", sft, GPT)
+    check_instance("pairs", pairs, PreferencePairs)
+    if len(pairs) == 0:
+        raise ValueError("pairs is empty (0 pairs); expected at least one pair to train on")
     torch.manual_seed(seed)
     rm = RewardModel(copy.deepcopy(sft)).train()
     opt = torch.optim.AdamW(rm.parameters(), lr=lr, weight_decay=0.01)
@@ -149,7 +184,7 @@ def train_reward_model(sft: GPT, pairs: PreferencePairs, epochs: int = 2, batch_
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
-    normalise(rm, sft, seed=seed + 1)
+    normalise(rm, sft, seed=derived_seed(seed, 1))
     return rm.eval()
 
 
@@ -164,6 +199,11 @@ HACK_TEXTS = (
 def evaluate_reward_model(rm: RewardModel, sft: GPT, heldout: PreferencePairs, n: int = 500,
                           seed: int = 0) -> dict:
     """Held-out accuracy, and the z-scores of degenerate texts against the SFT median."""
+    check_instance("rm", rm, RewardModel)
+    check_instance("sft", sft, GPT)
+    check_instance("heldout", heldout, PreferencePairs)
+    check_int("n", n, minimum=2)
+    check_seed("seed", seed)
     g = torch.Generator().manual_seed(seed)
     tok = Tokenizer()
     texts, rows = sample_responses(sft, sample_prompts(n, g), g)

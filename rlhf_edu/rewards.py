@@ -27,12 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlhf_edu.advantages import (
-    _check_2d,
-    _check_finite,
-    _check_mask,
-    _check_nonnegative,
-    _check_same_shape,
+from rlhf_edu.validate import (
+    check_2d,
+    check_finite,
+    check_float,
+    check_floating,
+    check_mask,
+    check_same_shape,
+    check_tensor,
+    shown,
 )
 
 __all__ = ["KL_ESTIMATORS", "kl_penalty", "compute_rewards", "last_token_index"]
@@ -40,7 +43,28 @@ __all__ = ["KL_ESTIMATORS", "kl_penalty", "compute_rewards", "last_token_index"]
 KL_ESTIMATORS = ("k1", "k2", "k3", "full")
 
 
-def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -> Tensor:
+def _check_estimator(estimator: object) -> None:
+    if not isinstance(estimator, str) or estimator not in KL_ESTIMATORS:
+        raise ValueError(
+            f"unknown KL estimator {shown(estimator)}; expected one of {', '.join(KL_ESTIMATORS)}"
+        )
+
+
+def _check_kl_inputs(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> None:
+    """Estimator, types and shapes of `kl_penalty`'s inputs (no values read)."""
+    _check_estimator(estimator)
+    check_floating("logprobs", logprobs)
+    check_floating("ref_logprobs", ref_logprobs)
+    check_same_shape("logprobs", logprobs, "ref_logprobs", ref_logprobs)
+    if estimator == "full" and logprobs.ndim != 3:
+        raise ValueError(
+            "estimator 'full' expects logits of shape (B, T, V), got logprobs with shape "
+            f"{tuple(logprobs.shape)}"
+        )
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1",
+               mask: Tensor | None = None) -> Tensor:
     """Per-token estimate of KL(pi || pi_ref) for tokens sampled from pi.
 
     Args:
@@ -49,24 +73,52 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") ->
         ref_logprobs: `(B, T)` log pi_ref(token) under the reference; for "full", the
             reference's logits `(B, T, V)`.
         estimator: "k1", "k2", "k3" or "full" (see the module docstring).
+        mask: optional `(B, T)`, 1 on response tokens: the estimate is 0 where it is 0, and
+            whatever the inputs hold there (NaN included) is ignored. Without it every
+            position is a response token. NaN or inf at a response token is refused.
 
     Returns:
-        `(B, T)` tensor of per-token KL estimates (padding is not masked here).
+        `(B, T)` tensor of per-token KL estimates (0 on padding if `mask` is given).
     """
-    if estimator not in KL_ESTIMATORS:
-        raise ValueError(
-            f"unknown KL estimator {estimator!r}; expected one of {', '.join(KL_ESTIMATORS)}"
-        )
-    _check_same_shape("logprobs", logprobs, "ref_logprobs", ref_logprobs)
-    _check_finite("logprobs", logprobs)
-    _check_finite("ref_logprobs", ref_logprobs)
+    _check_kl_inputs(logprobs, ref_logprobs, estimator)
+    if mask is None:
+        check_finite({"logprobs": logprobs, "ref_logprobs": ref_logprobs})
+        return _kl(logprobs, ref_logprobs, estimator)
+    m = _check_kl_mask(mask, logprobs, ref_logprobs, estimator)
+    return _masked_kl(logprobs, ref_logprobs, estimator, m)
 
+
+def _check_kl_mask(mask: Tensor, logprobs: Tensor, ref_logprobs: Tensor, estimator: str,
+                   every_row: bool = False, scores: Tensor | None = None) -> Tensor:
+    """The bool mask, after checking it against the `(B, T)` of the KL estimate and checking
+    that the inputs (and `scores`, if given) are finite where it is 1."""
+    check_tensor("mask", mask)
+    kl_shape = tuple(logprobs.shape[:2] if estimator == "full" else logprobs.shape)
+    if estimator == "full" and tuple(mask.shape) != kl_shape:
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)} but the logits have (B, T) = "
+            f"{kl_shape}; they must match"
+        )
+    finite = {"logprobs": logprobs, "ref_logprobs": ref_logprobs}
+    if scores is not None:
+        finite["scores"] = scores
+    return check_mask(mask, torch.empty(kl_shape, device="meta"), "logprobs",
+                      every_row=every_row, finite=finite)
+
+
+def _masked_kl(logprobs: Tensor, ref_logprobs: Tensor, estimator: str, m: Tensor) -> Tensor:
+    """`_kl` with the padding (bool `m` False) set to 0 before and after: it never reaches the
+    result or the gradient."""
+    real = m[..., None] if estimator == "full" else m
+    zeros = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+    kl = _kl(torch.where(real, logprobs, zeros), torch.where(real, ref_logprobs, zeros),
+             estimator)
+    return torch.where(m, kl, torch.zeros_like(kl))
+
+
+def _kl(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor:
+    """The estimate itself, on checked inputs."""
     if estimator == "full":
-        if logprobs.ndim != 3:
-            raise ValueError(
-                "estimator 'full' expects logits of shape (B, T, V), got logprobs with shape "
-                f"{tuple(logprobs.shape)}"
-            )
         # Normalise in at least float32: bf16 log-probabilities are too coarse for a KL.
         acc = torch.promote_types(logprobs.dtype, torch.float32)
         logp = F.log_softmax(logprobs.to(acc), dim=-1)
@@ -93,8 +145,13 @@ def last_token_index(mask: Tensor) -> Tensor:
         `(B,)` LongTensor. With right padding this is `length - 1`; it is also correct for
         left padding or holes, since it looks for the last 1, not at the row's length.
     """
-    _check_2d("mask", mask)
-    m = _check_mask(mask, mask, "mask", every_row=True)
+    check_2d("mask", mask)
+    m = check_mask(mask, mask, "mask", every_row=True)
+    return _last_index(m)
+
+
+def _last_index(m: Tensor) -> Tensor:
+    """`last_token_index` of a checked bool mask."""
     positions = torch.arange(m.shape[1], device=m.device).expand_as(m)  # (B, T)
     return torch.where(m, positions, -1).amax(dim=1)
 
@@ -116,29 +173,29 @@ def compute_rewards(
         logprobs: `(B, T)` policy log-probabilities of the sampled tokens ((B, T, V) logits
             for `estimator="full"`).
         ref_logprobs: `(B, T)` reference log-probabilities (logits for "full").
-        mask: `(B, T)`, 1 on response tokens; every row needs at least one.
+        mask: `(B, T)`, 1 on response tokens; every row needs at least one. Whatever the
+            other inputs hold where it is 0 (NaN included) is ignored; NaN or inf where it
+            is 1 (and anywhere in `(B,)` scores) is refused.
         beta: KL coefficient >= 0; 0 leaves only the score (the reward-hacking setting).
         estimator: KL estimator, see `kl_penalty`.
 
     Returns:
         `(B, T)` rewards, 0 on padding.
     """
-    _check_nonnegative("beta", beta)
-    kl = kl_penalty(logprobs, ref_logprobs, estimator)  # (B, T)
-    if estimator == "full" and mask.shape != kl.shape:
-        raise ValueError(
-            f"mask has shape {tuple(mask.shape)} but the logits have (B, T) = "
-            f"{tuple(kl.shape)}; they must match"
-        )
-    _check_2d("logprobs", kl)
-    m = _check_mask(mask, kl, "logprobs", every_row=True)
-    B, T = kl.shape
+    check_float("beta", beta, minimum=0)
+    _check_kl_inputs(logprobs, ref_logprobs, estimator)
+    check_tensor("mask", mask)
+    kl_shape = tuple(logprobs.shape[:2] if estimator == "full" else logprobs.shape)
+    check_2d("logprobs", torch.empty(kl_shape, device="meta"))
+    B, T = kl_shape
+    check_tensor("scores", scores)
     if scores.shape not in ((B,), (B, T)):
         raise ValueError(
             f"scores must have shape (B,) = ({B},) or (B, T) = ({B}, {T}), "
             f"got {tuple(scores.shape)}"
         )
-    _check_finite("scores", scores)
+    m = _check_kl_mask(mask, logprobs, ref_logprobs, estimator, every_row=True, scores=scores)
+    kl = _masked_kl(logprobs, ref_logprobs, estimator, m)  # (B, T), 0 on padding
 
     zeros = torch.zeros_like(kl)
     rewards = torch.where(m, -beta * kl, zeros)
@@ -147,5 +204,5 @@ def compute_rewards(
         return rewards + torch.where(m, scores, zeros)
     # The sequence-level score belongs to the whole response, so it lands on the token that
     # ended it; GAE then carries it back to earlier tokens.
-    last = last_token_index(m)  # (B,)
+    last = _last_index(m)  # (B,)
     return rewards.scatter_add(1, last.unsqueeze(1), scores.unsqueeze(1))

@@ -17,6 +17,14 @@ import torch
 from .models import Models
 from .rewards import kl_penalty
 from .task import Tokenizer, gold_score, is_well_formed, repetition, sample_prompts
+from .validate import (
+    check_float,
+    check_instance,
+    check_int,
+    check_seed,
+    derived_seed,
+    shown,
+)
 
 
 @dataclass
@@ -38,10 +46,15 @@ def best_of_n(models: Models, prompts: list[str], n: int, response_len: int = 20
               generator: torch.Generator | None = None,
               missing_eos_penalty: float = 1.0) -> BestOfN:
     """Sample ``n`` responses per prompt from the actor and keep the highest-scoring one."""
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
+    check_int("n", n, minimum=1)
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__} "
+                         f"{shown(prompts)}")
     if not prompts:
         raise ValueError("prompts is empty")
+    check_int("response_len", response_len, minimum=1)
+    check_float("missing_eos_penalty", missing_eos_penalty, minimum=0)
+    check_instance("models", models, Models, hint="from build_models")
     tok = Tokenizer()
     dev = next(models.actor.parameters()).device
     rdev = next(models.reward.parameters()).device
@@ -69,13 +82,19 @@ def rejection_sampling(models: Models, steps: int, prompts_per_step: int = 16, n
     Each step generates ``prompts_per_step * n`` responses, as many as a PPO step with
     ``batch_size = prompts_per_step * n``, so the two can be compared per generated sample.
     """
-    if steps <= 0 or prompts_per_step <= 0:
-        raise ValueError(f"steps and prompts_per_step must be positive, got {steps}, "
-                         f"{prompts_per_step}")
+    for name, value in (("steps", steps), ("prompts_per_step", prompts_per_step), ("n", n),
+                        ("response_len", response_len), ("epochs", epochs)):
+        check_int(name, value, minimum=1)
+    check_float("lr", lr, minimum=0, strict_min=True)
+    check_seed("seed", seed)
+    check_instance("models", models, Models, hint="from build_models")
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be callable or None, got {type(callback).__name__}")
     g = torch.Generator().manual_seed(seed)
     dev = next(models.actor.parameters()).device
     # prompts come from a CPU generator; tokens are sampled by one on the actor's device
-    sample_g = g if dev.type == "cpu" else torch.Generator(dev).manual_seed(seed + 1)
+    sample_g = g if dev.type == "cpu" else torch.Generator(dev).manual_seed(
+        derived_seed(seed, 1))
     opt = torch.optim.Adam(models.actor.parameters(), lr=lr, eps=1e-5)
     history = []
     for step in range(1, steps + 1):

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .validate import check_bool, check_int, check_seed, check_tensor, shown
+
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 NOUNS = ("food", "service", "staff", "place", "music", "price", "wine", "pasta", "room", "view",
          "dessert", "coffee")
@@ -64,6 +66,14 @@ class Tokenizer:
     """Word-level tokenizer over :data:`VOCAB` (one id per whitespace-separated word)."""
 
     def __init__(self, vocab: tuple[str, ...] = VOCAB):
+        if isinstance(vocab, str) or not all(isinstance(w, str) for w in vocab):
+            raise ValueError(f"vocab must be a sequence of words (str), got {shown(vocab)}")
+        missing = [w for w in (PAD, BOS, EOS) if w not in vocab]
+        if missing:
+            raise ValueError(f"vocab must contain {PAD}, {BOS} and {EOS}; missing {missing}")
+        repeated = sorted(w for w, c in Counter(vocab).items() if c > 1)
+        if repeated:
+            raise ValueError(f"vocab must not repeat a word, got {repeated} more than once")
         self.vocab = tuple(vocab)
         self.stoi = {w: i for i, w in enumerate(self.vocab)}
         self.pad_id, self.bos_id, self.eos_id = self.stoi[PAD], self.stoi[BOS], self.stoi[EOS]
@@ -73,6 +83,9 @@ class Tokenizer:
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """Words of ``text`` to ids; raises ``ValueError`` naming the first unknown word."""
+        _check_text("text", text)
+        check_bool("bos", bos)
+        check_bool("eos", eos)
         ids = []
         for i, word in enumerate(text.split()):
             if word not in self.stoi:
@@ -82,9 +95,19 @@ class Tokenizer:
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
     def decode(self, ids: list[int] | torch.Tensor) -> str:
-        """Ids to text: drops ``<pad>``/``<bos>`` and stops at the first ``<eos>``."""
+        """Ids ``(T,)`` to text: drops ``<pad>``/``<bos>`` and stops at the first ``<eos>``."""
+        if isinstance(ids, torch.Tensor):
+            check_tensor("ids", ids, ndim=1, shape="(T,)")
+            if ids.is_floating_point() or ids.is_complex():
+                raise ValueError(f"ids must hold integer token ids, got {ids.dtype}")
+            ids = ids.tolist()
+        elif not isinstance(ids, (list, tuple)):
+            raise ValueError(f"ids must be a list or 1-D tensor of token ids, got "
+                             f"{type(ids).__name__} {shown(ids)}")
+        for k, i in enumerate(ids):
+            check_int(f"ids[{k}]", i, minimum=0)
         words = []
-        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
+        for i in ids:
             if i == self.eos_id:
                 break
             if i not in (self.pad_id, self.bos_id):  # ids past the vocabulary: untrained models
@@ -93,12 +116,26 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str], bos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``(B, P)`` ids and the ``(B, P)`` bool mask of real tokens."""
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise ValueError(f"texts must be a list of strings, got {type(texts).__name__} "
+                             f"{shown(texts)}")
+        if not texts:
+            raise ValueError("texts is empty; expected at least one text")
+        for b, t in enumerate(texts):
+            _check_text(f"texts[{b}]", t)
         rows = [self.encode(t, bos=bos) for t in texts]
         width = max(len(r) for r in rows)
+        if width == 0:
+            raise ValueError("every text is empty and bos=False: there is no token to encode")
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         for b, r in enumerate(rows):
             ids[b, width - len(r):] = torch.tensor(r)
         return ids, ids != self.pad_id
+
+
+def _check_text(name: str, text: object) -> None:
+    if not isinstance(text, str):
+        raise ValueError(f"{name} must be a str, got {type(text).__name__} {shown(text)}")
 
 
 # ---------------------------------------------------------------- sampling the corpus
@@ -138,12 +175,18 @@ def sample_review(rng: random.Random) -> str:
 
 def sample_corpus(n: int, seed: int = 0) -> list[str]:
     """``n`` reviews from the grammar, reproducible from ``seed``."""
+    check_int("n", n, minimum=0)
+    check_seed("seed", seed)
     rng = random.Random(seed)
     return [sample_review(rng) for _ in range(n)]
 
 
 def sample_prompts(n: int, generator: torch.Generator | None = None) -> list[str]:
     """``n`` prompts drawn uniformly (with replacement) from :data:`PROMPTS`."""
+    check_int("n", n, minimum=0)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got "
+                         f"{type(generator).__name__}")
     idx = torch.randint(len(PROMPTS), (n,), generator=generator)
     return [PROMPTS[i] for i in idx.tolist()]
 
@@ -181,6 +224,7 @@ def _parse_clause(words: list[str], i: int) -> tuple[int, list[str], int] | None
 
 def parse(text: str) -> Review | None:
     """The :class:`Review` if ``text`` is a well-formed review, else ``None``."""
+    _check_text("text", text)
     words = text.split()
     if len(words) < 2 or words[-1] not in (".", "!"):
         return None
@@ -208,6 +252,7 @@ def is_well_formed(text: str) -> bool:
 
 def repetition(text: str) -> int:
     """How many content words (nouns, adjectives, verbs) occur more often than once."""
+    _check_text("text", text)
     counts = Counter(w for w in text.split() if w in CONTENT_WORDS)
     return sum(c - 1 for c in counts.values())
 

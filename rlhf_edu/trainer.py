@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import signal
+import sys
+import threading
 import time
+import weakref
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +36,7 @@ from .checkpoint import atomic_save, safe_load
 from .models import CRITIC_MODES, Models, build_models
 from .ppo import AdaptiveKLController, FixedKLController, ppo_losses, total_loss
 from .rewards import KL_ESTIMATORS, compute_rewards, kl_penalty
+from .rundir import RunDir
 from .task import Tokenizer, gold_score, is_well_formed, repetition, sample_prompts
 
 
@@ -73,7 +79,7 @@ class PPOConfig:
     clip: float = 0.2
     """PPO ratio clip epsilon"""
     vf_clip: float = 0.2
-    """value clip range around the old values"""
+    """value clip range around the old values (0: no value clipping)"""
     vf_coef: float = 0.1
     """c1: weight of the value loss in the combined loss"""
     ent_coef: float = 0.0
@@ -95,6 +101,7 @@ class PPOConfig:
     fp32; the trained models always keep fp32 master weights"""
 
     def __post_init__(self) -> None:
+        self._check_types()
         positive = ("batch_size", "response_len", "ppo_epochs", "minibatches", "temperature",
                     "clip", "kl_target", "kl_horizon", "actor_lr", "critic_lr", "max_grad_norm")
         for name in positive:
@@ -115,6 +122,36 @@ class PPOConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by minibatches "
                              f"({self.minibatches})")
         distributed.check_precision(self.precision)
+        if self.adaptive_kl and self.beta == 0:
+            raise ValueError("PPOConfig.beta must be > 0 with adaptive_kl: the controller "
+                             "multiplies beta, so from 0 it would stay 0")
+        if self.adaptive_kl and self.kl_horizon < self.batch_size:
+            raise ValueError(f"PPOConfig.kl_horizon ({self.kl_horizon}) must be >= batch_size "
+                             f"({self.batch_size}): each step moves beta by up to 20 % x "
+                             "batch_size / kl_horizon, which must stay below 20 %")
+
+    def _check_types(self) -> None:
+        """Each field has the type its default has: a string "64" or 64.0 for an int field,
+        True for a number, NaN or inf, are refused by name instead of failing later."""
+        for f in dataclasses.fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok, want = isinstance(value, bool), "True or False"
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+                want = "an int"
+            elif isinstance(default, float):
+                ok = (isinstance(value, int | float) and not isinstance(value, bool)
+                      and math.isfinite(value))
+                want = "a finite number"
+            elif f.name == "placement":
+                ok, want = isinstance(value, str | dict), "'colocate' or a dict role -> device"
+            else:
+                ok, want = isinstance(value, str), "a string"
+            if not ok:
+                raise ValueError(f"PPOConfig.{f.name} must be {want}, got {value!r}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"PPOConfig.seed must be in [0, 2**63), got {self.seed}")
 
     def check_world(self, world: int) -> None:
         """Raise ``ValueError`` unless the batch splits into ``world`` ranks x minibatches."""
@@ -187,6 +224,48 @@ class PolicyValue(nn.Module):
         return out.logprobs, out.entropy, values  # (B, T) each
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :meth:`RLHFTrainer.train` between two steps, with nothing half-done.
+
+    ``step`` is the last step completed; ``checkpoint`` the file it was saved to (``None``
+    without a run directory). It is a ``KeyboardInterrupt``, so a notebook or script stops.
+    """
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        where = f"; saved {checkpoint}: continue with --resume" if checkpoint else ""
+        super().__init__(f"interrupted after step {step}{where}")
+
+
+class _DeferredInterrupt:
+    """Hold a Ctrl-C (SIGINT) until the running step ends; a second Ctrl-C stops at once.
+
+    A step interrupted halfway would leave the actor updated by some minibatches and not
+    others; holding the signal to the end of the step keeps every saved state a whole step.
+    Only the main thread can receive signals; elsewhere this does nothing.
+    """
+
+    def __enter__(self) -> _DeferredInterrupt:
+        self.requested = False
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt("interrupted twice: stopped in the middle of a step")
+        self.requested = True
+        print("\nCtrl-C: finishing this step, then stopping (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:  # a handler installed outside Python reads as None: use Python's
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None
+                          else signal.default_int_handler)
+
+
 class RLHFTrainer:
     """The RLHF loop over :class:`~rlhf_edu.models.Models` with a :class:`PPOConfig`.
 
@@ -197,7 +276,7 @@ class RLHFTrainer:
     """
 
     def __init__(self, config: PPOConfig | None = None, models: Models | None = None,
-                 run_dir: str | Path | None = None):
+                 run_dir: str | Path | None = None, resume: bool = False):
         self.config = cfg = config or PPOConfig()
         self.rank, self.world = distributed.rank_and_world()
         cfg.check_world(self.world)
@@ -238,25 +317,26 @@ class RLHFTrainer:
         self.step_count = 0
         self.history: list[dict] = []
         self.trace: _Trace | None = None
+        if run_dir is not None and str(run_dir) == "":
+            raise ValueError("run_dir is an empty path; name a directory (or pass None)")
+        if resume and run_dir is None:
+            raise ValueError("resume=True needs the run_dir of the run to continue")
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        if self.run_dir is not None and self.rank == 0:
-            self._claim_run_dir()
+        if self.run_dir is not None:
+            resume_step = None
+            if self.rank == 0:  # one writer: rank 0 locks the directory for the whole run
+                self._run = RunDir(self.run_dir)
+                resume_step = self._run.claim(asdict(cfg), resume)
+                weakref.finalize(self, self._run.release)
+            if resume and (resume_step is not None or self.rank != 0) and \
+                    (self.run_dir / "checkpoint.pt").exists():
+                self.load()
 
-    # ------------------------------------------------------------------ run directory
-
-    def _claim_run_dir(self) -> None:
-        """Write config.json, or check that the run directory holds this same run."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / "config.json"
-        mine = json.loads(json.dumps(asdict(self.config)))
-        if path.exists():
-            theirs = json.loads(path.read_text())
-            diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
-            if diff:
-                raise ValueError(f"run directory {str(self.run_dir)!r} holds a different run "
-                                 f"(config differs in {diff}); choose another --run-dir")
-        else:
-            path.write_text(json.dumps(mine, indent=2))
+    def close(self) -> None:
+        """Release the run directory now (otherwise when the trainer is garbage-collected)."""
+        run = getattr(self, "_run", None)
+        if run is not None:
+            run.release()
 
     def _sample_generator_states(self) -> list[torch.Tensor]:
         state = self.sample_generator.get_state()
@@ -317,9 +397,16 @@ class RLHFTrainer:
 
     # ------------------------------------------------------------------ one step
 
-    def _check_finite(self, name: str, t: torch.Tensor) -> None:
+    def _check_finite(self, name: str, t: torch.Tensor, trained: bool = False) -> None:
+        """``FloatingPointError`` naming the step and ``name`` unless ``t`` is all finite;
+        ``trained``: the value comes from a model PPO trains, so say what to lower."""
         if not torch.isfinite(t).all():
-            raise FloatingPointError(f"step {self.step_count + 1}: NaN or inf in {name}")
+            hint = self._diverged() if trained else ""
+            raise FloatingPointError(f"step {self.step_count + 1}: NaN or inf in {name}{hint}")
+
+    def _diverged(self) -> str:
+        return (f" (training diverged: lower the learning rates, actor_lr="
+                f"{self.config.actor_lr:g}, critic_lr={self.config.critic_lr:g})")
 
     def _phase_timer(self, times: dict[str, float]):
         clock, current = time.perf_counter(), ""
@@ -355,15 +442,19 @@ class RLHFTrainer:
         # 2. the actor generates, keeping each token's log-prob under the sampling policy
         phase("2_generate")
         m.actor.eval()
-        with amp:
-            gen = m.actor.generate(prompt_ids, prompt_valid, cfg.response_len,
-                                   temperature=cfg.temperature, pad_id=self.tok.pad_id,
-                                   eos_id=self.tok.eos_id if cfg.stop_at_eos else None,
-                                   generator=self.sample_generator)
+        try:
+            with amp:
+                gen = m.actor.generate(prompt_ids, prompt_valid, cfg.response_len,
+                                       temperature=cfg.temperature, pad_id=self.tok.pad_id,
+                                       eos_id=self.tok.eos_id if cfg.stop_at_eos else None,
+                                       generator=self.sample_generator)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"step {self.step_count + 1}: generation failed, {e}"
+                                     f"{self._diverged()}") from None
         tokens, valid, P, mask = gen.tokens, gen.valid, gen.prompt_len, gen.mask
         for name in ("tokens", "valid", "response", "logprobs", "mask"):
             tr(name if name != "logprobs" else "old_logprobs", getattr(gen, name))
-        self._check_finite("actor log-probs", gen.logprobs)
+        self._check_finite("actor log-probs", gen.logprobs, trained=True)
 
         # 3. the reward model scores each whole response (on its own device)
         phase("3_score")
@@ -436,7 +527,7 @@ class RLHFTrainer:
                     n_local = mask.sum()
                     n_global = distributed.all_reduce_sum(n_local.detach().clone())
                     loss = loss * (n_local * self.world / n_global)
-                self._check_finite("PPO loss", loss)
+                self._check_finite("PPO loss", loss, trained=True)
                 if self.trace is not None and not stats:
                     tr("minibatch_logprobs", logprobs)
                     tr("minibatch_values", values)
@@ -445,16 +536,31 @@ class RLHFTrainer:
                 self.critic_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for opt in (self.actor_opt, self.critic_opt):
-                    params = [p for g in opt.param_groups for p in g["params"]]
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(self._trained(opt), cfg.max_grad_norm)
                     opt.step()
                 for k, v in losses.items():
                     stats[k].append(v.detach())
         # one copy to the host for all the statistics, not one per number: on a GPU each
-        # copy waits for every queued kernel to finish
+        # copy waits for every queued kernel to finish; it also says whether the weights the
+        # update wrote are still finite (a learning rate far too high overflows them)
         keys = list(stats)
-        table = torch.stack([torch.stack(stats[k]) for k in keys]).tolist()
-        return {k: sum(row) / len(row) for k, row in zip(keys, table)}
+        table = torch.stack([torch.stack(stats[k]) for k in keys])
+        finite = [torch.stack([torch.isfinite(p).all() for p in self._trained(opt)]).all()
+                  for opt in (self.actor_opt, self.critic_opt)]
+        *table, actor_ok, critic_ok = torch.cat([table.flatten(),
+                                                  torch.stack(finite).to(table)]).tolist()
+        for ok, role, lr in ((actor_ok, "actor", cfg.actor_lr),
+                             (critic_ok, "critic", cfg.critic_lr)):
+            if not ok:
+                raise FloatingPointError(
+                    f"step {self.step_count + 1}: the PPO update made the {role}'s weights NaN "
+                    f"or inf (training diverged); lower its learning rate (now {lr:g})")
+        n = len(table) // len(keys)
+        return {k: sum(table[i * n:(i + 1) * n]) / n for i, k in enumerate(keys)}
+
+    @staticmethod
+    def _trained(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+        return [p for g in opt.param_groups for p in g["params"]]
 
     def step(self) -> dict:
         """Run the six phases once; return this step's metrics (averaged over ranks)."""
@@ -502,24 +608,44 @@ class RLHFTrainer:
         """Run until ``steps`` steps in total have been taken (a resumed run continues)."""
         from tqdm.auto import tqdm
 
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise ValueError(f"steps must be an int, got {steps!r}")
+        if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 0:
+            raise ValueError(f"save_every must be an int >= 0 (0: only at the end), "
+                             f"got {save_every!r}")
         if steps < self.step_count:
             raise ValueError(f"steps ({steps}) is less than the steps already taken "
                              f"({self.step_count})")
         bar = tqdm(total=steps, initial=self.step_count, desc="RLHF",
                    disable=not progress or self.rank != 0)
-        while self.step_count < steps:
-            metrics = self.step()
-            bar.update()
-            bar.set_postfix(rm=f"{metrics['rm_score']:+.2f}", gold=f"{metrics['gold_score']:+.2f}",
-                            kl=f"{metrics['kl']:.2f}", refresh=False)
-            if callback is not None:
-                callback(metrics)
-            if self.run_dir is not None and save_every and self.step_count % save_every == 0:
-                self.save()
-        bar.close()
-        if self.run_dir is not None:
-            self.save()
+        try:
+            with _DeferredInterrupt() as interrupt:
+                while self.step_count < steps:
+                    metrics = self.step()
+                    bar.update()
+                    bar.set_postfix(rm=f"{metrics['rm_score']:+.2f}",
+                                    gold=f"{metrics['gold_score']:+.2f}",
+                                    kl=f"{metrics['kl']:.2f}", refresh=False)
+                    if callback is not None:
+                        callback(metrics)
+                    if self._any_rank(interrupt.requested):
+                        saved = self.save() if self.run_dir is not None else None
+                        raise RunInterrupted(self.step_count, saved)
+                    if self.run_dir is not None and save_every and \
+                            self.step_count % save_every == 0:
+                        self.save()
+                if self.run_dir is not None:
+                    self.save()
+        finally:
+            bar.close()
         return self.history
+
+    def _any_rank(self, flag: bool) -> bool:
+        """``flag`` from this rank, or'ed over all ranks (every rank must stop at one step)."""
+        if self.world == 1:
+            return flag
+        vec = torch.tensor([float(flag)], device=self.device)
+        return bool(distributed.all_reduce_sum(vec).item() > 0)
 
     def sample(self, prompts: list[str], seed: int = 0, greedy: bool = False) -> list[str]:
         """The actor's responses to ``prompts`` as text (for before/after comparisons)."""

@@ -1,5 +1,6 @@
 """Bad input gets a clear error, raised early, naming the value and what was expected."""
 
+import re
 import subprocess
 import sys
 
@@ -129,8 +130,48 @@ def test_nan_logits_stop_training_with_the_step_number():
 
 
 CLI_CASES = [
-    (["train", "--beta", "-1", "--run-dir", "{tmp}/a"], "PPOConfig.beta must be >= 0"),
-    (["train", "--resume", "--run-dir", "{tmp}/none"], "--resume: no checkpoint.pt"),
+    (["train", "--beta", "-1", "--run-dir", "{tmp}/a"],
+     "argument --beta: must be a finite number >= 0, got '-1'"),
+    # numbers are checked as they are read, each naming the value and the range it must be in
+    (["train", "--steps", "0"], "argument --steps: must be an integer >= 1, got '0'"),
+    (["train", "--steps", "2.5"], "argument --steps: must be an integer >= 1, got '2.5'"),
+    (["train", "--batch", "-8"], "argument --batch: must be an integer >= 1, got '-8'"),
+    (["train", "--response-len", "0"], "argument --response-len: must be an integer >= 1"),
+    (["train", "--ppo-epochs", "x"], "argument --ppo-epochs: must be an integer >= 1, got 'x'"),
+    (["train", "--minibatches", "0"], "argument --minibatches: must be an integer >= 1"),
+    (["train", "--actor-lr", "nan"],
+     "argument --actor-lr: must be a finite number > 0, got 'nan'"),
+    (["train", "--actor-lr", "0"], "argument --actor-lr: must be a finite number > 0, got '0'"),
+    (["train", "--beta", "inf"], "argument --beta: must be a finite number >= 0, got 'inf'"),
+    (["train", "--ent-coef", "-0.1"], "argument --ent-coef: must be a finite number >= 0"),
+    (["train", "--kl-target", "0"], "argument --kl-target: must be a finite number > 0, got '0'"),
+    (["train", "--kl-target", "-2"], "argument --kl-target: must be a finite number > 0"),
+    (["train", "--seed", "-1"], "argument --seed: must be an integer in [0, 9223372036854775807]"),
+    (["train", "--seed", str(2**64)], f"got '{2**64}'"),
+    (["train", "--save-every", "-1"], "argument --save-every: must be an integer >= 0, got '-1'"),
+    (["train", "--nproc", "0"], "argument --nproc: must be an integer >= 1, got '0'"),
+    (["train", "--nproc", "1000", "--run-dir", "{tmp}/n"], "--nproc 1000 on CPU: at most"),
+    (["train", "--run-dir", ""], "argument --run-dir: must name a directory, got ''"),
+    (["train", "--run-dir", "{tmp}/file.txt"],
+     "must name a directory, got '{tmp}/file.txt' (a file)"),
+    (["train", "--beta", "0", "--kl-target", "2", "--run-dir", "{tmp}/k"],
+     "PPOConfig.beta must be > 0 with adaptive_kl"),
+    (["train", "--batch", "10", "--minibatches", "4", "--run-dir", "{tmp}/m"],
+     "batch_size (10) must be divisible by minibatches (4)"),
+    (["--threads", "0", "models"], "argument --threads: must be an integer >= 1, got '0'"),
+    (["pretrain", "--eval-samples", "0"], "argument --eval-samples: must be an integer >= 1"),
+    (["pretrain", "--reviews", "0"], "argument --reviews: must be an integer >= 1, got '0'"),
+    (["pretrain", "--epochs", "-1"], "argument --epochs: must be an integer >= 1, got '-1'"),
+    (["pretrain", "--n-embd", "0"], "argument --n-embd: must be an integer >= 1, got '0'"),
+    (["pretrain", "--out", "{tmp}"], "argument --out: must name a file to write, got '{tmp}' "
+                                     "(a directory)"),
+    (["pretrain", "--out", ""], "argument --out: must name a file to write, got ''"),
+    (["train-rm", "--pairs", "0"], "argument --pairs: must be an integer >= 1, got '0'"),
+    (["train-rm", "--heldout", "-5"], "argument --heldout: must be an integer >= 1, got '-5'"),
+    (["train-rm", "--out", "{tmp}"], "argument --out: must name a file to write"),
+    (["trace", "--response-len", "0"], "argument --response-len: must be an integer >= 1"),
+    (["trace", "--batch", "1e3"], "argument --batch: must be an integer >= 1, got '1e3'"),
+    (["train", "--resume", "--run-dir", "{tmp}/none"], "holds no run to continue"),
     (["train", "--placement", '{{"policy": "cpu"}}', "--run-dir", "{tmp}/b"],
      "unknown role(s) ['policy']"),
     (["train", "--placement", "nowhere", "--run-dir", "{tmp}/c"], "--placement must be"),
@@ -144,7 +185,9 @@ CLI_CASES = [
 @pytest.mark.parametrize("argv, message", CLI_CASES, ids=[" ".join(c[0][:2]) + " " + c[1][:20]
                                                           for c in CLI_CASES])
 def test_cli_bad_input_is_one_readable_line(tmp_path, capsys, argv, message):
+    (tmp_path / "file.txt").write_text("not a directory")
     argv = [a.format(tmp=tmp_path) for a in argv]
+    before = sorted(p.name for p in tmp_path.iterdir())
     try:
         code = main(argv)
     except SystemExit as e:  # argparse's own usage errors
@@ -152,7 +195,9 @@ def test_cli_bad_input_is_one_readable_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert code == 2
     assert "Traceback" not in err
-    assert message in err.strip().splitlines()[-1], err
+    assert len(err.strip().splitlines()) == 1, err  # one line, even for argparse's errors
+    assert message.format(tmp=tmp_path) in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # refused before any work
 
 
 def test_cli_refuses_a_run_directory_holding_another_run(tmp_path):
@@ -163,3 +208,100 @@ def test_cli_refuses_a_run_directory_holding_another_run(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and "holds a different run" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_divergence_is_one_line_naming_the_step_and_the_learning_rate():
+    trainer = RLHFTrainer(PPOConfig(batch_size=8, response_len=8, ppo_epochs=2, minibatches=1,
+                                    actor_lr=1e6))
+    with pytest.raises(FloatingPointError, match=r"^step 1: NaN or inf in PPO loss \(training "
+                                                 r"diverged: lower the learning rates, "
+                                                 r"actor_lr=1e\+06, critic_lr=0.0003\)$"):
+        trainer.step()
+
+
+@pytest.mark.parametrize("role", ["actor", "critic"])
+def test_weights_that_overflow_in_an_update_stop_training(role):
+    """A finite loss can still leave inf in the weights; the update says so at once, instead of
+    a later step failing deep inside sampling."""
+    trainer = RLHFTrainer(PPOConfig(batch_size=8, response_len=8, ppo_epochs=1, minibatches=1))
+    opt = trainer.actor_opt if role == "actor" else trainer.critic_opt
+    step = opt.step
+
+    def overflowing_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        with torch.no_grad():
+            opt.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+        return out
+
+    opt.step = overflowing_step
+    lr = "0.0001" if role == "actor" else "0.0003"
+    message = rf"^step 1: the PPO update made the {role}'s weights NaN or inf .*\(now {lr}\)"
+    with pytest.raises(FloatingPointError, match=message):
+        trainer.step()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size="64"), "PPOConfig.batch_size must be an int, got '64'"),
+    (dict(batch_size=64.0), "PPOConfig.batch_size must be an int, got 64.0"),
+    (dict(ppo_epochs=True), "PPOConfig.ppo_epochs must be an int, got True"),
+    (dict(beta=float("nan")), "PPOConfig.beta must be a finite number, got nan"),
+    (dict(actor_lr=float("inf")), "PPOConfig.actor_lr must be a finite number, got inf"),
+    (dict(clip="0.2"), "PPOConfig.clip must be a finite number, got '0.2'"),
+    (dict(stop_at_eos=1), "PPOConfig.stop_at_eos must be True or False, got 1"),
+    (dict(seed=2**63), "PPOConfig.seed must be in [0, 2**63), got 9223372036854775808"),
+    (dict(seed=-1), "PPOConfig.seed must be in [0, 2**63), got -1"),
+    (dict(critic_mode=None), "PPOConfig.critic_mode must be a string, got None"),
+    (dict(adaptive_kl=True, beta=0.0), "PPOConfig.beta must be > 0 with adaptive_kl"),
+    (dict(adaptive_kl=True, kl_horizon=8), "PPOConfig.kl_horizon (8) must be >= batch_size (64)"),
+])
+def test_ppo_config_names_the_field_and_what_it_must_be(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PPOConfig(**kwargs)
+
+
+def test_trainer_refuses_unusable_run_arguments(tmp_path):
+    with pytest.raises(ValueError, match="run_dir is an empty path"):
+        RLHFTrainer(PPOConfig(batch_size=8), run_dir="")
+    with pytest.raises(ValueError, match="resume=True needs the run_dir"):
+        RLHFTrainer(PPOConfig(batch_size=8), resume=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        RLHFTrainer(PPOConfig(batch_size=8), run_dir=tmp_path / "file")
+    trainer = RLHFTrainer(PPOConfig(batch_size=8, response_len=4, ppo_epochs=1))
+    for bad in (-1, 2.5, "3"):
+        with pytest.raises(ValueError, match=f"save_every must be an int >= 0.*got {bad!r}"):
+            trainer.train(1, save_every=bad, progress=False)
+    with pytest.raises(ValueError, match="steps must be an int, got '2'"):
+        trainer.train("2", progress=False)
+
+
+def test_a_diverged_actor_fails_in_generation_with_the_step_and_a_hint():
+    trainer = RLHFTrainer(PPOConfig(batch_size=8, response_len=8, ppo_epochs=1))
+    with torch.no_grad():
+        trainer.models.actor.gpt.ln_f.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"^step 1: generation failed, the next-token "
+                                                 r"logits are NaN or inf.*lower the learning"):
+        trainer.step()
+
+
+def test_a_full_disk_loses_nothing_and_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    from rlhf_edu import checkpoint
+
+    run = tmp_path / "run"
+    argv = ["train", "--steps", "2", "--batch", "8", "--response-len", "6", "--ppo-epochs", "1",
+            "--quiet", "--save-every", "1", "--run-dir", str(run)]
+    assert main(argv) == 0
+    before = (run / "checkpoint.pt").read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 5 vs 0")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    capsys.readouterr()
+    assert main(argv[:1] + ["--resume", "--steps", "3"] + argv[3:]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "could not write" in err and "checkpoint.pt" in err and "full disk?" in err
+    assert (run / "checkpoint.pt").read_bytes() == before  # the previous checkpoint survived
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []

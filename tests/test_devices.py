@@ -169,8 +169,11 @@ def test_other_device_types_are_refused(device):
 
 def test_nproc_checks():
     distributed.check_nproc(4, "cpu")  # gloo ranks share the CPU
-    with pytest.raises(ValueError, match="--nproc must be positive, got 0"):
-        distributed.check_nproc(0, "cpu")
+    for bad in (0, -2, 2.0, True):
+        with pytest.raises(ValueError, match=f"--nproc must be a positive integer, got {bad!r}"):
+            distributed.check_nproc(bad, "cpu")
+    with pytest.raises(ValueError, match="--nproc 1000 on CPU: at most"):
+        distributed.check_nproc(1000, "cpu")
     n = torch.cuda.device_count()
     if n:
         with pytest.raises(ValueError, match=f"only {n} CUDA device"):

@@ -72,7 +72,7 @@ def test_two_ranks_update_like_one_process_with_the_whole_batch(tmp_path):
         torch.testing.assert_close(got["whiten"], expected[rank::2], atol=1e-6, rtol=1e-5)
     # only rank 0 writes files
     assert sorted(p.name for p in (tmp_path / "run0").iterdir()) == [
-        "checkpoint.pt", "config.json", "metrics.jsonl"]
+        ".lock", "checkpoint.pt", "config.json", "metrics.jsonl"]
     assert not (tmp_path / "run1").exists()
 
 

@@ -168,8 +168,8 @@ def test_grade_rows(graded_rows):
 
 
 def test_grade_rejects_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="no graded tests for exercise 99"):
-        grading.grade(99)
+    with pytest.raises(ValueError, match="^no exercise 99; the exercises are 1, 2, 3, 4, 5, 6, 7$"):
+        grading.grade(99, root=ROOT)
     with pytest.raises(ValueError, match="target must be one of"):
         grading.grade(3, target="answers")
     with pytest.raises(ValueError, match="no exercises/ and tests/exercises/"):
@@ -209,7 +209,7 @@ def test_run_grade_cli(monkeypatch, capsys, graded_rows):
     parser = argparse.ArgumentParser()
     grading.add_grade_arguments(parser)
     args = parser.parse_args(["5", "--target", "solutions"])
-    assert (args.exercise, args.target, args.root) == (5, "solutions", None)
+    assert (args.exercise, args.target, args.root) == ("5", "solutions", None)
     for target, code in (("solutions", 0), ("exercises", 1)):
         monkeypatch.setattr(grading, "grade", lambda *a, t=target, **k: graded_rows[t][4:5])
         assert grading.run_grade_cli(parser.parse_args(["5", "--target", target])) == code

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from rlhf_edu.checkpoint import safe_load
 
 ARGS = ["--batch", "8", "--response-len", "8", "--ppo-epochs", "1", "--seed", "11", "--quiet",
@@ -47,3 +49,126 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path):
     result = _train(run, "--steps", str(STEPS), "--resume")
     assert result.returncode == 0, result.stderr
     assert _metrics(run) == _metrics(ref)
+
+
+# ------------------------------------------------------------------ Ctrl-C and run directories
+# With the default --save-every 10, a 12-step run has no periodic checkpoint before step 10:
+# what Ctrl-C saves is all there is.
+
+CTRL_C_ARGS = ["--batch", "8", "--response-len", "8", "--ppo-epochs", "1", "--seed", "11",
+               "--quiet"]
+CTRL_C_STEPS = 12
+
+
+def _cli(run_dir, *extra, wait=True):
+    cmd = [sys.executable, "-m", "rlhf_edu.cli", "train", "--run-dir", str(run_dir),
+           "--steps", str(CTRL_C_STEPS), *CTRL_C_ARGS, *extra]
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, seconds=120):
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _lines(path):
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ctrl-c") / "reference"
+    result = _cli(run)
+    assert result.returncode == 0, result.stderr
+    return _metrics(run)
+
+
+@pytest.mark.parametrize("after_steps", [0, 1, 4])
+def test_ctrl_c_then_resume_is_bit_identical(tmp_path, uninterrupted, after_steps):
+    """Ctrl-C finishes the running step, saves it atomically and exits 130; --resume goes on."""
+    run = tmp_path / "run"
+    proc = _cli(run, wait=False)
+    if after_steps == 0:  # the run has claimed its directory but taken no step
+        _wait_for(lambda: (run / "config.json").exists())
+    else:
+        _wait_for(lambda: _lines(run / "metrics.jsonl") >= after_steps)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    if (run / "checkpoint.pt").exists():
+        step = safe_load(run / "checkpoint.pt")["step"]
+        assert f"interrupted after step {step}; saved" in last and "--resume" in last, err
+        assert _lines(run / "metrics.jsonl") == step
+    else:  # interrupted before the first step began: nothing to save, nothing lost
+        assert "interrupted" in last and _lines(run / "metrics.jsonl") == 0, err
+    refused = _cli(run)  # a fresh start must not overwrite it...
+    assert refused.returncode == 2 and "pass --resume to continue it" in refused.stderr
+    resumed = _cli(run, "--resume")  # ...and --resume continues it
+    assert resumed.returncode == 0, resumed.stderr
+    assert _metrics(run) == uninterrupted
+
+
+def test_ctrl_c_twice_stops_at_once_and_the_run_still_resumes(tmp_path, uninterrupted):
+    run = tmp_path / "run"
+    proc = _cli(run, wait=False)
+    _wait_for(lambda: _lines(run / "metrics.jsonl") >= 2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    resumed = _cli(run, "--resume")  # from the last checkpoint, or from step 0 without one
+    assert resumed.returncode == 0, resumed.stderr
+    assert _metrics(run) == uninterrupted
+
+
+def test_one_writer_per_run_directory(tmp_path, uninterrupted):
+    run = tmp_path / "run"
+    first = _cli(run, "--steps", "1000", wait=False)  # long enough to be running throughout
+    _wait_for(lambda: (run / "config.json").exists())
+    for extra in ((), ("--resume",)):
+        second = _cli(run, *extra)
+        assert second.returncode == 2, second.stderr
+        assert f"is in use by another run (process {first.pid})" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    _wait_for(lambda: _lines(run / "metrics.jsonl") >= CTRL_C_STEPS)
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=120)
+    assert first.returncode == 130
+    metrics = _metrics(run)  # one writer: steps 1, 2, 3, ... once each, in order
+    assert [m["step"] for m in metrics] == list(range(1, len(metrics) + 1))
+    assert metrics[:CTRL_C_STEPS] == uninterrupted
+
+
+def test_no_state_of_a_run_directory_is_a_dead_end(tmp_path, uninterrupted):
+    run = tmp_path / "run"
+    assert _cli(run).returncode == 0
+    # a wrong flag on --resume is refused and rewrites nothing...
+    config = (run / "config.json").read_text()
+    wrong = _cli(run, "--resume", "--beta", "0.2", "--steps", "13")
+    assert wrong.returncode == 2 and "holds a different run" in wrong.stderr
+    assert (run / "config.json").read_text() == config
+    # ...a finished run resumed to the same step has nothing to do...
+    again = _cli(run, "--resume")
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    # ...metrics.jsonl lost: a fresh start must not overwrite the checkpoint
+    (run / "metrics.jsonl").unlink()
+    refused = _cli(run)
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr
+    assert safe_load(run / "checkpoint.pt")["step"] == CTRL_C_STEPS
+    # a run killed before its first checkpoint (config and two steps of metrics, no
+    # checkpoint) restarts from step 0 with --resume
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text(config)
+    (partial / "metrics.jsonl").write_text("{}\n{}\n")
+    restarted = _cli(partial, "--resume")
+    assert restarted.returncode == 0, restarted.stderr
+    assert "no checkpoint yet: the run starts again from step 0" in restarted.stdout
+    assert _metrics(partial) == uninterrupted

@@ -311,11 +311,11 @@ def test_cli(capsys):
 
 SEVEN = ModelSpec.preset("llama-7b")
 BAD = [
-    (lambda: ModelSpec("m", 0, 64, 4, 10), "n_layer must be positive, got 0"),
-    (lambda: ModelSpec("m", 2, -64, 4, 10), "n_embd must be positive"),
+    (lambda: ModelSpec("m", 0, 64, 4, 10), "n_layer must be a positive int, got 0"),
+    (lambda: ModelSpec("m", 2, -64, 4, 10), "n_embd must be a positive int"),
     (lambda: ModelSpec("m", 2, 64, 5, 10), "n_head must divide n_embd=64, got 5"),
     (lambda: ModelSpec("m", 2, 64, 4, 10, n_kv_head=3), "n_kv_head must divide n_head=4"),
-    (lambda: ModelSpec("m", 2, 64, 4, 10, n_params=-1), "n_params must be positive"),
+    (lambda: ModelSpec("m", 2, 64, 4, 10, n_params=-1), "n_params must be a positive int"),
     (lambda: ModelSpec.preset("llama-8b"), "preset must be one of"),
     (lambda: parse_model("big"), "model must be one of"),
     (lambda: memory_breakdown(SEVEN, zero_stage=4), "zero_stage must be one of 0, 1, 2, 3, got 4"),
@@ -325,20 +325,20 @@ BAD = [
     (lambda: memory_breakdown(SEVEN, placement="rack"), "placement must be one of"),
     (lambda: memory_breakdown(SEVEN, assumptions="seed"), "assumptions must be one of"),
     (lambda: memory_breakdown(SEVEN, precision="fp8"), "precision must be one of"),
-    (lambda: memory_breakdown(SEVEN, n_gpus=0), "n_gpus must be positive, got 0"),
-    (lambda: memory_breakdown(SEVEN, batch=-2), "batch must be positive, got -2"),
-    (lambda: memory_breakdown(SEVEN, micro_batch=0), "micro_batch must be positive"),
-    (lambda: memory_breakdown(SEVEN, prompt_len=0), "prompt_len must be positive"),
-    (lambda: memory_breakdown(SEVEN, response_len=-1), "response_len must be positive"),
+    (lambda: memory_breakdown(SEVEN, n_gpus=0), "n_gpus must be a positive int, got 0"),
+    (lambda: memory_breakdown(SEVEN, batch=-2), "batch must be a positive int, got -2"),
+    (lambda: memory_breakdown(SEVEN, micro_batch=0), "micro_batch must be a positive int"),
+    (lambda: memory_breakdown(SEVEN, prompt_len=0), "prompt_len must be a positive int"),
+    (lambda: memory_breakdown(SEVEN, response_len=-1), "response_len must be a positive int"),
     (lambda: memory_breakdown(SEVEN, prompt_len=4000, response_len=200), "block_size=4096"),
-    (lambda: memory_breakdown(SEVEN, dtype_bytes=0), "dtype_bytes must be positive"),
+    (lambda: memory_breakdown(SEVEN, dtype_bytes=0), "dtype_bytes must be a positive int"),
     (lambda: memory_breakdown(SEVEN, 1, 0, offload=True), "offload needs zero_stage >= 1"),
     (lambda: memory_breakdown(SEVEN, placement="split"), "needs n_gpus >= 2, got 1"),
     (lambda: memory_breakdown(SEVEN, 4, placement="split", frozen_gpus=4), "frozen_gpus must be"),
     (lambda: memory_breakdown(SEVEN, critic="shared", critic_spec=SEVEN), "critic_spec needs"),
     (lambda: memory_breakdown(SEVEN, 4, frozen_gpus=2), "frozen_gpus needs placement='split'"),
     (lambda: memory_breakdown(SEVEN, 8, assumptions="chapter"), "n_gpus must be 1, got 8"),
-    (lambda: plan(SEVEN, gpu_mem_gb=0), "gpu_mem_gb must be positive"),
+    (lambda: plan(SEVEN, gpu_mem_gb=0), "gpu_mem_gb must be > 0"),
 ]
 
 

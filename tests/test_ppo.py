@@ -254,7 +254,8 @@ BAD_INPUTS = [
     (lambda: AdaptiveKLController(0.1, float("inf")), r"target must be finite, got inf"),
     (lambda: AdaptiveKLController(0.1, 6.0).update(float("nan"), 10),
      r"current_kl must be finite, got nan"),
-    (lambda: AdaptiveKLController(0.1, 6.0).update(1.0, -5), r"n_steps must be >= 0, got -5"),
+    (lambda: AdaptiveKLController(0.1, 6.0).update(1.0, -5),
+     r"n_steps must be an int >= 0, got -5"),
 ]
 
 

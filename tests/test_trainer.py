@@ -13,8 +13,9 @@ from rlhf_edu.trainer import PPOConfig, RLHFTrainer, format_trace, trace_step
 SMALL = dict(batch_size=16, response_len=16, ppo_epochs=2, minibatches=2)
 
 
-def _trainer(tmp_path=None, models=None, **kw):
-    return RLHFTrainer(PPOConfig(**{**SMALL, **kw}), models=models, run_dir=tmp_path)
+def _trainer(tmp_path=None, models=None, resume=False, **kw):
+    return RLHFTrainer(PPOConfig(**{**SMALL, **kw}), models=models, run_dir=tmp_path,
+                       resume=resume)
 
 
 def test_short_run_raises_the_reward_model_score():
@@ -99,9 +100,15 @@ def test_checkpoint_roundtrip_in_process(tmp_path):
     t1 = _trainer(tmp_path / "a", seed=2)
     t1.train(1, progress=False)
     t1.save()
-    t2 = _trainer(tmp_path / "a", seed=2)
-    t2.load()
+    t1.save(tmp_path / "copy.pt")
+    with pytest.raises(ValueError, match="is in use by another run"):
+        _trainer(tmp_path / "a", seed=2, resume=True)  # t1 still holds the directory
+    t2 = _trainer(seed=2)
+    t2.load(tmp_path / "copy.pt")
     assert t2.step_count == 1
+    t1.close()
+    t3 = _trainer(tmp_path / "a", seed=2, resume=True)  # loads run_dir/checkpoint.pt
+    assert t3.step_count == 1 and t3.history == t1.history
     for p, q in zip(t1.models.actor.parameters(), t2.models.actor.parameters()):
         assert torch.equal(p, q)
     m1, m2 = t1.step(), t2.step()
@@ -150,9 +157,14 @@ def test_nan_scores_stop_with_the_step_number():
 
 
 def test_run_dir_with_a_different_run_is_refused(tmp_path):
-    _trainer(tmp_path, seed=1)
-    with pytest.raises(ValueError, match="holds a different run"):
-        _trainer(tmp_path, seed=2)
+    _trainer(tmp_path, seed=1).close()
+    config = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"already holds a run \(config.json\); pass --resume"):
+        _trainer(tmp_path, seed=1)
+    with pytest.raises(ValueError, match=r"holds a different run \(config differs in "
+                                         r"\{'seed': \(1, 2\)\}\)"):
+        _trainer(tmp_path, seed=2, resume=True)
+    assert (tmp_path / "config.json").read_text() == config  # nothing was rewritten
 
 
 def test_models_and_config_must_agree():

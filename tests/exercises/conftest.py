@@ -3,15 +3,26 @@
 Every test file here sets ``EXERCISE = "exNN_topic"`` and asks for the ``ex`` fixture, which
 imports ``exercises.exNN_topic`` (default) or ``solutions.exNN_topic`` (``--target=solutions``)
 and wraps each of its functions so that a learner's mistake gives a failing grade with a
-readable message instead of a wall of traceback or a stuck run:
+readable message instead of a wall of traceback or a stuck run, and is graded as a mistake of
+that function only (the mechanisms are in ``grading_utils.py``):
+
+* the function gets copies of its arguments (:func:`grading_utils.pristine_call`): writing
+  into them cannot change the values the test computes its expectations from;
+* what the function changes in the process (a patched ``torch.allclose``, the grad mode, the
+  default dtype, the working directory, ...) is undone when it returns or raises
+  (:class:`grading_utils.learner_code`), and again after each test with the random state
+  (:func:`grading_utils.isolated_test`, an autouse fixture);
+* its result is read as plain values (:func:`grading_utils.plain`): a tensor subclass or an
+  object whose ``__eq__`` says yes to everything cannot pass a comparison it fails;
 
 * ``NotImplementedError("Exercise N: ...")`` fails the test with exactly that message;
 * endless recursion fails with one line instead of a thousand frames;
 * what the function prints is kept (first 2,000 characters) and the rest cut, so a print in a
   loop cannot flood the report;
-* a function that never returns fails after ``RLHF_EDU_GRADE_TIMEOUT`` seconds (default 20) via
-  pytest-timeout's "signal" method, which fails that one test and lets the others run (the
-  "thread" method would end the whole session);
+* a function that never returns fails after ``RLHF_EDU_GRADE_TIMEOUT`` seconds (default 20;
+  0, negative or non-numeric values are refused) via pytest-timeout's "signal" method, which
+  fails that one test and lets the others run (the "thread" method would end the whole
+  session); ``rlhf-edu grade`` also stops a test this alarm cannot (see rlhf_edu.grading);
 * other exceptions propagate unchanged, with their traceback, which is what a learner debugging
   the function wants to see.
 
@@ -22,10 +33,8 @@ types and shapes before values and name the first position that is wrong.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import io
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,8 +51,25 @@ for _path in (str(ROOT), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-TIMEOUT = float(os.environ.get("RLHF_EDU_GRADE_TIMEOUT", "20"))
+from grading_utils import isolated_test, learner_code, plain, pristine_call, protect  # noqa: E402
+
+from rlhf_edu.grading import DEFAULT_TEST_LIMIT, per_test_limit  # noqa: E402
+
+if __name__ in sys.modules:  # as pytest imports it (not when a test loads it by path)
+    protect(sys.modules[__name__])
+TIMEOUT = DEFAULT_TEST_LIMIT  # seconds per graded test; pytest_configure reads the variable
 PRINT_LIMIT = 2000  # characters of a learner's printed output that are kept per call
+_MISSING = object()
+
+
+def pytest_configure(config: pytest.Config | None) -> None:
+    """The per-test limit: ``RLHF_EDU_GRADE_TIMEOUT`` seconds, 20 when unset; 0 (which would
+    mean no limit), negative or non-numeric values stop pytest with one line."""
+    global TIMEOUT
+    try:
+        TIMEOUT = per_test_limit()
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -72,16 +98,25 @@ class _BoundedText(io.TextIOBase):
         return len(s)
 
 
+@pytest.fixture(autouse=True)
+def _isolated() -> Any:
+    """What one test's learner code changed in the process does not reach the next test."""
+    with isolated_test():
+        yield
+
+
 def _guarded(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
-    @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
+        args, kwargs = pristine_call(args, kwargs)
         out = _BoundedText(PRINT_LIMIT)
         failure = None
         try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-                return fn(*args, **kwargs)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), learner_code():
+                result = fn(*args, **kwargs)
+            return plain(result)
         except NotImplementedError as e:
-            failure = str(e) or f"{name} is not implemented yet"
+            with learner_code():  # str() of the learner's exception runs its code
+                failure = str(e) or f"{name} is not implemented yet"
         except RecursionError:
             failure = (f"{name} recursed without end (RecursionError): it calls itself with no "
                        "base case, or calls a function that calls it back")
@@ -94,6 +129,7 @@ def _guarded(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
         # outside the `except` blocks, so the report shows the message without the traceback
         pytest.fail(failure, pytrace=False)
 
+    call.__name__ = call.__qualname__ = name
     return call
 
 
@@ -105,24 +141,46 @@ class Graded:
         self.__name__ = module.__name__
 
     def __getattr__(self, attr: str) -> Any:
-        if not hasattr(self.module, attr):
+        value = vars(self.module).get(attr, _MISSING)
+        if value is _MISSING:
+            with learner_code():  # a module-level __getattr__ is the learner's code
+                value = getattr(self.module, attr, _MISSING)
+        if value is _MISSING:
             pytest.fail(f"{self.module.__name__} has no function {attr!r}; it should define it "
                         "(did you rename or delete it?)", pytrace=False)
-        value = getattr(self.module, attr)
-        return _guarded(value, attr) if callable(value) and not isinstance(value, type) else value
+        if isinstance(value, type):
+            return value
+        return _guarded(value, attr) if callable(value) else plain(value)
+
+
+_FAILED_IMPORTS: dict[str, str] = {}  # module -> why its import failed (in an earlier test)
 
 
 def load(target: str, exercise: str) -> ModuleType:
-    """Import ``target.exercise`` (e.g. ``exercises.ex03_gae``) with a readable failure."""
+    """Import ``target.exercise`` (e.g. ``exercises.ex03_gae``) with a readable failure.
+
+    An import that failed otherwise (an exception, or the time limit) is not tried again by
+    the tests after it: they fail at once with the reason, instead of each waiting out the
+    time limit of an import that loops."""
     name = f"{target}.{exercise}"
+    if name in _FAILED_IMPORTS:
+        pytest.fail(f"{target}/{exercise}.py failed to import in an earlier test: "
+                    f"{_FAILED_IMPORTS[name]}", pytrace=False)
     try:
-        return importlib.import_module(name)
+        with learner_code():  # what the module does at import is undone after it
+            return importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name not in (target, name):
             raise
         problem = f"{target}/{exercise}.py not found under {ROOT}"
     except SyntaxError as e:
         problem = f"{target}/{exercise}.py does not compile: {e.msg} (line {e.lineno})"
+    except BaseException as e:  # its traceback goes to this test's report
+        if not isinstance(e, KeyboardInterrupt | SystemExit):
+            with learner_code():  # str() of the learner's exception runs its code
+                text = f"{type(e).__name__}: {e}".splitlines()[0]
+            _FAILED_IMPORTS[name] = text.replace("Failed: ", "", 1)
+        raise
     pytest.fail(problem, pytrace=False)  # outside `except`: no chained traceback
 
 

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from grading_utils import expect_close, expect_scalar
+from grading_utils import backward, expect_close, expect_scalar
 
 from rlhf_edu.ppo import ppo_losses
 
@@ -74,8 +74,8 @@ def test_policy_loss_clipping_regimes(ex, ratio, adv, want, grad, why):
         pytest.fail("ppo_policy_loss is not differentiable in logprobs (no grad_fn): keep the "
                     "computation in torch, without .item(), .detach() or torch.no_grad()",
                     pytrace=False)
-    loss.backward()
-    g = 0.0 if logprobs.grad is None else logprobs.grad.item()
+    (grad_logprobs,) = backward(loss, logprobs)
+    g = 0.0 if grad_logprobs is None else grad_logprobs.item()
     if not close(g, grad):
         pytest.fail(f"d loss / d logprobs is {g:.4g} but should be {grad} with ratio {ratio}, "
                     f"advantage {adv:+}: {why}", pytrace=False)
@@ -131,8 +131,8 @@ def test_value_loss_clipping_regimes(ex, v, old, ret, want, grad, why):
                     f"{loss.item():.4g} but should be {want}: {why}{hint}", pytrace=False)
     if not loss.requires_grad:
         pytest.fail("ppo_value_loss is not differentiable in values (no grad_fn)", pytrace=False)
-    loss.backward()
-    g = 0.0 if values.grad is None else values.grad.item()
+    (grad_values,) = backward(loss, values)
+    g = 0.0 if grad_values is None else grad_values.item()
     if not close(g, grad):
         pytest.fail(f"d loss / d values is {g:.4g} but should be {grad}: {why}", pytrace=False)
 

@@ -1,0 +1,162 @@
+"""A run directory: one writer at a time, and no state it can be left in is a dead end.
+
+A run writes ``config.json`` (its :class:`~rlhf_edu.trainer.PPOConfig`), ``metrics.jsonl`` (a
+line per step), ``checkpoint.pt`` (the last saved state), ``training.png``, and holds an
+exclusive lock on ``.lock`` while it runs, so a second run started on the same directory is
+refused instead of interleaving its steps with the first one's.
+
+What a directory may hold when a run starts, and what happens:
+
+==========================================  ==================  ==========================
+holds                                       fresh start         ``resume``
+==========================================  ==================  ==========================
+nothing (or does not exist)                 starts              refused: nothing to resume
+a run without a checkpoint (killed early)   refused: resume it  restarts it from step 0
+a checkpoint                                refused: resume it  continues from it
+another run's config                        refused             refused, nothing written
+==========================================  ==================  ==========================
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .checkpoint import safe_load
+
+CONFIG, METRICS, CHECKPOINT, LOCK = "config.json", "metrics.jsonl", "checkpoint.pt", ".lock"
+
+
+def _plain(config: dict) -> dict:
+    """The config as JSON sees it (tuples become lists), so saved and new ones compare."""
+    return json.loads(json.dumps(config))
+
+
+def _differences(theirs: dict, mine: dict) -> dict:
+    keys = sorted(set(theirs) | set(mine))
+    return {k: (theirs.get(k), mine.get(k)) for k in keys if theirs.get(k) != mine.get(k)}
+
+
+def check(path: str | Path, config: dict, resume: bool) -> int | None:
+    """Raise ``ValueError`` unless a run with ``config`` may start (or resume) in ``path``.
+
+    Reads only. Returns the step of the checkpoint a resumed run continues from, or ``None``
+    when it starts from step 0.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"run directory {str(path)!r} is a file, not a directory")
+    present = [name for name in (CONFIG, METRICS, CHECKPOINT) if (path / name).exists()]
+    mine = _plain(config)
+    if not resume:
+        if present:
+            raise ValueError(f"run directory {str(path)!r} already holds a run "
+                             f"({', '.join(present)}); pass --resume to continue it or choose "
+                             "another --run-dir")
+        return None
+    if not present:
+        raise ValueError(f"--resume: {str(path)!r} holds no run to continue (no config.json, "
+                         "metrics.jsonl or checkpoint.pt); start one without --resume")
+    if CHECKPOINT in present:
+        state = safe_load(path / CHECKPOINT)
+        if state.get("kind") != "rlhf-run" or not isinstance(state.get("config"), dict):
+            raise ValueError(f"{str(path / CHECKPOINT)!r} is not an RLHF run checkpoint")
+        theirs, step = _plain(state["config"]), int(state.get("step", 0))
+    elif CONFIG in present:
+        try:
+            theirs = json.loads((path / CONFIG).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{str(path / CONFIG)!r} is not valid JSON ({e}); delete it to "
+                             "restart the run from step 0") from e
+        step = None
+    else:  # killed before it wrote anything but metrics: nothing to compare with
+        return None
+    diff = _differences(theirs, mine)
+    if diff:
+        raise ValueError(f"run directory {str(path)!r} holds a different run (config differs "
+                         f"in {diff}); resume it with its own settings or choose another "
+                         "--run-dir")
+    return step
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunDir:
+    """The directory of one run, locked for as long as this object holds it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = None
+
+    def busy(self) -> int | None:
+        """The process id of the run that holds the directory now, or ``None``."""
+        lock = self.path / LOCK
+        if not lock.exists():
+            return None
+        with open(lock, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                text = f.read().strip()
+                return int(text) if text.isdigit() else -1
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return None
+
+    def acquire(self) -> None:
+        """Create the directory and take its lock; ``ValueError`` if another run holds it."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"run directory {str(self.path)!r} is a file, not a directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            f.close()
+            raise ValueError(f"run directory {str(self.path)!r} is in use by another run "
+                             f"(process {pid}); wait for it to end or choose another "
+                             "--run-dir") from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock = f
+
+    def release(self) -> None:
+        """Let the next run in (the operating system also does this when the process ends)."""
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the flock
+            self._lock = None
+
+    def claim(self, config: dict, resume: bool) -> int | None:
+        """Lock, check (:func:`check`), then make the directory hold this run.
+
+        A fresh run writes ``config.json``; a resumed run without a checkpoint starts again
+        from step 0 (its partial ``metrics.jsonl`` is cleared). Nothing is written unless every
+        check passed. Returns the checkpoint step to resume from, or ``None``.
+        """
+        self.acquire()
+        try:
+            step = check(self.path, config, resume)
+            if step is None:
+                (self.path / METRICS).unlink(missing_ok=True)
+            _write_text(self.path / CONFIG, json.dumps(_plain(config), indent=2))
+        except BaseException:
+            self.release()
+            raise
+        return step

@@ -1,0 +1,338 @@
+"""Input validation shared by the package: one place, one message form.
+
+Bad input is refused early with a one-line ``ValueError`` that names the argument, the offending
+value and what was expected, e.g. ``top_k must be a positive int or None, got 0``. Numbers:
+
+* :func:`check_int` refuses ``bool`` (``True`` is an ``int`` in Python), ``str`` and floats,
+  even integral ones (``2.0``), so a float in an integer field is caught where it is given;
+* :func:`check_float` refuses ``bool``, ``str``, NaN and infinities;
+* :func:`check_seed` accepts ``0 <= seed < 2**63`` (torch would silently alias ``-1`` and
+  ``2**64 - 1``, and refuse larger seeds with an overflow error).
+
+Tensors follow one policy for padding: a value at a masked-out position (``mask`` 0) never
+changes a result or a gradient, whatever it is (NaN included), and a NaN or inf in data at a
+real position (``mask`` 1) is refused, naming the argument and the index (``ppo_losses`` leaves
+the forward pass it is given to the caller's loss check: NaN there is a diverged model).
+:func:`check_mask` checks a mask and the finiteness of the tensors it masks with a single read
+back to the host (one GPU synchronisation, however many tensors); only when something is wrong
+does it look for the message.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_int",
+    "check_float",
+    "check_seed",
+    "check_bool",
+    "check_choice",
+    "check_tensor",
+    "check_floating",
+    "check_same_shape",
+    "check_2d",
+    "check_mask",
+    "check_finite",
+    "check_path",
+    "check_instance",
+    "derived_seed",
+    "shown",
+    "SEED_LIMIT",
+]
+
+SEED_LIMIT = 2**63  # seeds are in [0, 2**63): what a signed 64-bit integer holds
+
+
+def _show(value: object) -> str:
+    """One line for a message: a number as printed (``0.5``, ``nan``), a tensor by its shape
+    and dtype, anything else as its repr (``'64'``), shortened to 80 characters."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} ({value.dtype})"
+    text = str(value) if isinstance(value, numbers.Number) and not isinstance(value, bool) \
+        else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def shown(value: object) -> str:
+    """How messages show ``value``: on one line, at most 80 characters."""
+    return _show(value)
+
+
+def _typed(value: object) -> str:
+    return f"{_show(value)} ({type(value).__name__})"
+
+
+def _int_expectation(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"an int in [{minimum}, {maximum}]"
+    if minimum == 1:
+        return "a positive int"
+    if minimum is not None:
+        return f"an int >= {minimum}"
+    if maximum is not None:
+        return f"an int <= {maximum}"
+    return "an int"
+
+
+def check_int(name: str, value: object, *, minimum: int | None = None,
+              maximum: int | None = None, none_ok: bool = False) -> int | None:
+    """``value`` as an ``int`` if it is an integer in ``[minimum, maximum]`` (either bound may
+    be None), else ``ValueError``. ``bool``, ``str`` and floats (even ``2.0``) are refused;
+    NumPy integers are accepted. ``none_ok=True`` lets None through (returned as None).
+
+    >>> check_int("n_gpus", 2.5, minimum=1)
+    Traceback (most recent call last):
+    ValueError: n_gpus must be a positive int, got 2.5 (float)
+    """
+    if value is None and none_ok:
+        return None
+    expect = _int_expectation(minimum, maximum) + (" or None" if none_ok else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be {expect}, got {_typed(value)}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be {expect}, got {_show(value)}")
+    return int(value)
+
+
+def _float_bounds(minimum: float | None, maximum: float | None, strict_min: bool,
+                  strict_max: bool) -> str:
+    if minimum is not None and maximum is not None:
+        return (f"in {'(' if strict_min else '['}{minimum:g}, {maximum:g}"
+                f"{')' if strict_max else ']'}")
+    if minimum is not None:
+        return f"{'>' if strict_min else '>='} {minimum:g}"
+    if maximum is not None:
+        return f"{'<' if strict_max else '<='} {maximum:g}"
+    return ""
+
+
+def check_float(name: str, value: object, *, minimum: float | None = None,
+                maximum: float | None = None, strict_min: bool = False,
+                strict_max: bool = False, none_ok: bool = False) -> float | None:
+    """``value`` as a ``float`` if it is a finite real number within the bounds, else
+    ``ValueError``. ``strict_min``/``strict_max`` exclude the bound itself (``> 0``).
+    ``bool``, ``str``, NaN and inf are refused; ints, NumPy numbers and one-element real
+    tensors are accepted. ``none_ok=True`` lets None through (returned as None).
+
+    Messages: ``beta must be >= 0, got -0.1``; ``gamma must be in [0, 1], got nan``;
+    ``beta must be finite, got inf``; ``clip must be a number > 0, got '0.2' (str)``.
+    """
+    if value is None and none_ok:
+        return None
+    bounds = _float_bounds(minimum, maximum, strict_min, strict_max)
+    is_tensor = isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex() \
+        and value.dtype != torch.bool
+    if not is_tensor and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        expect = f"a number{' ' + bounds if bounds else ''}" + (" or None" if none_ok else "")
+        raise ValueError(f"{name} must be {expect}, got {_typed(value)}")
+    x = float(value)
+    text = _show(x if is_tensor else value)
+    if not math.isfinite(x):
+        if minimum is not None and maximum is not None:
+            raise ValueError(f"{name} must be {bounds}, got {text}")
+        raise ValueError(f"{name} must be finite, got {text}")
+    if minimum is not None and (x < minimum or (strict_min and x == minimum)) or \
+            maximum is not None and (x > maximum or (strict_max and x == maximum)):
+        raise ValueError(f"{name} must be {bounds}, got {text}")
+    if isinstance(value, numbers.Integral) and abs(value) > 2**53:  # torch: an int64 scalar
+        raise ValueError(f"{name} must be a float, or an int within +-2**53, got {text}")
+    return x
+
+
+def check_seed(name: str, value: object) -> int:
+    """``value`` if it is an int in ``[0, 2**63)``, else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not 0 <= value < SEED_LIMIT:
+        shown = _typed(value) if isinstance(value, bool) or not isinstance(
+            value, numbers.Integral) else _show(value)
+        raise ValueError(f"{name} must be an int in [0, 2**63), got {shown}")
+    return int(value)
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """``seed + offset`` kept in ``[0, 2**63)``: the seed of a second generator derived from a
+    checked one (``seed + 1`` for held-out data), valid even for ``seed = 2**63 - 1``."""
+    return (seed + offset) % SEED_LIMIT
+
+
+def check_instance(name: str, value: object, cls: type | tuple[type, ...], *,
+                   none_ok: bool = False, hint: str = "") -> object:
+    """``value`` if it is an instance of ``cls`` (or None with ``none_ok``), else
+    ``ValueError`` naming the type it got; ``hint`` suggests where to get one."""
+    if (value is None and none_ok) or isinstance(value, cls):
+        return value
+    names = " or ".join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))
+    article = "an" if names[0] in "AEIOU" else "a"
+    raise ValueError(f"{name} must be {article} {names}{f' ({hint})' if hint else ''}"
+                     f"{' or None' if none_ok else ''}, got {type(value).__name__}")
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is a ``bool`` (or a NumPy bool), else ``ValueError``: a string such as
+    ``"no"`` is truthy and would silently mean True."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise ValueError(f"{name} must be True or False, got {_typed(value)}")
+    return bool(value)
+
+
+def check_choice(name: str, value: object, choices: tuple) -> object:
+    """``value`` if it is one of ``choices`` (compared with ``==`` and of the same type, so
+    ``True`` is not taken for ``1``), else ``ValueError`` listing them."""
+    if not any(type(value) is type(c) and value == c for c in choices):
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, "
+                         f"got {_show(value)}")
+    return value
+
+
+def check_tensor(name: str, x: object, *, ndim: int | None = None,
+                 shape: str = "") -> Tensor:
+    """``x`` if it is a tensor (with ``ndim`` dimensions if given; ``shape`` names them in the
+    message, e.g. ``"(B, T)"``), else ``ValueError``."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor{' of shape ' + shape if shape else ''}"
+                         f", got {type(x).__name__}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have shape {shape or f'of {ndim} dimensions'}, "
+                         f"got {tuple(x.shape)}")
+    return x
+
+
+def check_floating(name: str, x: object) -> Tensor:
+    """``x`` if it is a floating-point tensor (log-probs, values), else ``ValueError``."""
+    check_tensor(name, x)
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    return x
+
+
+def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """``ValueError`` unless ``a`` and ``b`` have the same shape."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}; "
+            "they must match"
+        )
+
+
+def check_2d(name: str, x: Tensor) -> None:
+    """``ValueError`` unless ``x`` is a non-empty ``(B, T)`` tensor."""
+    check_tensor(name, x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape (B, T), got {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); a batch needs at least "
+                         "one row and one token")
+
+
+def _fmt_index(idx: list[int]) -> str:
+    """`[3]` -> "3", `[0, 3]` -> "(0, 3)" (how a learner would index the tensor)."""
+    return str(idx[0]) if len(idx) == 1 else str(tuple(idx))
+
+
+def _real(x: Tensor, m: Tensor | None) -> Tensor | None:
+    """``m`` broadcast to ``x`` if ``x``'s leading dimensions are the mask's (``(B, T)`` or
+    ``(B, T, V)`` logits under a ``(B, T)`` mask); None (every entry is real) otherwise."""
+    if m is None or x.shape[:m.ndim] != m.shape:
+        return None
+    return m.reshape(*m.shape, *([1] * (x.ndim - m.ndim))).expand_as(x)
+
+
+def _nonfinite(x: Tensor, m: Tensor | None) -> Tensor:
+    bad = ~torch.isfinite(x.detach())
+    real = _real(x, m)
+    return bad if real is None else bad & real
+
+
+def _finite_message(name: str, x: Tensor, m: Tensor | None) -> str | None:
+    bad = _nonfinite(x, m).nonzero()
+    if len(bad) == 0:
+        return None
+    idx = bad[0].tolist()
+    if not idx:  # a 0-d tensor
+        return f"{name} is {x.item()}; expected a finite value"
+    where = " where mask is 1" if _real(x, m) is not None else ""
+    return (f"{name} contains NaN or inf at index {_fmt_index(idx)} "
+            f"({x[tuple(idx)].item()}); expected finite values{where}")
+
+
+def _mask_message(mask: Tensor, m: Tensor, nonempty: bool, every_row: bool) -> str | None:
+    if mask.dtype != torch.bool:
+        bad = ((mask != 0) & (mask != 1)).nonzero()
+        if len(bad) > 0:
+            idx = bad[0].tolist()
+            return (f"mask must contain only 0 and 1, got {mask[tuple(idx)].item()} "
+                    f"at index {_fmt_index(idx)}")
+    if nonempty and not m.any():
+        return "mask has no unmasked entries"
+    if every_row:
+        empty = (~m.any(dim=-1)).nonzero()
+        if len(empty) > 0:
+            return f"mask row {_fmt_index(empty[0].tolist())} has no response token"
+    return None
+
+
+def check_mask(mask: object, like: Tensor, like_name: str, *, every_row: bool = False,
+               nonempty: bool = False, finite: Mapping[str, Tensor] | None = None,
+               what: str = "") -> Tensor:
+    """Validate ``mask`` against ``like`` and return it as a bool tensor.
+
+    ``mask`` is bool, or numeric holding only 0 and 1, with ``like``'s shape. ``nonempty``:
+    at least one entry is 1; ``every_row``: each row of a ``(B, T)`` mask holds a 1 (GAE and
+    reward placement need one per response). ``finite`` maps names to floating-point tensors
+    that must be finite wherever the mask is 1 (a tensor whose leading dimensions are not the
+    mask's, such as ``(B,)`` scores, must be finite everywhere). All of it costs one read back
+    to the host. ``what`` ends the "no unmasked entries" message (e.g. "; the PPO losses are
+    undefined").
+    """
+    check_tensor("mask", mask)
+    check_same_shape("mask", mask, like_name, like)
+    finite = dict(finite or {})
+    for name, x in finite.items():
+        check_floating(name, x)
+    m = mask if mask.dtype == torch.bool else mask != 0
+    flags = [torch.zeros((), dtype=torch.bool, device=m.device)]
+    if mask.dtype != torch.bool:
+        flags.append(((mask != 0) & (mask != 1)).any())
+    if nonempty:
+        flags.append(~m.any())
+    if every_row and m.numel():
+        flags.append((~m.any(dim=-1)).any())
+    flags += [_nonfinite(x, m).any().to(m.device) for x in finite.values()]
+    if bool(torch.stack(flags).any()):  # the one read back; the rest only finds the message
+        message = _mask_message(mask, m, nonempty, every_row)
+        if message == "mask has no unmasked entries":
+            message += what
+        for name, x in finite.items():
+            message = message or _finite_message(name, x, m)
+        raise ValueError(message)
+    return m
+
+
+def check_finite(tensors: Mapping[str, Tensor]) -> None:
+    """``ValueError`` naming the first tensor holding NaN or inf, and where (one read back)."""
+    for name, x in tensors.items():
+        check_floating(name, x)
+    if not tensors:
+        return
+    device = next(iter(tensors.values())).device
+    flags = torch.stack([_nonfinite(x, None).any().to(device) for x in tensors.values()])
+    if bool(flags.any()):  # the one read back
+        for name, x in tensors.items():
+            message = _finite_message(name, x, None)
+            if message:
+                raise ValueError(message)
+
+
+def check_path(name: str, path: object) -> str:
+    """``path`` as a string if it is a ``str`` or ``os.PathLike``, else ``ValueError``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a path (str or os.PathLike), got {_typed(path)}")
+    return os.fspath(path)

@@ -180,13 +180,14 @@ def _tail(path: Path, n: int = 3000) -> str:
     return text[-n:]
 
 
-def grade(exercise: int | None = None, target: str = "exercises",
+def grade(exercise: int | list[int] | None = None, target: str = "exercises",
           root: str | Path | None = None, timeout: float = 900.0,
           extra_args: list[str] | None = None) -> list[dict]:
-    """Run the graded tests of one exercise (or all) against ``target``; one row per exercise.
+    """Run the graded tests of some exercises (or all) against ``target``; a row per exercise.
 
     Args:
-        exercise: the exercise number (3 grades ``tests/exercises/test_ex03_*.py``); None: all.
+        exercise: an exercise number (3 grades ``tests/exercises/test_ex03_*.py``), a list of
+            them ([2, 3, 4]), or None: all.
         target: "exercises" (the learner's code) or "solutions".
         root: the repository (see :func:`find_root`); None: the current directory or a parent.
         timeout: seconds for the whole grading run; what finished before it ran out is kept.
@@ -223,14 +224,16 @@ def _select(root: Path, exercise: int | None) -> dict[int, str]:
     course = course_exercises(root)
     if not course:
         raise ValueError(f"no exercises (exNN_*.py) in {str(root / 'exercises')!r}")
-    if exercise is None:
+    numbers = list(exercise) if isinstance(exercise, list | tuple) else [exercise]
+    if exercise is None or not numbers:
         return course
-    if isinstance(exercise, bool) or not isinstance(exercise, int):
-        raise ValueError(f"the exercise must be a number such as 3, got {exercise!r}")
-    if exercise not in course:
-        raise ValueError(f"no exercise {exercise}; the exercises are "
-                         f"{', '.join(map(str, course))}")
-    return {exercise: course[exercise]}
+    for n in numbers:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise ValueError(f"the exercise must be a number such as 3, got {n!r}")
+        if n not in course:
+            raise ValueError(f"no exercise {n}; the exercises are "
+                             f"{', '.join(map(str, course))}")
+    return {n: course[n] for n in sorted(set(numbers))}
 
 
 def _fill(report: Path, rows: list[dict]) -> list[dict]:
@@ -735,8 +738,8 @@ def format_scores(rows: list[dict], failures: int = 1, width: int = 100) -> str:
 
 def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``rlhf-edu grade`` (checked by :func:`run_grade_cli`, one line each)."""
-    parser.add_argument("exercise", nargs="?", default=None,
-                        help="exercise number (default: all)")
+    parser.add_argument("exercise", nargs="*", default=None,
+                        help="exercise numbers, e.g. 3 or 2 3 4 (default: all)")
     parser.add_argument("--target", choices=TARGETS, default="exercises",
                         help="grade your exercises/ (default) or the worked solutions/")
     parser.add_argument("--root", type=Path, default=None,
@@ -754,13 +757,15 @@ def run_grade_cli(args: argparse.Namespace) -> int:
         timeout = _seconds(args.timeout)
         if timeout is None:
             raise ValueError(f"--timeout must be a number of seconds > 0, got {args.timeout!r}")
-        exercise = args.exercise
-        if isinstance(exercise, str):
-            text = exercise.strip()
+        given = args.exercise if isinstance(args.exercise, list) else (
+            [] if args.exercise is None else [args.exercise])
+        numbers = []
+        for item in given:
+            text = str(item).strip()
             if not re.fullmatch(r"[+-]?\d+", text):
-                raise ValueError(f"the exercise must be a number such as 3, got {exercise!r}")
-            exercise = int(text)
-        rows = grade(exercise, args.target, args.root, timeout)
+                raise ValueError(f"the exercise must be a number such as 3, got {item!r}")
+            numbers.append(int(text))
+        rows = grade(numbers or None, args.target, args.root, timeout)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -622,10 +622,11 @@ class RLHFTrainer:
             with _DeferredInterrupt() as interrupt:
                 while self.step_count < steps:
                     metrics = self.step()
-                    bar.update()
+                    # the figures first, then the count: update() redraws with this step's
                     bar.set_postfix(rm=f"{metrics['rm_score']:+.2f}",
                                     gold=f"{metrics['gold_score']:+.2f}",
                                     kl=f"{metrics['kl']:.2f}", refresh=False)
+                    bar.update()
                     if callback is not None:
                         callback(metrics)
                     if self._any_rank(interrupt.requested):

@@ -31,3 +31,14 @@ def test_every_flag_has_help(command):
     for a in sub._actions:
         for flag in a.option_strings:
             assert flag in text
+
+
+def test_grade_takes_several_exercise_numbers(capsys):
+    from rlhf_edu.cli import main
+
+    assert main(["grade", "2", "4", "--target", "solutions"]) == 0
+    table = capsys.readouterr().out
+    rows = [line.split()[0] for line in table.splitlines()[1:] if line.split()[0].isdigit()]
+    assert rows == ["2", "4"], table
+    assert main(["grade", "2", "x"]) == 2
+    assert "the exercise must be a number such as 3, got 'x'" in capsys.readouterr().err

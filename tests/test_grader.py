@@ -209,7 +209,7 @@ def test_run_grade_cli(monkeypatch, capsys, graded_rows):
     parser = argparse.ArgumentParser()
     grading.add_grade_arguments(parser)
     args = parser.parse_args(["5", "--target", "solutions"])
-    assert (args.exercise, args.target, args.root) == ("5", "solutions", None)
+    assert (args.exercise, args.target, args.root) == (["5"], "solutions", None)
     for target, code in (("solutions", 0), ("exercises", 1)):
         monkeypatch.setattr(grading, "grade", lambda *a, t=target, **k: graded_rows[t][4:5])
         assert grading.run_grade_cli(parser.parse_args(["5", "--target", target])) == code

@@ -637,7 +637,9 @@ def test_grade_bad_arguments(kwargs, message):
 def test_grade_cli_parses_the_exercise_number():
     parser = argparse.ArgumentParser()
     grading.add_grade_arguments(parser)
-    assert parser.parse_args(["3"]).exercise == "3"
+    assert parser.parse_args(["3"]).exercise == ["3"]
+    assert parser.parse_args(["2", "3", "4"]).exercise == ["2", "3", "4"]
+    assert parser.parse_args([]).exercise in (None, [])
 
 
 # ------------------------------------------------------------------ what a run leaves behind

@@ -19,13 +19,17 @@ another run's config                        refused             refused, nothing
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
 
 from .checkpoint import safe_load
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs still work, without the one-writer lock
+    fcntl = None
 
 CONFIG, METRICS, CHECKPOINT, LOCK = "config.json", "metrics.jsonl", "checkpoint.pt", ".lock"
 
@@ -105,7 +109,7 @@ class RunDir:
     def busy(self) -> int | None:
         """The process id of the run that holds the directory now, or ``None``."""
         lock = self.path / LOCK
-        if not lock.exists():
+        if fcntl is None or not lock.exists():
             return None
         with open(lock, "a+") as f:
             try:
@@ -122,6 +126,8 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"run directory {str(self.path)!r} is a file, not a directory")
         self.path.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            return
         f = open(self.path / LOCK, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -12,6 +12,7 @@ process falls on every variant alike.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -33,12 +34,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def cpu_model() -> str:
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 

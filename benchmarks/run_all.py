@@ -5,6 +5,8 @@
 
 Every script gets ``OMP_NUM_THREADS=1`` (see ``_common.py`` for why), ``HF_HUB_OFFLINE=1`` and
 ``TRL_EXPERIMENTAL_SILENCE=1``; each writes its JSON (and figures) to ``benchmarks/results/``.
+``bench_trl1.py`` (GRPO and DPO against TRL 1.x) runs under ``$RLHF_TRL1_PYTHON`` (a venv
+with TRL 1.x: see that script's docstring); without it, it stops with a one-line message.
 A failing script is reported and the others still run; the exit status is non-zero if any
 failed. On the 2-core development machine (shared, 1-min load 2-4) the benchmarks took 4.5
 minutes and the course checks (the project's test suite and notebooks) 6 more; under heavier
@@ -21,7 +23,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("generate", "step", "trl", "flops", "scaling", "course")
+SCRIPTS = ("generate", "step", "trl", "trl1", "flops", "scaling", "course")
+# scripts that need another environment: the variable naming its Python (default: this one)
+PYTHON_VAR = {"trl1": "RLHF_TRL1_PYTHON"}  # TRL 1.x, beside the 0.29.1 that bench_trl.py pins
 
 
 def main() -> None:
@@ -36,7 +40,8 @@ def main() -> None:
     for name in (s for s in SCRIPTS if s in args.only and s not in args.skip):
         print(f"\n=== bench_{name}.py " + "=" * 60, flush=True)
         start = time.perf_counter()
-        code = subprocess.run([sys.executable, str(HERE / f"bench_{name}.py")], env=env,
+        python = os.environ.get(PYTHON_VAR.get(name, ""), sys.executable)
+        code = subprocess.run([python, str(HERE / f"bench_{name}.py")], env=env,
                               cwd=HERE.parent).returncode
         durations[name] = time.perf_counter() - start
         if code != 0:

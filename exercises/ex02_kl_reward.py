@@ -18,8 +18,10 @@ With ``d = logprobs - ref_logprobs`` for tokens sampled from pi (Schulman, "Appr
 Divergence", 2020, http://joschu.net/blog/kl-approx.html):
 
 * k1 = d                       unbiased for KL(pi || pi_ref), negative on some tokens
-* k2 = d^2 / 2                 biased, low variance, never negative
-* k3 = exp(-d) - 1 + d         unbiased and never negative ("(r - 1) - log r", r = pi_ref/pi)
+* k2 = d^2 / 2                 biased, never negative; quadratic in d, so a few tokens with a
+                               large |d| give it heavy tails (a larger spread than k1's)
+* k3 = exp(-d) - 1 + d         unbiased and never negative ("(r - 1) - log r", r = pi_ref/pi);
+                               exponential in -d, so the heaviest tail of the three
 
 Grade: ``rlhf-edu grade 2`` or ``pytest tests/exercises/test_ex02_kl_reward.py`` (hand-made
 cases, random tensors against ``rlhf_edu.rewards``, and Monte-Carlo unbiasedness).

@@ -1,10 +1,21 @@
 """rlhf_edu: the RLHF computation flow on toy GPT models, one step at a time.
 
 The four models (actor, critic, reward model, reference), the reward with its KL penalty, GAE,
-PPO, and a trainer that runs the chapter's six phases, small enough to read in an afternoon.
+PPO, and a trainer that runs the chapter's six phases, small enough to read in an afternoon;
+beside them the critic-free estimators (GRPO, Dr. GRPO, RLOO, REINFORCE++) on the same trainer,
+and DPO/IPO (``rlhf_edu.dpo``).
 """
 
-from .advantages import gae, masked_mean, whiten
+from .advantages import (
+    gae,
+    grpo_advantages,
+    masked_mean,
+    reinforce_pp_advantages,
+    rloo_advantages,
+    token_advantages,
+    whiten,
+)
+from .dpo import dpo_loss, train_dpo
 from .memory import ModelSpec, memory_breakdown, plan
 from .model import GPT, GPTConfig
 from .models import (
@@ -28,5 +39,6 @@ __all__ = [
     "load_pretrained", "kl_penalty", "compute_rewards", "gae", "whiten", "masked_mean",
     "ppo_losses", "total_loss", "AdaptiveKLController", "FixedKLController", "RLHFTrainer",
     "PPOConfig", "trace_step", "format_trace", "Tokenizer", "gold_score", "ModelSpec",
-    "memory_breakdown", "plan",
+    "memory_breakdown", "plan", "grpo_advantages", "rloo_advantages", "reinforce_pp_advantages",
+    "token_advantages", "dpo_loss", "train_dpo",
 ]

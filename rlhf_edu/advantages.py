@@ -1,8 +1,13 @@
-"""Advantages for RLHF: masked statistics, masked whitening and GAE.
+"""Advantages for RLHF: masked statistics, masked whitening, GAE and critic-free estimators.
 
 Step 5 of the RLHF flow (see DESIGN.md): the per-token rewards from `rewards.py` and the
 critic's values become advantages (how much better a token was than the critic expected) and
 returns (the critic's regression targets).
+
+Without a critic the baseline comes from the other responses instead: GRPO, Dr. GRPO and RLOO
+compare each response with the others sampled for the same prompt (a group of G contiguous
+rows), REINFORCE++ with the whole batch. Their sequence advantages `(B,)` are spread over the
+response tokens with `token_advantages`.
 
 All tensors are `(B, T)`: B responses, T response positions. `mask` is 1 on response tokens
 and 0 on padding (bool or float). Padding never influences a result on a response token.
@@ -12,6 +17,13 @@ References:
   Generalized Advantage Estimation", https://arxiv.org/abs/1506.02438 (GAE, eq. 16).
 - CleanRL's `ppo.py` (the `lastgaelam` reverse loop), https://github.com/vwxyzjn/cleanrl
 - TRL's `whiten`/`masked_whiten` (shift_mean=False keeps the mean, used for rewards).
+- Shao et al. (2024), "DeepSeekMath" (GRPO, outcome supervision), https://arxiv.org/abs/2402.03300
+- Liu et al. (2025), "Understanding R1-Zero-Like Training: A Critical Perspective" (Dr. GRPO:
+  no division by the group's std), https://arxiv.org/abs/2503.20783
+- Ahmadian et al. (2024), "Back to Basics: Revisiting REINFORCE Style Optimization for Learning
+  from Human Feedback in LLMs" (RLOO), https://arxiv.org/abs/2402.14740
+- Hu (2025), "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models",
+  https://arxiv.org/abs/2501.03262 (return-to-go of KL-penalised token rewards, batch-normalised)
 
 Validation comes from `rlhf_edu.validate`. Padding follows one policy, shared with `rewards.py`
 and `ppo.py`: whatever a masked-out position holds (NaN included) changes no result and no
@@ -28,14 +40,21 @@ from torch import Tensor
 from rlhf_edu.validate import (
     check_2d,
     check_bool,
+    check_finite,
     check_float,
+    check_floating,
     check_int,
     check_mask,
     check_same_shape,
     check_tensor,
 )
 
-__all__ = ["masked_mean", "masked_var", "whiten", "gae"]
+__all__ = ["masked_mean", "masked_var", "whiten", "gae", "ESTIMATORS", "CRITIC_FREE",
+           "grpo_advantages", "rloo_advantages", "reinforce_pp_advantages", "token_advantages"]
+
+ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp")
+"""Advantage estimators the trainer knows; all but "gae" need no critic."""
+CRITIC_FREE = ESTIMATORS[1:]
 
 
 def _zero_padding(x: Tensor, mask: Tensor) -> Tensor:
@@ -210,3 +229,127 @@ def gae(
     advantages = torch.stack(advantages_reversed[::-1], dim=1)  # (B, T)
     returns = _zero_padding(advantages + values, m)
     return advantages, returns
+
+
+# --------------------------------------------------------------------------------------------
+# Critic-free estimators: the baseline comes from the other responses
+# --------------------------------------------------------------------------------------------
+
+
+def _groups(scores: Tensor, group_size: int, method: str) -> Tensor:
+    """`scores` `(B,)`, checked, as `(B / G, G)` in at least float32: row g holds the G
+    responses to prompt g (rows g*G ... g*G + G - 1 of the batch)."""
+    check_floating("scores", scores)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must have shape (B,), one per response, got "
+                         f"{tuple(scores.shape)}")
+    G = check_int("group_size", group_size)
+    if G < 2:
+        raise ValueError(f"group_size must be >= 2 for {method}, got {G}: a group of one "
+                         "response has no other response to serve as its baseline")
+    B = scores.numel()
+    if B == 0 or B % G:
+        raise ValueError(f"scores has {B} rows, which do not split into groups of "
+                         f"group_size={G}")
+    check_finite({"scores": scores})
+    return scores.to(torch.promote_types(scores.dtype, torch.float32)).view(B // G, G)
+
+
+def _zero_equal_groups(adv: Tensor, groups: Tensor) -> Tensor:
+    """`adv` `(B / G, G)` with exact zeros in groups whose G rewards are all equal: rounding
+    in the mean (0.1 + 0.1 + 0.1 != 0.3) would otherwise leave a tiny advantage, which a
+    small std would blow up."""
+    equal = (groups == groups[:, :1]).all(dim=1, keepdim=True)  # (B / G, 1)
+    return torch.where(equal, torch.zeros_like(adv), adv)
+
+
+def grpo_advantages(scores: Tensor, group_size: int, scale: bool = True,
+                    eps: float = 1e-4) -> Tensor:
+    """GRPO's advantage of each response: its reward against the others in its group.
+
+    `A_i = (r_i - mean(group)) / (std(group) + eps)`, with the std of the G rewards computed
+    with Bessel's correction (divide by G - 1, torch's default, as TRL does). `scale=False`
+    leaves out the division: Dr. GRPO, whose authors show the std re-weights prompts (groups
+    that are almost all right or all wrong get the largest advantages).
+
+    Args:
+        scores: `(B,)` one reward per response; rows g*G ... g*G + G - 1 answer the same
+            prompt. NaN or inf is refused.
+        group_size: G >= 2 responses per prompt; B must be a multiple of G.
+        scale: divide by the group's std (GRPO) or not (Dr. GRPO).
+        eps: added to the std, >= 0.
+
+    Returns:
+        `(B,)` advantages. A group whose rewards are all equal gets exactly 0 (it carries no
+        signal about which response is better), never NaN.
+    """
+    groups = _groups(scores, group_size, "GRPO" if scale else "Dr. GRPO")
+    check_bool("scale", scale)
+    check_float("eps", eps, minimum=0)
+    adv = groups - groups.mean(dim=1, keepdim=True)  # (B / G, G)
+    if scale:
+        adv = adv / (groups.std(dim=1, keepdim=True) + eps)
+    return _zero_equal_groups(adv, groups).reshape(-1).to(scores.dtype)
+
+
+def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
+    """REINFORCE leave-one-out: each reward minus the mean of the other G - 1 in its group.
+
+    `A_i = r_i - (sum(group) - r_i) / (G - 1)`: the baseline does not contain the response
+    itself, so it is an unbiased baseline (equal to `G / (G - 1) * (r_i - mean(group))`).
+
+    Args:
+        scores: `(B,)` one reward per response (with RLOO's KL penalty, `score - beta * KL`
+            summed over the response); groups of G contiguous rows share a prompt.
+        group_size: G >= 2.
+
+    Returns:
+        `(B,)` advantages; exactly 0 in a group of equal rewards.
+    """
+    groups = _groups(scores, group_size, "RLOO")
+    G = groups.shape[1]
+    baseline = (groups.sum(dim=1, keepdim=True) - groups) / (G - 1)  # (B / G, G)
+    return _zero_equal_groups(groups - baseline, groups).reshape(-1).to(scores.dtype)
+
+
+def reinforce_pp_advantages(
+    rewards: Tensor,
+    mask: Tensor,
+    gamma: float = 1.0,
+    reduce: Callable[[Tensor], Tensor | None] | None = None,
+) -> Tensor:
+    """REINFORCE++: the return-to-go of the per-token rewards, normalised over the batch.
+
+    `G_t = sum_{s >= t} gamma^(s - t) r_s` over the response (the per-token rewards carry the
+    KL penalty and the score on the last token, as `compute_rewards` builds them), then
+    `(G_t - mean) / std` over every response token of the batch: the batch is the baseline.
+    The return-to-go is GAE with zero values and lambda = 1.
+
+    Args:
+        rewards: `(B, T)` per-token rewards.
+        mask: `(B, T)`, 1 on response tokens; every row needs one.
+        gamma: discount in [0, 1].
+        reduce: as in `whiten`: an all-reduce (SUM) makes the statistics those of all ranks.
+
+    Returns:
+        `(B, T)` advantages, 0 on padding.
+    """
+    check_2d("rewards", rewards)
+    returns, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma, lam=1.0)  # (B, T)
+    return whiten(returns, mask, reduce=reduce)
+
+
+def token_advantages(advantages: Tensor, mask: Tensor) -> Tensor:
+    """One advantage per response `(B,)` given to each of its tokens: `(B, T)`, 0 on padding.
+
+    Outcome-reward methods (GRPO, RLOO) judge a response as a whole, so every token the
+    response chose shares its advantage.
+    """
+    check_floating("advantages", advantages)
+    check_2d("mask", mask)
+    if tuple(advantages.shape) != (mask.shape[0],):
+        raise ValueError(f"advantages must have shape (B,) = ({mask.shape[0]},) for a mask of "
+                         f"shape {tuple(mask.shape)}, got {tuple(advantages.shape)}")
+    m = check_mask(mask, mask, "mask", finite={"advantages": advantages})
+    spread = advantages[:, None].expand(m.shape)  # (B, T)
+    return torch.where(m, spread, torch.zeros_like(spread))

@@ -121,3 +121,60 @@ def check_model_checkpoint(ckpt: dict, kind: str, path: str = "checkpoint") -> G
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ValueError(f"{path}: 'state_dict' must map parameter names to tensors")
     return GPTConfig.from_dict(ckpt["config"], where=f"{path}'s config")
+
+
+# ------------------------------------------------------------------ sharded (DCP) directories
+
+def save_sharded(state_dict: dict, parent: str | os.PathLike, prefix: str) -> str:
+    """Every rank writes its shards of ``state_dict`` with ``torch.distributed.checkpoint``.
+
+    The shards go into a new hidden directory ``parent/.{prefix}XXXX`` that rank 0 renames to
+    ``parent/{prefix}XXXX`` once every rank has written (a directory without the dot is whole);
+    its name is returned on every rank. Without a process group, one process writes it all.
+    """
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    parent = Path(parent)
+    distributed_run = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed_run else 0
+    name: list[str | None] = [None]
+    if rank == 0:
+        parent.mkdir(parents=True, exist_ok=True)
+        name = [Path(tempfile.mkdtemp(dir=parent, prefix=f".{prefix}")).name]
+    if distributed_run:
+        dist.broadcast_object_list(name, src=0)
+    tmp, final = parent / name[0], parent / name[0].lstrip(".")
+    dcp.save(state_dict, checkpoint_id=tmp, no_dist=not distributed_run)
+    # dcp.save returns on rank 0 after every rank's files and the metadata are written
+    if rank == 0:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; checkpoints are ordinary files
+        os.replace(tmp, final)
+    return final.name
+
+
+def check_sharded(directory: str | os.PathLike) -> Path:
+    """``directory`` as a ``Path`` if it holds a whole DCP checkpoint, else ``ValueError``."""
+    directory = Path(directory)
+    if not (directory / ".metadata").is_file():
+        raise ValueError(f"sharded checkpoint {str(directory)!r} is missing or unfinished (no "
+                         ".metadata); its run cannot continue from it")
+    return directory
+
+
+def load_sharded(state_dict: dict, directory: str | os.PathLike) -> None:
+    """Read a directory written by :func:`save_sharded` into ``state_dict``, in place.
+
+    Each rank reads the parts of every tensor its ``state_dict`` holds (DTensor shards of any
+    world size, or whole tensors); a missing or unfinished directory is a ``ValueError``.
+    """
+    import warnings
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    directory = check_sharded(directory)
+    single = not (dist.is_available() and dist.is_initialized())
+    with warnings.catch_warnings():  # one process reading shards is what was asked for
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state_dict, checkpoint_id=directory, no_dist=single)

@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from . import distributed, grading, memory
+from . import distributed, dpo, grading, memory
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 
@@ -128,10 +128,13 @@ def _train_rm(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .models import build_models, describe
+    from .models import NO_CRITIC, build_models, describe
+    from .trainer import critic_mode_for
 
-    models = build_models(args.critic)
-    print(f"critic mode: {args.critic}")
+    mode = critic_mode_for(args.estimator, args.critic or "auto")
+    models = build_models(mode)
+    print(f"critic mode: {mode}" + (f" ({args.estimator} builds no critic: three models)"
+                                     if mode == NO_CRITIC else ""))
     print(f"{'role':<10} {'parameters':>12} {'reads actor':>12}  trains")
     for row in describe(models):
         print(f"{row['role']:<10} {row['params']:>12,} {row['reads_actor_backbone']:>12,}  "
@@ -145,10 +148,14 @@ def _config_from_args(args: argparse.Namespace):
     return PPOConfig(seed=args.seed, batch_size=args.batch, response_len=args.response_len,
                      beta=args.beta, adaptive_kl=args.kl_target is not None,
                      kl_target=PPOConfig.kl_target if args.kl_target is None else args.kl_target,
-                     kl_estimator=args.kl_estimator, critic_mode=args.critic,
+                     kl_estimator=args.kl_estimator, critic_mode=args.critic or "auto",
                      ppo_epochs=args.ppo_epochs, minibatches=args.minibatches,
                      actor_lr=args.actor_lr, ent_coef=args.ent_coef, device=args.device,
-                     placement=_placement(args.placement), precision=args.precision)
+                     advantage_estimator=args.estimator, group_size=args.group_size,
+                     kl_in=args.kl_in, reward=args.reward,
+                     recompute_logprobs=args.recompute_logprobs,
+                     placement=_placement(args.placement), precision=args.precision,
+                     shard=args.shard)
 
 
 def _placement(text: str) -> str | dict:
@@ -174,8 +181,10 @@ def _launch(nproc: int, argv: list[str]) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import os
     from dataclasses import asdict
 
+    from . import sharding
     from .plots import plot_training
     from .rundir import RunDir, check
     from .trainer import RLHFTrainer
@@ -184,6 +193,8 @@ def _train(args: argparse.Namespace) -> int:
     # bad input fails here, in one process, before any work or any torchrun starts
     distributed.check_nproc(args.nproc, config.device)
     config.check_world(args.nproc)
+    # inside the ranks torchrun launched, --nproc is gone and WORLD_SIZE gives the count
+    sharding.check_world(config.shard, int(os.environ.get("WORLD_SIZE", args.nproc)))
     distributed.resolve_placement(config.placement, distributed.select_device(config.device))
     pid = RunDir(args.run_dir).busy()
     if pid is not None:
@@ -207,11 +218,14 @@ def _train(args: argparse.Namespace) -> int:
     trainer = RLHFTrainer(config, run_dir=args.run_dir, resume=args.resume)
     if rank == 0:
         bf16 = distributed.uses_bf16(trainer.device, config.precision)
-        devices = trainer.devices
-        where = (f"the four models on {trainer.device}" if len(set(devices.values())) == 1
+        devices = {role: trainer.devices[role] for role in trainer.models.roles()}
+        count = "four" if len(devices) == 4 else "three (no critic)"
+        where = (f"the {count} models on {trainer.device}" if len(set(devices.values())) == 1
                  else ", ".join(f"{role} on {dev}" for role, dev in devices.items()))
         print(f"{trainer.world} process{'es' if trainer.world > 1 else ''}, {where}, "
-              f"{'bf16 autocast (frozen models in bf16)' if bf16 else 'fp32'}", flush=True)
+              f"{'bf16 autocast (frozen models in bf16)' if bf16 else 'fp32'}"
+              + (f", {config.shard} (FSDP2 shards)" if config.shard != "none" else ""),
+              flush=True)
     if args.resume and trainer.step_count == 0 and rank == 0:
         print(f"{args.run_dir} has no checkpoint yet: the run starts again from step 0",
               flush=True)
@@ -237,12 +251,27 @@ def _train(args: argparse.Namespace) -> int:
 def _trace(args: argparse.Namespace) -> int:
     from .trainer import format_trace, trace_step
 
-    print(format_trace(trace_step(args.batch, args.response_len, args.critic, args.seed)))
+    print(format_trace(trace_step(args.batch, args.response_len, args.critic or "auto", args.seed,
+                                  estimator=args.estimator, group_size=args.group_size)))
     return 0
 
 
 CRITIC_HELP = ("critic mode: separate (own network), shared (a value head on a shared backbone), "
-               "head (a value head on the actor) (default: %(default)s)")
+               "head (a value head on the actor) (default: separate with --estimator gae; the "
+               "other estimators build no critic)")
+ESTIMATOR_HELP = ("advantage estimator: gae (PPO with a critic), grpo, dr_grpo (GRPO without "
+                  "the std), rloo, reinforce_pp (no critic) (default: %(default)s)")
+GROUP_HELP = ("G responses sampled per prompt, in contiguous rows; grpo, dr_grpo and rloo need "
+              "G >= 2 (default: %(default)s)")
+
+
+def _add_estimator_arguments(p: argparse.ArgumentParser, group: bool = True) -> None:
+    """--estimator (and --group-size with ``group``), shared by train, models and trace."""
+    from .advantages import ESTIMATORS
+
+    p.add_argument("--estimator", default="gae", choices=ESTIMATORS, help=ESTIMATOR_HELP)
+    if group:
+        p.add_argument("--group-size", type=integer(1), default=1, help=GROUP_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,23 +314,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train_rm)
 
     p = sub.add_parser("models", help="the four models: parameters and which ones train")
-    p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"),
+    p.add_argument("--critic", default=None, choices=("separate", "shared", "head"),
                    help=CRITIC_HELP)
+    _add_estimator_arguments(p, group=False)
     p.set_defaults(func=_models)
 
     p = sub.add_parser("train", help="RLHF with PPO from the shipped SFT actor and reward model")
     p.add_argument("--steps", type=integer(1), default=60,
                    help="PPO steps to run (default: %(default)s)")
-    p.add_argument("--beta", type=number(0), default=0.05,
-                   help="KL coefficient (initial, if adaptive)")
+    p.add_argument("--beta", type=number(0), default=None,
+                   help="KL coefficient (initial, if adaptive) (default per estimator: 0.05 "
+                        "gae and rloo, 0.04 grpo and dr_grpo, 0.01 reinforce_pp)")
     p.add_argument("--kl-target", type=number(positive=True), default=None,
                    help="use the adaptive KL controller with this target KL per response")
-    p.add_argument("--kl-estimator", default="k1", choices=("k1", "k2", "k3"),
-                   help="per-token KL estimator in the reward (default: %(default)s)")
-    p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"),
+    p.add_argument("--kl-estimator", default=None, choices=("k1", "k2", "k3"),
+                   help="per-token KL estimator (default per estimator: k3 for grpo and "
+                        "dr_grpo, k1 otherwise)")
+    p.add_argument("--kl-in", default=None, choices=("reward", "loss"),
+                   help="put beta x KL into each token's reward, or add it to the loss as GRPO "
+                        "does (default per estimator: loss for grpo and dr_grpo, else reward)")
+    p.add_argument("--critic", default=None, choices=("separate", "shared", "head"),
                    help=CRITIC_HELP)
+    _add_estimator_arguments(p)
+    p.add_argument("--reward", default="model", choices=("model", "gold"),
+                   help="score responses with the reward model, or with the task's gold score "
+                        "(a verifiable reward; the reward model then only gives the rm_score "
+                        "metric) (default: %(default)s)")
+    p.add_argument("--recompute-logprobs", action="store_true",
+                   help="recompute the old log-probs with the actor under the training "
+                        "numerics before the PPO epochs (matters in bf16)")
     p.add_argument("--batch", type=integer(1), default=64,
-                   help="prompts (and responses) per step (default: %(default)s)")
+                   help="responses per step (batch / group-size prompts) (default: "
+                        "%(default)s)")
     p.add_argument("--response-len", type=integer(1), default=20,
                    help="most tokens generated per response (default: %(default)s)")
     p.add_argument("--ppo-epochs", type=integer(1), default=4,
@@ -319,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 autocast and bf16 frozen models on CUDA, fp32 on CPU")
     p.add_argument("--nproc", type=integer(1), default=1,
                    help="data-parallel processes (re-launches under torchrun; gloo on CPU)")
+    p.add_argument("--shard", default="none", choices=("none", "zero2", "zero3"),
+                   help="none: DDP copies; zero2/zero3: FSDP2 shards of actor and critic "
+                        "(zero3 also the frozen models) over the --nproc processes "
+                        "(default: %(default)s)")
     p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
                    help="seed of prompts, sampling and minibatch order (default: %(default)s)")
     p.add_argument("--run-dir", type=run_dir, default=Path("runs/latest"),
@@ -330,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("dpo", help="DPO / IPO from the SFT actor on the reward model's "
+                                   "preference pairs (two models, no generation)")
+    dpo.add_dpo_arguments(p)
+    p.set_defaults(func=dpo.run_dpo_cli)
+
     p = sub.add_parser("memory", help="GPU memory of RLHF training: per role, item and GPU")
     memory.add_memory_arguments(p)
     p.set_defaults(func=memory.run_memory_cli)
@@ -340,11 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("trace", help="shapes, dtypes and forward passes of one RLHF step")
     p.add_argument("--batch", type=integer(1), default=4,
-                   help="prompts in the traced step (default: %(default)s)")
+                   help="responses in the traced step (batch / group-size prompts) (default: "
+                        "%(default)s)")
     p.add_argument("--response-len", type=integer(1), default=100,
                    help="tokens generated per response (default: %(default)s)")
-    p.add_argument("--critic", default="separate", choices=("separate", "shared", "head"),
+    p.add_argument("--critic", default=None, choices=("separate", "shared", "head"),
                    help=CRITIC_HELP)
+    _add_estimator_arguments(p)
     p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
                    help="seed of prompts and sampling (default: %(default)s)")
     p.set_defaults(func=_trace)

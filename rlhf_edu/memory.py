@@ -1,46 +1,86 @@
-"""How much GPU memory RLHF needs: the four models, their training state, and the rollout.
+"""How much GPU memory RLHF needs: the models, their training state, and the rollout.
 
 The chapter ends on "memory is the bottleneck". This module redoes its table and then does the
-accounting properly, per model role (actor, critic, reward, reference) and per item, per GPU.
-All sizes are bytes; ``GB = 1e9`` bytes (decimal, as the chapter uses; an "80 GB" card holds
-80 GiB = 85.9 GB, part of which CUDA and fragmentation take).
+accounting properly, per model role (actor, critic, reward, reference, and optionally a separate
+generation engine) and per item, per GPU. All sizes are bytes; ``GB = 1e9`` bytes (decimal, as
+the chapter uses; an "80 GB" card holds 80 GiB = 85.9 GB, part of which CUDA and fragmentation
+take).
 
 ``assumptions="chapter"`` reproduces the chapter's table: FP16 weights (2 B/param) for all four
 models, Adam's two fp32 moments (8 B/param) for the actor only, activations ~20 GB per 7e9
 parameters, and the round size in the model's name ("7B" = 7e9 params): 14·4 + 56 + 20 = 132 GB
 (~130) for 7B and 140·4 + 560 + 200 = 1320 GB (~1.3 TB) for 70B.
 
-``assumptions="precise"`` (the default), Ψ parameters, N GPUs sharing a model:
+``assumptions="precise"`` (the default), Ψ parameters, N GPUs sharing a model (data parallel):
 
 * trained model, mixed-precision Adam (Rajbhandari et al. 2020, "ZeRO"): 2 B bf16 weights + 2 B
   grads + 4 B fp32 master weights + 4 + 4 B Adam moments = 16 B/param; a frozen model 2 B/param;
   four equal models, two trained: 16 + 16 + 2 + 2 = 36 B/param. ``precision="fp32"``: 4 B weights,
   4 B grads, 8 B Adam, no master copy (a frozen model 4 B/param).
-* ZeRO over N GPUs, model states per GPU (DeepSpeed's estimators ``estimate_zero2/3_model_states_
-  mem_needs`` for stages 2 and 3; the paper's P_os for stage 1; L = largest layer's params):
-  ZeRO-0 16Ψ; ZeRO-1 4Ψ + 12Ψ/N (optimizer and master sharded); ZeRO-2 4Ψ + 16Ψ/N (DeepSpeed
-  also keeps an fp32 gradient partition, 4Ψ/N, so its ZeRO-2 is never below the paper's ZeRO-1);
-  ZeRO-3 4L + 18Ψ/N (weights 2Ψ/N, fp32 grads 4Ψ/N, optimizer 12Ψ/N, one gathered layer 4L).
-  CPU offload of the optimizer moves master weights, Adam and fp32 grads to the CPU: per GPU
-  2Ψ (stages 1-2) or 4L + 2Ψ/N (stage 3). Frozen models are sharded too under ZeRO-3.
+* ZeRO over N GPUs, model states per GPU, in one of three ``accounting`` conventions:
+
+  - ``"deepspeed"`` (the default): DeepSpeed's estimators ``estimate_zero2/3_model_states_mem_
+    needs`` for stages 2 and 3, the paper's P_os for stage 1 (L = the largest layer's params):
+    ZeRO-0 16Ψ; ZeRO-1 4Ψ + 12Ψ/N; ZeRO-2 4Ψ + 16Ψ/N: the bf16 gradients stay whole (they are
+    reduced in buckets as backward produces them) and the optimizer keeps an fp32 copy of its
+    gradient partition, 4Ψ/N; ZeRO-3 4L + 18Ψ/N: weights 2Ψ/N, fp32 grads 4Ψ/N, optimizer
+    12Ψ/N, and the largest layer's bf16 weights and grads gathered whole, 4L. The two extra
+    terms make ZeRO-2 on 8 GPUs cost more than ZeRO-1, and ZeRO-2/3 on one GPU more than ZeRO-0.
+  - ``"paper"``: the ZeRO paper's own count, no buffers: 2Ψ + 2Ψ + KΨ with K = 12 (master,
+    momentum, variance); stage 1 divides KΨ by N, stage 2 also the gradients, stage 3 also the
+    weights. It never rises with the stage or with N.
+  - ``"fsdp2"``: PyTorch's ``fully_shard`` with a bf16 ``MixedPrecisionPolicy``. The parameters
+    stay fp32 and sharded (4Ψ/N; they are the master copy), the gradients are sharded fp32
+    (4Ψ/N), AdamW's states are sharded fp32 (8Ψ/N). bf16 copies exist only gathered: one
+    ``fully_shard`` unit (a transformer block, B params) at a time under ZeRO-3
+    (``reshard_after_forward=True``): 2B weights and 2B unsharded grads; the whole model
+    between forward and backward under "ZeRO-2" (``reshard_after_forward=False``): 2Ψ. FSDP2
+    has no ZeRO-1. ZeRO-0 is a plain fp32 model under autocast: 4Ψ + 4Ψ + 8Ψ. Per-rank bytes
+    of real parameter shapes (uneven shards): :func:`fsdp2_local_bytes`.
+
+  CPU offload of the optimizer: DeepSpeed keeps 2Ψ on the GPU (stages 1-2) or 4L + 2Ψ/N
+  (stage 3) and moves master weights, Adam and the fp32 grads to the CPU; the paper's
+  ZeRO-Offload (Ren et al. 2021) moves the gradients, master weights and Adam partitions; FSDP2's
+  ``CPUOffloadPolicy`` moves the sharded parameters, gradients and optimizer states, leaving the
+  gathered bf16 copies. Frozen models are sharded too under ZeRO-3.
 * LoRA: a fraction r of Ψ is trained (adapters, 16 B each); the base stays frozen in bf16.
+* tensor parallelism (``tp``, Megatron-LM) and pipeline parallelism (``pp``): every model's
+  weights, grads and optimizer states are divided by tp·pp (each of pp stages holds n_layer/pp
+  layers, each layer split over tp GPUs); ZeRO shards what is left over the data-parallel
+  degree N/(tp·pp). Simplifications: the embedding and head are spread evenly over the stages
+  (in practice the first and last stage carry them), the vocabulary is split over tp.
 * activations per layer (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
-  Transformer Models", eq. 2): s·b·h·(34 + 5·a·s/h) bytes in 16 bit without recomputation
-  (the 5as/h term is the attention matrix, gone with FlashAttention); with full activation
-  checkpointing only each layer's input, 2·s·b·h. s = prompt + response, b = micro-batch,
-  h hidden size, a heads. A frozen model's no-grad forward holds at most one layer of them.
+  Transformer Models", table 2), in 16 bit, s = prompt + response, b = micro-batch, h hidden
+  size, a heads, t = tp: s·b·h·(10 + 24/t + 5·a·s/(h·t)) without recomputation. The 10·sbh
+  are not split by tensor parallelism: the two layer-norm inputs (2·2sbh), the two dropout
+  masks (2·sbh) and the inputs of the attention and MLP blocks (2·2sbh) are replicated on every
+  tp GPU unless ``sequence_parallel`` splits them along the sequence: s·b·h·(34/t + 5as/(ht)).
+  The 5as/h term is the attention matrix, gone with FlashAttention. With full activation
+  checkpointing only each layer's input, 2·s·b·h (/t with sequence parallelism). With 1F1B
+  pipelining the first stage holds the activations of min(pp, batch/micro_batch) micro-batches
+  in flight, each over n_layer/pp layers: with enough micro-batches as much as without pipeline
+  parallelism. A frozen model's no-grad forward holds one layer of them.
 * generation KV cache: 2·layers·hidden_kv·(prompt + response)·batch·bytes (hidden_kv = kv heads ×
-  head size, for GQA); the B·T·V log-softmax logits in fp32 (4 B) for actor and reference.
+  head size, for GQA; split over tp, or one kv head per GPU when tp exceeds the kv heads; layers
+  over pp); the B·T·V log-softmax logits in fp32 (4 B, V split over tp) for actor and reference.
+* ``generation_engine=True``: systems such as OpenRLHF and verl generate with a separate engine
+  (vLLM, SGLang): a second copy of the actor's weights (frozen dtype, tp·pp-sharded, never
+  ZeRO-sharded) and a KV cache for ``rollout_batch`` sequences of ``kv_dtype_bytes`` per
+  element. It becomes a fifth role, "generation", and the actor then holds no KV cache.
+* methods: PPO has four models; the critic-free methods (GRPO, RLOO, REINFORCE++) drop the
+  critic (``critic="none"``: three); ``method="dpo"`` trains a policy (the "actor") against a
+  frozen reference on preference pairs (two models, no generation, 2 sequences per pair).
 
 Everything is added up as if resident at once, an upper bound: in a sequential RLHF step the KV
 cache is freed before the training forward. ``plan()`` enumerates ZeRO stage, offload, LoRA,
-critic sharing, placement ("colocate": all four models on every GPU; "split": reward and
-reference on their own k GPUs) and checkpointing, and keeps what fits.
+critic sharing, placement ("colocate": all models on every GPU; "split": reward and reference on
+their own k GPUs), tensor and pipeline parallel degrees, and checkpointing, and keeps what fits.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -53,20 +93,26 @@ from .validate import check_bool, check_float, check_int, shown
 GB = 1e9  # decimal gigabyte, as in the chapter
 ITEMS = ("weights", "gradients", "optimizer_states", "master_weights", "activations", "kv_cache",
          "logits")
-ROLES = ("actor", "critic", "reward", "reference")
-CRITIC_MODES = ("separate", "shared", "head")
+ROLES = ("actor", "critic", "reward", "reference", "generation")
+CRITIC_MODES = ("separate", "shared", "head")  # how a critic is built; plan() tries these
+CRITICS = (*CRITIC_MODES, "none")  # "none": a critic-free method (GRPO, RLOO, REINFORCE++)
+METHODS = ("online", "dpo")  # generate-score-train (PPO, GRPO, ...) or offline preference pairs
+ACCOUNTINGS = ("deepspeed", "paper", "fsdp2")
 PLACEMENTS = ("colocate", "split")
 CHAPTER_ACTIVATIONS = (20, 7)  # the chapter's ~20 GB of activations per 7e9 params
 _BYTES = {"mixed": (2, 2, 4, 8), "fp32": (4, 4, 0, 8)}  # weights, grads, master, Adam per param
+PLAN_MAX_TP = 8  # plan() tries tensor parallelism within one node of 8 GPUs
 
 
 # The one place memory.py checks its numbers: each name's rule. Counts are ints >= 1 (a float
 # is refused, even 2.0); sizes in GB are finite floats > 0; None passes where it means a default.
 _COUNTS = ("n_layer", "n_embd", "n_head", "vocab_size", "block_size", "n_params", "n_kv_head",
            "nominal_params", "n_gpus", "frozen_gpus", "batch", "micro_batch", "prompt_len",
-           "response_len", "dtype_bytes")
+           "response_len", "dtype_bytes", "tp", "pp", "rollout_batch", "kv_dtype_bytes")
 _MAY_BE_NONE = ("n_params", "n_kv_head", "nominal_params", "frozen_gpus", "prompt_len",
-                "response_len", "dtype_bytes", "lora_fraction", "cpu_mem_gb")
+                "response_len", "dtype_bytes", "lora_fraction", "cpu_mem_gb", "rollout_batch",
+                "kv_dtype_bytes")
+_FLAGS = ("offload", "activation_checkpointing", "generation_engine", "sequence_parallel")
 
 
 def _check_numbers(**values: object) -> None:
@@ -84,7 +130,7 @@ def _check_numbers(**values: object) -> None:
             check_float(name, value, minimum=0, maximum=1, strict_min=True, none_ok=True)
         elif name in ("params", "largest_layer"):  # may be fractional (a LoRA share) or 0
             check_float(name, value, minimum=0)
-        elif name in ("offload", "activation_checkpointing"):
+        elif name in _FLAGS:
             check_bool(name, value)
         elif name == "zero_stage":  # the type here; the stages are checked by _one_of
             check_int(name, value)
@@ -143,6 +189,13 @@ class ModelSpec:
         C = self.n_embd
         return max(self.vocab_size * C, 4 * C * C + 4 * C)
 
+    @property
+    def block_params(self) -> float:
+        """Params of one transformer block, what one FSDP2 ``fully_shard`` unit gathers: the
+        parameters besides one V×C embedding, shared evenly by the layers (12C² + 13C for
+        GPT-2 plus its share of the positions; Llama's blocks plus a share of the untied head)."""
+        return max(self.n_params - self.vocab_size * self.n_embd, 0) / self.n_layer
+
     def with_head(self, n_head_params: int | None = None) -> ModelSpec:
         """This model plus a scalar head (value or reward): ``C + 1`` more parameters."""
         check_int("n_head_params", n_head_params, minimum=0, none_ok=True)
@@ -166,9 +219,16 @@ class ModelSpec:
 
     @classmethod
     def preset(cls, name: str) -> ModelSpec:
-        """One of :data:`PRESETS`: "toy", "gpt2", "llama-7b", "llama-13b", "llama-70b"."""
+        """One of :data:`PRESETS`: "toy", "gpt2", "gpt2-xl", "llama-7b", "llama-13b",
+        "llama-70b"."""
         _one_of("preset", name, tuple(PRESETS))
         return PRESETS[name]
+
+
+@functools.lru_cache(maxsize=32)
+def _with_head(spec: ModelSpec) -> ModelSpec:
+    """``spec.with_head()``, made once per spec (plan() asks for it thousands of times)."""
+    return spec.with_head()
 
 
 _TOY = SimpleNamespace(n_layer=3, n_head=4, n_embd=128, vocab_size=64, block_size=48)  # GPTConfig()
@@ -176,6 +236,7 @@ _TOY = SimpleNamespace(n_layer=3, n_head=4, n_embd=128, vocab_size=64, block_siz
 PRESETS: dict[str, ModelSpec] = {
     "toy": ModelSpec.from_gpt_config(_TOY, name="toy"),
     "gpt2": ModelSpec("gpt2", 12, 768, 12, 50257, 1024, nominal_params=124_000_000),
+    "gpt2-xl": ModelSpec("gpt2-xl", 48, 1600, 25, 50257, 1024, nominal_params=1_500_000_000),
     # Llama 2 (Touvron et al. 2023): exact parameter counts of the released checkpoints
     "llama-7b": ModelSpec("llama-7b", 32, 4096, 32, 32000, 4096, 6_738_415_616, None, 7 * 10**9),
     "llama-13b": ModelSpec("llama-13b", 40, 5120, 40, 32000, 4096, 13_015_864_320, None,
@@ -186,7 +247,8 @@ PRESETS: dict[str, ModelSpec] = {
 
 @dataclass
 class RoleMemory:
-    """Bytes per GPU of one role on each of the ``gpus`` GPUs that hold it."""
+    """Bytes per GPU of one role on each of the ``gpus`` GPUs that hold it (``n_params`` and
+    ``trainable_params`` count the whole model, before any sharding)."""
 
     role: str
     model: str
@@ -226,6 +288,11 @@ class MemoryBreakdown:
     frozen_gpus: int = 0
     activation_checkpointing: bool = False
     settings: dict = field(default_factory=dict)
+    accounting: str = "deepspeed"
+    tp: int = 1
+    pp: int = 1
+    method: str = "online"
+    generation_engine: bool = False
 
     def group_bytes(self) -> dict[str, float]:
         """Bytes per GPU in each group of GPUs (one group unless placement is "split")."""
@@ -266,25 +333,20 @@ class MemoryBreakdown:
         return d
 
 
-def model_states_bytes(n_params: float, largest_layer: float, zero_stage: int, n_gpus: int,
-                       offload: bool = False, precision: str = "mixed") -> dict[str, float]:
-    """Weights, gradients, optimizer states and master weights per GPU of one trained model
-    sharded by ZeRO over ``n_gpus`` (see the module docstring), plus ``"cpu"`` if offloaded."""
-    _check_numbers(params=n_params, largest_layer=largest_layer, zero_stage=zero_stage,
-                   n_gpus=n_gpus, offload=offload)
-    _one_of("zero_stage", zero_stage, (0, 1, 2, 3))
-    _one_of("precision", precision, tuple(_BYTES))
-    if offload and zero_stage == 0:
-        raise ValueError("offload needs zero_stage >= 1, got 0")
+# ---------------------------------------------------------------- model states: three accountings
+
+
+def _deepspeed_states(p: float, L: float, zero_stage: int, n: int, offload: bool,
+                      precision: str) -> dict[str, float]:
+    """DeepSpeed's estimators (see the module docstring); ``L`` the largest layer's params."""
     w, g, m, a = _BYTES[precision]
-    p, L, n = n_params, largest_layer, n_gpus
     fp32_grads = 4 if m else 0  # mixed precision: the optimizer's fp32 gradient partition
     shard = n if zero_stage else 1
     out = {"master_weights": m * p / shard, "optimizer_states": a * p / shard}
     if zero_stage < 3:
         out["weights"] = w * p
         out["gradients"] = g * p + (fp32_grads * p / n if zero_stage == 2 else 0)
-    else:  # everything sharded; one layer's weights and grads gathered at a time
+    else:  # everything sharded; the largest layer's weights and grads gathered whole
         out["weights"] = w * p / n + w * L
         out["gradients"] = (fp32_grads or g) * p / n + g * L
     out["cpu"] = 0.0
@@ -295,48 +357,224 @@ def model_states_bytes(n_params: float, largest_layer: float, zero_stage: int, n
     return out
 
 
-def _frozen_bytes(n_params: float, largest_layer: float, zero_stage: int, n: int, w: int) -> float:
+def _paper_states(p: float, zero_stage: int, n: int, offload: bool,
+                  precision: str) -> dict[str, float]:
+    """The ZeRO paper: stage s >= 1 divides the optimizer (K = 12 with master weights), s >= 2
+    also the gradients, s = 3 also the weights, by N; no buffers. Offload: ZeRO-Offload."""
+    w, g, m, a = _BYTES[precision]
+
+    def part(bytes_per_param: int, from_stage: int) -> float:
+        return bytes_per_param * p / (n if zero_stage >= from_stage else 1)
+
+    out = {"weights": part(w, 3), "gradients": part(g, 2), "master_weights": part(m, 1),
+           "optimizer_states": part(a, 1), "cpu": 0.0}
+    if offload:  # gradients stream to the CPU, which updates its partition of the fp32 state
+        out["cpu"] = (g + m + a) * p / n
+        out["gradients"] = out["master_weights"] = out["optimizer_states"] = 0.0
+    return out
+
+
+def _fsdp2_states(p: float, unit: float, zero_stage: int, n: int, offload: bool,
+                  precision: str) -> dict[str, float]:
+    """FSDP2 ``fully_shard``: fp32 sharded parameters, gradients and AdamW states (16Ψ/N, the
+    parameters are their own master copy), plus the gathered copies in the compute dtype: one
+    ``unit`` (a block) of weights and unsharded grads at stage 3, the whole model's weights
+    between forward and backward at stage 2 (``reshard_after_forward=False``)."""
+    if zero_stage == 1:
+        raise ValueError("accounting='fsdp2' has no ZeRO-1 (fully_shard shards parameters, "
+                         "gradients and optimizer states together): use zero_stage 0, 2 "
+                         "(reshard_after_forward=False) or 3, got 1")
+    w = _BYTES[precision][0]  # the compute dtype of the gathered copies (param_dtype)
+    if zero_stage == 0:  # no fully_shard: an fp32 model under autocast, on every GPU
+        return {"weights": 4 * p, "gradients": 4 * p, "master_weights": 0.0,
+                "optimizer_states": 8 * p, "cpu": 0.0}
+    gathered = w * unit if zero_stage == 3 else w * p
+    out = {"weights": 4 * p / n + gathered, "gradients": 4 * p / n + w * unit,
+           "master_weights": 0.0, "optimizer_states": 8 * p / n, "cpu": 0.0}
+    if offload:  # CPUOffloadPolicy: the sharded fp32 state lives on the host
+        out.update(weights=gathered, gradients=w * unit, optimizer_states=0.0,
+                   cpu=16 * p / n)
+    return out
+
+
+def model_states_bytes(n_params: float, largest_layer: float, zero_stage: int, n_gpus: int,
+                       offload: bool = False, precision: str = "mixed",
+                       accounting: str = "deepspeed") -> dict[str, float]:
+    """Weights, gradients, optimizer states and master weights per GPU of one trained model
+    sharded by ZeRO over ``n_gpus``, plus ``"cpu"`` (offloaded bytes per GPU), in the given
+    ``accounting`` (see the module docstring). ``largest_layer`` is what stage 3 gathers at
+    once: DeepSpeed's largest layer, FSDP2's ``fully_shard`` unit (a block); "paper" ignores it.
+    """
+    _check_numbers(params=n_params, largest_layer=largest_layer, zero_stage=zero_stage,
+                   n_gpus=n_gpus, offload=offload)
+    _one_of("zero_stage", zero_stage, (0, 1, 2, 3))
+    _one_of("precision", precision, tuple(_BYTES))
+    _one_of("accounting", accounting, ACCOUNTINGS)
+    if offload and zero_stage == 0:
+        raise ValueError("offload needs zero_stage >= 1, got 0")
+    return _model_states(n_params, largest_layer, zero_stage, n_gpus, offload, precision,
+                         accounting)
+
+
+def _model_states(n_params: float, largest_layer: float, zero_stage: int, n_gpus: int,
+                  offload: bool, precision: str, accounting: str) -> dict[str, float]:
+    """:func:`model_states_bytes` without the checks (its caller has made them)."""
+    if accounting == "paper":
+        return _paper_states(n_params, zero_stage, n_gpus, offload, precision)
+    if accounting == "fsdp2":
+        return _fsdp2_states(n_params, largest_layer, zero_stage, n_gpus, offload, precision)
+    return _deepspeed_states(n_params, largest_layer, zero_stage, n_gpus, offload, precision)
+
+
+def fsdp2_chunk_rows(dim0: int, world: int, rank: int) -> int:
+    """Rows of a dimension-0 size ``dim0`` that rank ``rank`` of ``world`` holds under FSDP2's
+    ``Shard(0)``: ``torch.chunk`` gives every rank ceil(dim0 / world) rows until they run out,
+    so the last ranks may get fewer, or none (5 rows over 4 ranks: 2, 2, 1, 0)."""
+    check_int("dim0", dim0, minimum=1)
+    check_int("world", world, minimum=1)
+    check_int("rank", rank, minimum=0, maximum=world - 1)
+    per_rank = -(-dim0 // world)  # ceil
+    return max(0, min(per_rank, dim0 - rank * per_rank))
+
+
+def fsdp2_local_bytes(shapes: list[tuple[int, ...]], world: int, rank: int, *,
+                      param_bytes: int = 4, grad_bytes: int = 4, adam_bytes: int = 8,
+                      padded: bool = False) -> dict[str, int]:
+    """Exact bytes of one rank's shards of parameters with the given ``shapes`` (each a tuple
+    ``(d0, d1, ...)``, d0 >= 1) under FSDP2 ``fully_shard`` over ``world`` ranks: what
+    ``DTensor.to_local()`` of each parameter, of its ``.grad`` and of AdamW's ``exp_avg`` and
+    ``exp_avg_sq`` holds on ``rank`` (AdamW's 0-d ``step`` counters are not counted).
+
+    Each parameter is split along dim 0 as ``torch.chunk`` splits it (see
+    :func:`fsdp2_chunk_rows`). ``padded=True`` counts the storage FSDP2 allocates for
+    parameters and gradients instead: every rank's shard padded to ceil(d0 / world) rows (the
+    shard and its gradient are views into it); AdamW's states follow the unpadded shard either
+    way. Returns ``{"weights", "gradients", "optimizer_states", "numel"}`` (numel unpadded).
+    """
+    check_int("world", world, minimum=1)
+    check_int("rank", rank, minimum=0, maximum=world - 1)
+    for name, value in (("param_bytes", param_bytes), ("grad_bytes", grad_bytes),
+                        ("adam_bytes", adam_bytes)):
+        check_int(name, value, minimum=0)
+    check_bool("padded", padded)
+    if not isinstance(shapes, (list, tuple)):
+        raise ValueError(f"shapes must be a list of shape tuples, got {type(shapes).__name__}")
+    numel = storage = 0
+    for i, shape in enumerate(shapes):
+        if not isinstance(shape, (tuple, list)) or not shape or any(
+                isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+            raise ValueError(f"shapes[{i}] must be a non-empty tuple of positive ints (FSDP2 "
+                             f"cannot shard a 0-d parameter on dim 0), got {shown(shape)}")
+        row = math.prod(shape[1:])
+        numel += fsdp2_chunk_rows(shape[0], world, rank) * row
+        storage += -(-shape[0] // world) * row
+    held = storage if padded else numel
+    return {"weights": param_bytes * held, "gradients": grad_bytes * held,
+            "optimizer_states": adam_bytes * numel, "numel": numel}
+
+
+def _frozen_bytes(n_params: float, gathered: float, zero_stage: int, n: int, w: int) -> float:
+    """A frozen model's weights per GPU: whole, or sharded under ZeRO-3 with ``gathered``
+    params (a layer or block; 0 in the paper's count) gathered at a time."""
     if zero_stage < 3 or n_params == 0:
         return w * n_params
-    return w * n_params / n + w * largest_layer  # sharded, one layer gathered at a time
+    return w * n_params / n + w * gathered
 
 
 def _activations(spec: ModelSpec, seq: int, micro_batch: int, checkpointing: bool,
-                 dtype_bytes: int, layers: int) -> float:
+                 dtype_bytes: int, layers: float, tp: int = 1,
+                 sequence_parallel: bool = False) -> float:
+    """Activation bytes of ``layers`` layers (Korthikanti et al. 2022, table 2)."""
     s, b, h, a = seq, micro_batch, spec.n_embd, spec.n_head
-    per_layer = 2 * s * b * h if checkpointing else s * b * h * (34 + 5 * a * s / h)
+    split = tp if sequence_parallel else 1  # what tensor parallelism leaves whole, SP splits
+    if checkpointing:
+        per_layer = 2 * s * b * h / split
+    else:
+        attention = 5 * a * s / h / tp  # scores and softmax: heads are split over tp
+        per_layer = s * b * h * (10 / split + 24 / tp + attention)
     return per_layer * layers * dtype_bytes / 2  # Korthikanti et al. count 16-bit activations
+
+
+def _kv_bytes(spec: ModelSpec, seq: int, batch: int, dtype_bytes: int, tp: int, pp: int) -> float:
+    """K and V of every layer of one pipeline stage for ``batch`` sequences of ``seq`` tokens,
+    with the kv heads split over tp (one per GPU when tp exceeds them)."""
+    head_dim = spec.n_embd // spec.n_head
+    kv_heads = -(-spec.n_kv_head // tp)
+    return 2 * (spec.n_layer // pp) * kv_heads * head_dim * seq * batch * dtype_bytes
 
 
 def _chapter(spec: ModelSpec) -> dict[str, RoleMemory]:
     n = spec.nominal_params or spec.n_params
-    roles = {r: RoleMemory(r, spec.name, n, 0, 1, "all", weights=2 * n) for r in ROLES}
+    roles = {r: RoleMemory(r, spec.name, n, 0, 1, "all", weights=2 * n) for r in ROLES[:4]}
     actor = roles["actor"]
     actor.trainable_params, actor.optimizer_states = n, 8 * n
     actor.activations = n * CHAPTER_ACTIVATIONS[0] // CHAPTER_ACTIVATIONS[1]
     return roles
 
 
+def _parallel_error(spec: ModelSpec, n_gpus: int, tp: int, pp: int, zero_stage: int,
+                    accounting: str) -> str | None:
+    """Why ``tp``/``pp`` cannot shard ``spec`` on ``n_gpus`` GPUs, or None."""
+    kv = spec.n_kv_head
+    if spec.n_head % tp:
+        return f"tp must divide n_head={spec.n_head} of {spec.name}, got {tp}"
+    if kv % tp and tp % kv:
+        return f"tp must divide n_kv_head={kv} of {spec.name} or be a multiple of it, got {tp}"
+    if spec.n_layer % pp:
+        return f"pp must divide n_layer={spec.n_layer} of {spec.name}, got {pp}"
+    if n_gpus % (tp * pp):
+        return f"tp x pp = {tp * pp} must divide n_gpus={n_gpus} (tp={tp}, pp={pp})"
+    if pp > 1 and zero_stage >= 2 and accounting == "deepspeed":
+        return (f"pp={pp} needs zero_stage <= 1 under accounting='deepspeed' (its pipeline "
+                f"engine shards only the optimizer), got zero_stage={zero_stage}")
+    return None
+
+
+def _stage_error(zero_stage: int, accounting: str) -> str | None:
+    if accounting == "fsdp2" and zero_stage == 1:
+        return ("accounting='fsdp2' has no ZeRO-1 (fully_shard shards parameters, gradients and "
+                "optimizer states together): use zero_stage 0, 2 (reshard_after_forward=False) "
+                "or 3, got 1")
+    return None
+
+
 def memory_breakdown(spec: ModelSpec, n_gpus: int = 1, zero_stage: int = 0, *,
                      assumptions: str = "precise", offload: bool = False,
-                     lora_fraction: float | None = None, critic: str = "separate",
+                     lora_fraction: float | None = None, critic: str | None = None,
                      placement: str = "colocate", frozen_gpus: int | None = None,
                      critic_spec: ModelSpec | None = None, reward_spec: ModelSpec | None = None,
                      batch: int = 8, micro_batch: int = 2, prompt_len: int | None = None,
                      response_len: int | None = None, activation_checkpointing: bool = False,
-                     precision: str = "mixed", dtype_bytes: int | None = None) -> MemoryBreakdown:
+                     precision: str = "mixed", dtype_bytes: int | None = None,
+                     accounting: str = "deepspeed", tp: int = 1, pp: int = 1,
+                     sequence_parallel: bool = False, method: str = "online",
+                     generation_engine: bool = False, rollout_batch: int | None = None,
+                     kv_dtype_bytes: int | None = None) -> MemoryBreakdown:
     """Memory of one RLHF step with actor ``spec`` (reference = a copy of it).
 
     ``batch`` rollouts per GPU are generated (KV cache); training and scoring run ``micro_batch``
     sequences of ``prompt_len + response_len`` tokens (None: min(256, block_size // 2) each).
     ``critic``: "separate" (its own model, ``critic_spec``, default the actor's shape plus a value
-    head), "shared" (the actor's backbone, a linear head extra) or "head" (an MLP head on the
-    actor's detached hidden states).
+    head), "shared" (the actor's backbone, a linear head extra), "head" (an MLP head on the
+    actor's detached hidden states) or "none" (GRPO, RLOO, REINFORCE++: three models); None is
+    "separate", or "none" for DPO. ``method="dpo"``: the actor (DPO's policy) and a frozen
+    reference only, ``micro_batch`` preference pairs (2 sequences each) per forward, nothing
+    generated.
     ``placement="split"`` puts reward and reference on ``frozen_gpus`` GPUs (None: the split
     that minimises per-GPU memory) and the trained models on the rest. ``dtype_bytes`` of
     activations and KV cache defaults to 2 (mixed) or 4 (fp32).
+    ``accounting``: "deepspeed", "paper" or "fsdp2" model states (the module docstring).
+    ``tp``, ``pp``: tensor- and pipeline-parallel degrees; the data-parallel degree that ZeRO
+    shards over is the GPUs of a group / (tp·pp). ``sequence_parallel`` splits the activations
+    tensor parallelism leaves whole. ``generation_engine=True`` adds a "generation" role (a
+    second copy of the actor's weights and a KV cache for ``rollout_batch`` sequences, default
+    ``batch``, of ``kv_dtype_bytes`` per element, default ``dtype_bytes``), placed with the
+    trained models.
     """
     _check_spec("spec", spec)
+    _one_of("method", method, METHODS)
+    if critic is None:
+        critic = "none" if method == "dpo" else "separate"
     prompt_len = min(256, spec.block_size // 2) if prompt_len is None else prompt_len
     response_len = min(256, spec.block_size // 2) if response_len is None else response_len
     args = dict(locals())
@@ -345,80 +583,128 @@ def memory_breakdown(spec: ModelSpec, n_gpus: int = 1, zero_stage: int = 0, *,
     _check_numbers(n_gpus=n_gpus, zero_stage=zero_stage, offload=offload,
                    lora_fraction=lora_fraction, frozen_gpus=frozen_gpus, batch=batch,
                    micro_batch=micro_batch, prompt_len=prompt_len, response_len=response_len,
-                   activation_checkpointing=activation_checkpointing, dtype_bytes=dtype_bytes)
+                   activation_checkpointing=activation_checkpointing, dtype_bytes=dtype_bytes,
+                   tp=tp, pp=pp, sequence_parallel=sequence_parallel,
+                   generation_engine=generation_engine, rollout_batch=rollout_batch,
+                   kv_dtype_bytes=kv_dtype_bytes)
     _one_of("assumptions", assumptions, ("precise", "chapter"))
     _one_of("zero_stage", zero_stage, (0, 1, 2, 3))
-    _one_of("critic", critic, CRITIC_MODES)
+    _one_of("critic", critic, CRITICS)
     _one_of("placement", placement, PLACEMENTS)
     _one_of("precision", precision, tuple(_BYTES))
+    _one_of("accounting", accounting, ACCOUNTINGS)
     if prompt_len + response_len > spec.block_size:
         raise ValueError(f"prompt_len + response_len must be <= block_size={spec.block_size}, "
                          f"got {prompt_len + response_len}")
     if assumptions == "chapter":
         seed = dict(n_gpus=1, zero_stage=0, offload=False, critic="separate", lora_fraction=None,
-                    placement="colocate", critic_spec=None, reward_spec=None, precision="mixed")
+                    placement="colocate", critic_spec=None, reward_spec=None, precision="mixed",
+                    accounting="deepspeed", tp=1, pp=1, sequence_parallel=False, method="online",
+                    generation_engine=False)
         for k, v in seed.items():
             if args[k] != v:
                 raise ValueError(f"assumptions='chapter' is the chapter's single-GPU table; "
                                  f"{k} must be {v!r}, got {args[k]!r}")
         return MemoryBreakdown(_chapter(spec), "chapter", 1)
+    if method == "dpo":
+        for name, value, want in (("critic", critic, "none"), ("reward_spec", reward_spec, None),
+                                  ("generation_engine", generation_engine, False)):
+            if value != want:
+                raise ValueError(f"method='dpo' trains a policy against a frozen reference "
+                                 f"only; {name} must be {want!r}, got {shown(value)}")
+    if critic != "separate" and critic_spec is not None:
+        raise ValueError(f"critic_spec needs critic='separate', got critic={critic!r}")
+    if offload and zero_stage == 0:
+        raise ValueError("offload needs zero_stage >= 1, got 0")
+    error = _stage_error(zero_stage, accounting)
+    for s in (spec, critic_spec, reward_spec):
+        error = error or (s and _parallel_error(s, n_gpus, tp, pp, zero_stage, accounting))
+    if error:
+        raise ValueError(error)
+    mp = tp * pp  # GPUs that share one copy of a model (model parallel)
     if frozen_gpus is not None and placement != "split":
         raise ValueError(f"frozen_gpus needs placement='split', got placement={placement!r}")
     if placement == "split":
-        if n_gpus < 2:
-            raise ValueError(f"placement='split' needs n_gpus >= 2, got {n_gpus}")
+        if n_gpus < 2 * mp:
+            raise ValueError(f"placement='split' needs n_gpus >= {2 * mp}"
+                             f"{' (2 x tp x pp)' if mp > 1 else ''}, got {n_gpus}")
         if frozen_gpus is None:  # the split that balances the two groups best
-            return _best_split(lambda k: memory_breakdown(**{**args, "frozen_gpus": k}), n_gpus)
+            return _best_split(lambda j: memory_breakdown(**{**args, "frozen_gpus": j * mp}),
+                               n_gpus // mp)
         if not 0 < frozen_gpus < n_gpus:
             raise ValueError(f"frozen_gpus must be in 1..{n_gpus - 1}, got {frozen_gpus}")
-    if critic != "separate" and critic_spec is not None:
-        raise ValueError(f"critic_spec needs critic='separate', got critic={critic!r}")
+        if frozen_gpus % mp:
+            raise ValueError(f"frozen_gpus must be a multiple of tp x pp = {mp}, "
+                             f"got {frozen_gpus}")
     if dtype_bytes is None:
         dtype_bytes = 2 if precision == "mixed" else 4
+    rollout_batch = batch if rollout_batch is None else rollout_batch
+    kv_dtype_bytes = dtype_bytes if kv_dtype_bytes is None else kv_dtype_bytes
 
     k = frozen_gpus if placement == "split" else 0
     n_train, n_frozen = n_gpus - k, k or n_gpus
     group_t, group_f = ("trained", "frozen") if k else ("all", "all")
     seq = prompt_len + response_len
+    rows = micro_batch * (2 if method == "dpo" else 1)  # sequences per forward
+    in_flight = min(pp, -(-batch // micro_batch))  # 1F1B: micro-batches on the first stage
     w_frozen = _BYTES[precision][0]
+
+    def gathered(s: ModelSpec) -> float:
+        """Params of ``s`` that ZeRO-3 gathers at once on one GPU (split over tp)."""
+        if accounting == "paper":
+            return 0.0
+        return (s.block_params if accounting == "fsdp2" else s.largest_layer) / tp
 
     def trained(role: str, s: ModelSpec, lora: float | None, head: int = 0) -> RoleMemory:
         """A trained model ``s`` (with LoRA: a frozen base plus ``lora``·Ψ adapters), or, with
         ``head`` > 0, only a head of that many parameters on the actor's hidden states."""
         n_base = s.n_params if lora else 0
         n_trained = head or (round(lora * s.n_params) if lora else s.n_params)
-        largest = head or (lora * s.largest_layer if lora else s.largest_layer)
-        states = model_states_bytes(n_trained, largest, zero_stage, n_train, offload, precision)
-        states["weights"] += _frozen_bytes(n_base, s.largest_layer, zero_stage, n_train, w_frozen)
-        act = _activations(s, seq, micro_batch, activation_checkpointing, dtype_bytes,
-                           0 if head else s.n_layer)
+        per_gpu = head or n_trained / mp
+        unit = head or gathered(s) * (lora or 1)
+        states = _model_states(per_gpu, unit, zero_stage, n_train // mp, offload, precision,
+                               accounting)
+        states["weights"] += _frozen_bytes(n_base / mp, gathered(s), zero_stage, n_train // mp,
+                                           w_frozen)
+        layers = 0 if head else s.n_layer // pp * in_flight
+        act = _activations(s, seq, rows, activation_checkpointing, dtype_bytes, layers, tp,
+                           sequence_parallel)
         return RoleMemory(role, s.name if not head else f"{critic} head", n_base + n_trained,
                           n_trained, n_train, group_t, activations=act, **states)
 
     def frozen(role: str, s: ModelSpec) -> RoleMemory:
-        act = _activations(s, seq, micro_batch, False, dtype_bytes, 1)  # one layer at a time
+        act = _activations(s, seq, rows, False, dtype_bytes, 1, tp, sequence_parallel)
         return RoleMemory(role, s.name, s.n_params, 0, n_frozen, group_f, activations=act,
-                          weights=_frozen_bytes(s.n_params, s.largest_layer, zero_stage,
-                                                n_frozen, w_frozen))
+                          weights=_frozen_bytes(s.n_params / mp, gathered(s), zero_stage,
+                                                n_frozen // mp, w_frozen))
 
     C = spec.n_embd
     roles = {"actor": trained("actor", spec, lora_fraction)}
     if critic == "separate":
-        roles["critic"] = trained("critic", critic_spec or spec.with_head(), lora_fraction)
-    else:  # a linear head ("shared") or a C→C→1 MLP ("head"), trained in full
+        roles["critic"] = trained("critic", critic_spec or _with_head(spec), lora_fraction)
+    elif critic != "none":  # a linear head ("shared") or a C→C→1 MLP ("head"), trained in full
         roles["critic"] = trained("critic", spec, None, C + 1 if critic == "shared"
                                   else C * C + 2 * C + 1)
-    roles["reward"] = frozen("reward", reward_spec or spec.with_head())
+    if method == "online":
+        roles["reward"] = frozen("reward", reward_spec or _with_head(spec))
     roles["reference"] = frozen("reference", spec)
 
-    kv_hidden = C * spec.n_kv_head // spec.n_head
-    roles["actor"].kv_cache = 2 * spec.n_layer * kv_hidden * seq * batch * dtype_bytes
+    if generation_engine:  # a second copy of the actor, serving only, with its own KV cache
+        roles["generation"] = RoleMemory(
+            "generation", spec.name, spec.n_params, 0, n_train, group_t,
+            weights=w_frozen * spec.n_params / mp,
+            kv_cache=_kv_bytes(spec, seq, rollout_batch, kv_dtype_bytes, tp, pp))
+    elif method == "online":
+        roles["actor"].kv_cache = _kv_bytes(spec, seq, batch, dtype_bytes, tp, pp)
     for r in ("actor", "reference"):
-        roles[r].logits = micro_batch * seq * spec.vocab_size * 4  # fp32 log-softmax
+        roles[r].logits = rows * seq * -(-spec.vocab_size // tp) * 4  # fp32 log-softmax
     settings = dict(batch=batch, micro_batch=micro_batch, prompt_len=prompt_len,
-                    response_len=response_len, precision=precision, dtype_bytes=dtype_bytes)
+                    response_len=response_len, precision=precision, dtype_bytes=dtype_bytes,
+                    rollout_batch=rollout_batch, kv_dtype_bytes=kv_dtype_bytes,
+                    sequence_parallel=sequence_parallel)
     return MemoryBreakdown(roles, "precise", n_gpus, zero_stage, offload, lora_fraction, critic,
-                           placement, k, activation_checkpointing, settings)
+                           placement, k, activation_checkpointing, settings, accounting, tp, pp,
+                           method, generation_engine)
 
 
 def _best_split(breakdown, n_gpus: int) -> MemoryBreakdown:
@@ -457,50 +743,87 @@ def _best_split(breakdown, n_gpus: int) -> MemoryBreakdown:
     return breakdown(cross)
 
 
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+_WORKLOAD = ("batch", "micro_batch", "prompt_len", "response_len", "precision", "dtype_bytes",
+             "rollout_batch", "kv_dtype_bytes")
+
+
 def plan(spec: ModelSpec, n_gpus: int = 8, gpu_mem_gb: float = 80.0, *,
-         lora_fraction: float = 0.01, critic_modes: tuple[str, ...] = ("separate", "shared"),
+         lora_fraction: float = 0.01, critic_modes: tuple[str, ...] | None = None,
          critic_spec: ModelSpec | None = None, reward_spec: ModelSpec | None = None,
-         cpu_mem_gb: float | None = None, **workload: int | str) -> list[MemoryBreakdown]:
+         cpu_mem_gb: float | None = None, accounting: str = "deepspeed", tp: int | None = None,
+         pp: int | None = None, sequence_parallel: bool = False, method: str = "online",
+         generation_engine: bool = False, **workload: int | str) -> list[MemoryBreakdown]:
     """Every configuration whose busiest GPU needs at most ``gpu_mem_gb`` (1e9 bytes) and,
     if ``cpu_mem_gb`` is given, whose offloaded optimizer fits in that much host memory.
 
     Enumerates ZeRO stage 0-3, optimizer offload (stage >= 1), full fine-tuning or LoRA with
-    ``lora_fraction``, the ``critic_modes`` (default without "head", which trains a C×C MLP
-    where "shared" trains a C-vector), colocated or split placement, and activation
-    checkpointing. ``workload`` (batch, micro_batch, prompt_len, response_len, precision,
-    dtype_bytes) goes to :func:`memory_breakdown`.
-    Sorted fewest compromises first: full fine-tuning, a separate critic, no offload, a lower
-    ZeRO stage (less communication), no recomputation, colocation; then by per-GPU memory.
+    ``lora_fraction``, the ``critic_modes`` (default "separate" and "shared": "head" trains a C×C
+    MLP where "shared" trains a C-vector; ``("none",)`` plans a critic-free method; DPO has no
+    critic), colocated or split placement, activation checkpointing, and the tensor- and
+    pipeline-parallel degrees ``tp`` and ``pp`` (None: every degree that divides ``n_gpus`` and
+    the model's heads or layers, tp at most 8, one node; an int: only that degree).
+    ``accounting``, ``sequence_parallel``, ``method``, ``generation_engine`` and ``workload``
+    (batch, micro_batch, prompt_len, response_len, precision, dtype_bytes, rollout_batch,
+    kv_dtype_bytes) go to :func:`memory_breakdown` unchanged.
+    Sorted fewest compromises first: full fine-tuning, a separate critic, no offload, the least
+    model parallelism (tp·pp, then pipelines before tensor splits), a lower ZeRO stage (less
+    communication), no recomputation, colocation; then by per-GPU memory.
     """
     _check_spec("spec", spec)
     _check_numbers(n_gpus=n_gpus, gpu_mem_gb=gpu_mem_gb, cpu_mem_gb=cpu_mem_gb,
                    lora_fraction=lora_fraction)
     if lora_fraction is None:
         raise ValueError("lora_fraction must be a number in (0, 1], got None")
+    _one_of("method", method, METHODS)
+    _one_of("accounting", accounting, ACCOUNTINGS)
+    if critic_modes is None:
+        critic_modes = ("none",) if method == "dpo" else ("separate", "shared")
     if isinstance(critic_modes, str) or not isinstance(critic_modes, (tuple, list)) \
-            or not critic_modes or any(c not in CRITIC_MODES for c in critic_modes):
+            or not critic_modes or any(c not in CRITICS for c in critic_modes):
         raise ValueError(f"critic_modes must be a non-empty tuple of {', '.join(CRITIC_MODES)}, "
-                         f"got {shown(critic_modes)}")
-    unknown = sorted(set(workload) - {"batch", "micro_batch", "prompt_len", "response_len",
-                                      "precision", "dtype_bytes"})
+                         f"got {shown(critic_modes)} (or ('none',) for a critic-free method)")
+    if method == "dpo" and tuple(critic_modes) != ("none",):
+        raise ValueError(f"method='dpo' trains no critic: critic_modes must be ('none',) or "
+                         f"None, got {shown(critic_modes)}")
+    for name, value in (("tp", tp), ("pp", pp)):
+        check_int(name, value, minimum=1, none_ok=True)
+    unknown = sorted(set(workload) - set(_WORKLOAD))
     if unknown:
-        raise ValueError(f"unknown workload setting(s) {unknown}; expected batch, micro_batch, "
-                         "prompt_len, response_len, precision, dtype_bytes")
+        raise ValueError(f"unknown workload setting(s) {unknown}; expected "
+                         f"{', '.join(_WORKLOAD)}")
+    specs = [s for s in (spec, critic_spec, reward_spec) if s is not None]
+    if tp is not None or pp is not None:  # a degree that no ZeRO stage can use is refused
+        for s in specs:
+            error = _parallel_error(s, n_gpus, tp or 1, pp or 1, 0, accounting)
+            if error:
+                raise ValueError(error)
+    tps = [tp] if tp is not None else [t for t in _divisors(n_gpus) if t <= PLAN_MAX_TP]
+    pps = [pp] if pp is not None else _divisors(n_gpus)
     fits = []
-    for zero, offload, lora, critic, placement, ckpt in itertools.product(
+    for zero, offload, lora, critic, placement, ckpt, t, p in itertools.product(
             (0, 1, 2, 3), (False, True), (None, lora_fraction), critic_modes, PLACEMENTS,
-            (False, True)):
-        if (offload and zero == 0) or (placement == "split" and n_gpus < 2):
+            (False, True), tps, pps):
+        if (offload and zero == 0) or (placement == "split" and n_gpus < 2 * t * p) \
+                or _stage_error(zero, accounting) \
+                or any(_parallel_error(s, n_gpus, t, p, zero, accounting) for s in specs):
             continue
         bd = memory_breakdown(spec, n_gpus, zero, offload=offload, lora_fraction=lora,
                               critic=critic, placement=placement, reward_spec=reward_spec,
                               critic_spec=critic_spec if critic == "separate" else None,
-                              activation_checkpointing=ckpt, **workload)
+                              activation_checkpointing=ckpt, accounting=accounting, tp=t, pp=p,
+                              sequence_parallel=sequence_parallel, method=method,
+                              generation_engine=generation_engine, **workload)
         if bd.per_gpu_bytes <= gpu_mem_gb * GB and bd.cpu_bytes <= (cpu_mem_gb or math.inf) * GB:
             fits.append(bd)
-    return sorted(fits, key=lambda b: (b.lora_fraction is not None, CRITIC_MODES.index(b.critic),
-                                       b.offload, b.zero_stage, b.activation_checkpointing,
-                                       b.placement == "split", b.per_gpu_bytes))
+    return sorted(fits, key=lambda b: (b.lora_fraction is not None, CRITICS.index(b.critic),
+                                       b.offload, b.tp * b.pp, b.tp, b.zero_stage,
+                                       b.activation_checkpointing, b.placement == "split",
+                                       b.per_gpu_bytes))
 
 
 def parse_model(text: str) -> ModelSpec:
@@ -538,13 +861,14 @@ def format_breakdown(bd: MemoryBreakdown) -> str:
 def format_plan(rows: list[MemoryBreakdown], limit: int = 20) -> str:
     """The plan as a table, ``limit`` rows at most."""
     _check_numbers(limit=limit)
-    lines = [f"{'#':>3} {'ZeRO':>4} {'offload':>7} {'LoRA':>6} {'critic':>8} {'placement':>10} "
-             f"{'ckpt':>5} {'GB/GPU':>8} {'CPU GB':>8}"]
+    lines = [f"{'#':>3} {'ZeRO':>4} {'tp':>2} {'pp':>2} {'offload':>7} {'LoRA':>6} {'critic':>8} "
+             f"{'placement':>10} {'ckpt':>5} {'GB/GPU':>8} {'CPU GB':>8}"]
     for i, b in enumerate(rows[:limit], 1):
         place = b.placement + (f" {b.frozen_gpus}" if b.frozen_gpus else "")
         lora = f"{b.lora_fraction:g}" if b.lora_fraction else "-"
-        lines.append(f"{i:>3} {b.zero_stage:>4} {'yes' if b.offload else 'no':>7} {lora:>6} "
-                     f"{b.critic:>8} {place:>10} {'yes' if b.activation_checkpointing else 'no':>5}"
+        lines.append(f"{i:>3} {b.zero_stage:>4} {b.tp:>2} {b.pp:>2} "
+                     f"{'yes' if b.offload else 'no':>7} {lora:>6} {b.critic:>8} {place:>10} "
+                     f"{'yes' if b.activation_checkpointing else 'no':>5}"
                      f" {b.per_gpu_gb:>8.2f} {b.cpu_bytes / GB:>8.1f}")
     if len(rows) > limit:
         lines.append(f"... and {len(rows) - limit} more")
@@ -563,13 +887,39 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
         help="host memory for offload in GB: a limit of --plan; without --plan, say whether "
              "the offloaded optimizer fits in it")
     add("--zero", type=int, choices=(0, 1, 2, 3), default=0, help="ZeRO stage")
+    add("--accounting", choices=ACCOUNTINGS, default="deepspeed",
+        help="how ZeRO's model states are counted: deepspeed (its estimators, with their "
+             "buffers), paper (the ZeRO paper, no buffers) or fsdp2 (PyTorch fully_shard)")
+    add("--tp", type=int, default=None,
+        help="tensor-parallel degree: must divide the model's heads, and tp x pp the GPUs "
+             "(default 1; with --plan, try every degree up to 8)")
+    add("--pp", type=int, default=None,
+        help="pipeline stages: must divide the model's layers, and tp x pp the GPUs (default 1; "
+             "with --plan, try every degree)")
+    add("--sequence-parallel", action="store_true",
+        help="split the activations tensor parallelism leaves whole (layer-norm inputs, "
+             "dropout masks) along the sequence")
     add("--lora", type=float, default=None, metavar="FRACTION", help="train this fraction (LoRA)")
     add("--offload", action="store_true", help="optimizer states on the CPU")
-    add("--critic", choices=CRITIC_MODES, default="separate", help="critic sharing")
+    add("--method", choices=METHODS, default="online",
+        help="online: generate, score, train (PPO, or GRPO/RLOO/REINFORCE++ with --critic none); "
+             "dpo: a policy and a frozen reference on preference pairs (two models)")
+    add("--critic", choices=CRITICS, default=None,
+        help="separate, shared (a linear head on the actor's backbone), head (an MLP on its "
+             "hidden states), or none (GRPO, RLOO, REINFORCE++: three models; also with "
+             "--plan); default separate, none for dpo")
     add("--placement", choices=PLACEMENTS, default="colocate", help="where the models live")
     add("--frozen-gpus", type=int, default=None, help="GPUs for reward+reference (split)")
+    add("--generation-engine", action="store_true",
+        help="generate with a separate engine (vLLM, SGLang): a second copy of the actor's "
+             "weights plus its KV cache")
+    add("--rollout-batch", type=int, default=None,
+        help="sequences the generation engine holds in its KV cache (default --batch)")
+    add("--kv-bytes", type=int, default=None,
+        help="bytes per KV-cache element of the generation engine (default 2, fp32: 4)")
     add("--batch", type=int, default=8, help="rollouts generated per GPU")
-    add("--micro-batch", type=int, default=2, help="sequences per training forward")
+    add("--micro-batch", type=int, default=2,
+        help="sequences (DPO: pairs) per training forward")
     add("--prompt-len", type=int, default=None, help="prompt tokens (min(256, ctx/2))")
     add("--response-len", type=int, default=None, help="response tokens (min(256, ctx/2))")
     add("--checkpointing", action="store_true", help="activation checkpointing")
@@ -577,11 +927,11 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     add("--json", action="store_true", help="print JSON")
     add("--plan", action="store_true",
         help="list the configurations that fit (it tries every ZeRO stage, offload, critic, "
-             "placement and checkpointing itself)")
+             "placement, checkpointing and, unless given, tp and pp itself)")
 
 
 # options that --plan enumerates itself, with their defaults: given with --plan, they are refused
-_PLAN_TRIES = {"zero": 0, "offload": False, "critic": "separate", "placement": "colocate",
+_PLAN_TRIES = {"zero": 0, "offload": False, "critic": None, "placement": "colocate",
                "frozen_gpus": None, "checkpointing": False, "chapter": False}
 
 
@@ -599,27 +949,44 @@ def _fit_lines(bd: MemoryBreakdown, gpu_mem: float | None, cpu_mem: float | None
     return lines
 
 
+def _describe(bd: MemoryBreakdown, name: str) -> str:
+    """One line naming what ``bd`` assumes."""
+    if bd.assumptions == "chapter":
+        return f"{name}, the chapter's assumptions, 1 GPU"
+    what = "DPO" if bd.method == "dpo" else f"critic {bd.critic}"
+    return (f"{name}, {bd.accounting} accounting, {bd.n_gpus} GPU(s), ZeRO-{bd.zero_stage}, "
+            f"tp {bd.tp}, pp {bd.pp}, {what}, {bd.placement}"
+            + (", generation engine" if bd.generation_engine else ""))
+
+
 def run_memory_cli(args: argparse.Namespace) -> int:
     """Print the breakdown (or the plan) the parsed ``args`` ask for; 2 on bad input.
 
     ``--gpu-mem``/``--cpu-mem`` are the limits of ``--plan``; without it they add a line that
     says whether the breakdown fits. Options ``--plan`` tries itself (``--zero``, ``--offload``,
-    ``--critic``, ``--placement``, ``--frozen-gpus``, ``--checkpointing``) and ``--chapter``
-    are refused with ``--plan`` rather than silently ignored.
+    ``--critic`` other than none, ``--placement``, ``--frozen-gpus``, ``--checkpointing``) and
+    ``--chapter`` are refused with ``--plan`` rather than silently ignored; ``--tp`` and
+    ``--pp`` fix the degree ``--plan`` would otherwise try.
     """
     workload = dict(batch=args.batch, micro_batch=args.micro_batch, prompt_len=args.prompt_len,
-                    response_len=args.response_len)
+                    response_len=args.response_len, rollout_batch=args.rollout_batch,
+                    kv_dtype_bytes=args.kv_bytes)
+    options = dict(accounting=args.accounting, sequence_parallel=args.sequence_parallel,
+                   method=args.method, generation_engine=args.generation_engine)
     try:
         _check_numbers(**{"--gpu-mem": args.gpu_mem, "--cpu-mem": args.cpu_mem})
         spec = parse_model(args.model)
         if args.plan:
-            given = [k for k, default in _PLAN_TRIES.items() if getattr(args, k) != default]
+            given = [k for k, default in _PLAN_TRIES.items() if getattr(args, k) != default
+                     and not (k == "critic" and args.critic == "none")]
             if given:
                 flags = ", ".join("--" + k.replace("_", "-") for k in given)
                 raise ValueError(f"{flags} cannot be used with --plan, which tries every "
                                  "setting itself; drop them or drop --plan")
             rows = plan(spec, args.gpus, 80.0 if args.gpu_mem is None else args.gpu_mem,
-                        cpu_mem_gb=args.cpu_mem, **workload,
+                        cpu_mem_gb=args.cpu_mem, tp=args.tp, pp=args.pp,
+                        critic_modes=("none",) if args.critic == "none" else None,
+                        **options, **workload,
                         **({"lora_fraction": args.lora} if args.lora is not None else {}))
         else:
             bd = memory_breakdown(spec, args.gpus, args.zero, offload=args.offload,
@@ -627,7 +994,8 @@ def run_memory_cli(args: argparse.Namespace) -> int:
                                   placement=args.placement, frozen_gpus=args.frozen_gpus,
                                   activation_checkpointing=args.checkpointing,
                                   assumptions="chapter" if args.chapter else "precise",
-                                  **workload)
+                                  tp=1 if args.tp is None else args.tp,
+                                  pp=1 if args.pp is None else args.pp, **options, **workload)
     except ValueError as e:
         print(f"rlhf-edu memory: error: {e}", file=sys.stderr)
         return 2
@@ -644,17 +1012,17 @@ def run_memory_cli(args: argparse.Namespace) -> int:
     elif args.plan:
         gpu_mem = 80.0 if args.gpu_mem is None else args.gpu_mem
         print(f"{spec.name} ({spec.n_params / 1e9:.2f}B params) on {args.gpus} x "
-              f"{gpu_mem:g} GB: {len(rows)} configurations fit")
+              f"{gpu_mem:g} GB, {args.accounting} accounting: {len(rows)} configurations fit")
         print(format_plan(rows))
     else:
-        print(f"{spec.name}, {bd.assumptions} accounting, {bd.n_gpus} GPU(s), ZeRO-{bd.zero_stage}"
-              f", critic {bd.critic}, {bd.placement}")
+        print(_describe(bd, spec.name))
         print(format_breakdown(bd))
         for line in _fit_lines(bd, args.gpu_mem, args.cpu_mem):
             print(line)
     return 0
 
 
-__all__ = ["GB", "ITEMS", "PRESETS", "ModelSpec", "RoleMemory", "MemoryBreakdown",
-           "model_states_bytes", "memory_breakdown", "plan", "parse_model", "format_breakdown",
-           "format_plan", "add_memory_arguments", "run_memory_cli"]
+__all__ = ["GB", "ITEMS", "ROLES", "CRITIC_MODES", "CRITICS", "METHODS", "ACCOUNTINGS",
+           "PRESETS", "ModelSpec", "RoleMemory", "MemoryBreakdown", "model_states_bytes",
+           "fsdp2_chunk_rows", "fsdp2_local_bytes", "memory_breakdown", "plan", "parse_model",
+           "format_breakdown", "format_plan", "add_memory_arguments", "run_memory_cli"]

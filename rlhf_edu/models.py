@@ -15,6 +15,10 @@ The critic comes in three modes (``critic_mode``):
 * ``"shared"``: one backbone, two heads; the value loss trains the actor's backbone too;
 * ``"head"``: a small value MLP on the actor's hidden states, detached, so only the head learns.
 
+``critic_mode="none"`` builds no critic at all: three models, for the critic-free advantage
+estimators (GRPO, Dr. GRPO, RLOO, REINFORCE++), whose baseline is the other responses to the
+same prompt (or the batch) rather than a learned value.
+
 Response positions follow the usual convention: for response token ``t`` (column ``P + t`` of
 the sequence) the logits and the value come from the hidden state at column ``P + t - 1``, the
 state in which that token was chosen.
@@ -44,6 +48,7 @@ from .validate import (
 )
 
 CRITIC_MODES = ("separate", "shared", "head")
+NO_CRITIC = "none"
 
 
 @dataclass
@@ -188,25 +193,35 @@ class RewardModel(nn.Module):
 
 @dataclass
 class Models:
+    """The models of one run; ``critic`` is None for the critic-free estimators."""
+
     actor: Actor
-    critic: Critic
+    critic: Critic | None
     reward: RewardModel
     reference: Reference
 
+    @property
+    def critic_mode(self) -> str:
+        """The critic's mode, or "none" without a critic."""
+        return self.critic.mode if self.critic is not None else NO_CRITIC
+
     def roles(self) -> dict[str, nn.Module]:
-        return {"actor": self.actor, "critic": self.critic, "reward": self.reward,
-                "reference": self.reference}
+        """The resident models by role (three without a critic)."""
+        roles = {"actor": self.actor, "critic": self.critic, "reward": self.reward,
+                 "reference": self.reference}
+        return {role: m for role, m in roles.items() if m is not None}
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Trained parameters per role; in "shared" mode the backbone counts as the actor's."""
-        return {"actor": [p for p in self.actor.parameters() if p.requires_grad],
-                "critic": [p for p in self.critic.parameters() if p.requires_grad]}
+        return {role: [p for p in m.parameters() if p.requires_grad]
+                for role, m in self.roles().items() if role in ("actor", "critic")}
 
 
-def _check_critic_mode(mode: object) -> None:
-    if not isinstance(mode, str) or mode not in CRITIC_MODES:
+def _check_critic_mode(mode: object, none_ok: bool = False) -> None:
+    modes = CRITIC_MODES + ((NO_CRITIC,) if none_ok else ())
+    if not isinstance(mode, str) or mode not in modes:
         raise ValueError(f"unknown critic mode {shown(mode)}; expected one of "
-                         f"{', '.join(CRITIC_MODES)}")
+                         f"{', '.join(modes)}")
 
 
 def weights_path(kind: str) -> Path:
@@ -240,11 +255,13 @@ def build_models(critic_mode: str = "separate", sft: GPT | None = None,
                  seed: int = 0) -> Models:
     """Actor and reference from the SFT model, the reward model, and a critic.
 
-    ``critic_init`` ("reward" or "sft") picks the critic's backbone in "separate" mode;
-    starting from the reward model, as InstructGPT did, gives values a head start. ``seed``
-    initialises the critic's new value head (the global random state is left as it was).
+    ``critic_mode`` "none" builds no critic (``Models.critic`` is None): nothing of it is
+    created or held in memory. ``critic_init`` ("reward" or "sft") picks the critic's backbone
+    in "separate" mode; starting from the reward model, as InstructGPT did, gives values a
+    head start. ``seed`` initialises the critic's new value head (the global random state is
+    left as it was).
     """
-    _check_critic_mode(critic_mode)
+    _check_critic_mode(critic_mode, none_ok=True)
     if critic_init not in ("reward", "sft"):
         raise ValueError(f"critic_init must be 'reward' or 'sft', got {shown(critic_init)}")
     check_seed("seed", seed)
@@ -262,6 +279,8 @@ def build_models(critic_mode: str = "separate", sft: GPT | None = None,
     actor = Actor(sft).train()
     reference = Reference(actor)
     reward.requires_grad_(False).eval()
+    if critic_mode == NO_CRITIC:
+        return Models(actor, None, reward, reference)
     body = copy.deepcopy(reward.gpt).requires_grad_(True) if critic_init == "reward" else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -272,7 +291,8 @@ def build_models(critic_mode: str = "separate", sft: GPT | None = None,
 
 
 def describe(models: Models) -> list[dict]:
-    """One row per role: its own parameters, the actor parameters it reads, whether it trains."""
+    """One row per resident role (three without a critic): its own parameters, the actor
+    parameters it reads, whether it trains."""
     n_actor = sum(p.numel() for p in models.actor.parameters())
     rows = []
     for role, module in models.roles().items():
@@ -287,4 +307,5 @@ def describe(models: Models) -> list[dict]:
 
 
 __all__ = ["Actor", "Critic", "RewardModel", "Reference", "Models", "PolicyOutput",
-           "build_models", "load_pretrained", "describe", "CRITIC_MODES", "GPTConfig"]
+           "build_models", "load_pretrained", "describe", "CRITIC_MODES", "NO_CRITIC",
+           "GPTConfig"]

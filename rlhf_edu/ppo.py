@@ -9,7 +9,9 @@ Step 6 of the RLHF flow (see DESIGN.md). With the probability ratio
 - loss we minimise                     policy_loss + c1 value_loss - c2 entropy = -L
 
 The expectations are masked means over every response token of the batch. The KL
-controllers set beta, the weight of the KL penalty in `rewards.compute_rewards`.
+controllers set beta, the weight of the KL penalty in `rewards.compute_rewards`, or, with
+GRPO's "KL in the loss", of `beta * E[k3(pi || pi_ref)]` added to the loss (`kl_loss`).
+Without a critic (GRPO, RLOO, REINFORCE++) there is no value loss.
 
 References:
 - Schulman, Wolski, Dhariwal, Radford, Klimov (2017), "Proximal Policy Optimization
@@ -18,6 +20,8 @@ References:
   https://arxiv.org/abs/1909.08593 (adaptive KL controller, sec. 2.2).
 - John Schulman (2020), "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html
   (the k3 estimator used for `approx_kl`).
+- Shao et al. (2024), "DeepSeekMath", https://arxiv.org/abs/2402.03300 (GRPO: the k3 KL to
+  the reference added to the loss, eq. 3-4).
 - CleanRL `ppo.py` and TRL's PPO trainer (value clipping, clipfrac), for the same
   conventions in code.
 """
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rlhf_edu.advantages import _masked_mean
+from rlhf_edu.rewards import _check_estimator, _kl
 from rlhf_edu.validate import (
     check_float,
     check_floating,
@@ -68,13 +73,15 @@ def ppo_losses(
     logprobs: Tensor,
     old_logprobs: Tensor,
     advantages: Tensor,
-    values: Tensor,
-    old_values: Tensor,
-    returns: Tensor,
+    values: Tensor | None,
+    old_values: Tensor | None,
+    returns: Tensor | None,
     mask: Tensor,
     clip: float = 0.2,
     vf_clip: float | None = 0.2,
     entropy: Tensor | None = None,
+    ref_logprobs: Tensor | None = None,
+    kl_estimator: str = "k3",
 ) -> dict[str, Tensor]:
     """PPO's clipped policy loss and clipped value loss, with diagnostics.
 
@@ -83,9 +90,11 @@ def ppo_losses(
             (differentiable).
         old_logprobs: `(B, T)` the same under the policy that sampled them (rollout time).
         advantages: `(B, T)` from `gae` (usually whitened).
-        values: `(B, T)` current critic values (differentiable).
-        old_values: `(B, T)` critic values at rollout time.
-        returns: `(B, T)` value targets from `gae`.
+        values: `(B, T)` current critic values (differentiable); None without a critic
+            (GRPO, RLOO, REINFORCE++): then `old_values` and `returns` are None too and
+            there is no value loss.
+        old_values: `(B, T)` critic values at rollout time, or None.
+        returns: `(B, T)` value targets from `gae`, or None.
         mask: `(B, T)`, 1 on response tokens. Whatever any input holds where it is 0 (NaN
             included) reaches neither the losses nor the gradients. Where it is 1, NaN or inf
             in the rollout's data (`old_logprobs`, `advantages`, `old_values`, `returns`) is
@@ -95,42 +104,59 @@ def ppo_losses(
         vf_clip: how far values may move from `old_values` before the clipped error takes
             over; None disables value clipping.
         entropy: optional `(B, T)` per-token entropy (see `entropy_from_logits`).
+        ref_logprobs: optional `(B, T)` reference log-probs of the sampled tokens: GRPO's
+            "KL in the loss". The current policy's per-token KL to the reference (estimator
+            `kl_estimator`, see `rewards.kl_penalty`; GRPO uses k3) is then returned as
+            `kl_loss`, differentiable, for `total_loss(..., kl_coef=beta)`.
+        kl_estimator: "k1", "k2" or "k3".
 
     Returns:
         A dict of scalar tensors:
         - `policy_loss`: masked mean of `max(-A r, -A clip(r, 1 - eps, 1 + eps))`, i.e. minus
           the clipped surrogate objective (differentiable).
         - `value_loss`: `0.5 *` masked mean of `max((v - R)^2, (v_clipped - R)^2)`
-          (differentiable).
+          (differentiable); only with a critic.
         - `entropy`: masked mean entropy, only if `entropy` was given (differentiable).
+        - `kl_loss`: masked mean of the per-token KL to the reference, only if
+          `ref_logprobs` was given (differentiable).
         - `clipfrac`: fraction of tokens whose clipped policy term is the active one.
-        - `vf_clipfrac`: the same for the value loss.
+        - `vf_clipfrac`: the same for the value loss; only with a critic.
         - `approx_kl`: masked mean of `(r - 1) - log r`, the k3 estimate of KL(old || new).
         Diagnostics (`clipfrac`, `vf_clipfrac`, `approx_kl`) are detached.
     """
     check_float("clip", clip, minimum=0, strict_min=True)
     check_float("vf_clip", vf_clip, minimum=0, strict_min=True, none_ok=True)
     check_floating("logprobs", logprobs)
+    critic = {"values": values, "old_values": old_values, "returns": returns}
+    given = [k for k, v in critic.items() if v is not None]
+    if given and len(given) < 3:
+        raise ValueError(f"values, old_values and returns go together (all tensors, or all "
+                         f"None without a critic); got tensors only for {', '.join(given)}")
+    if ref_logprobs is not None:
+        _check_estimator(kl_estimator)
+        if kl_estimator == "full":
+            raise ValueError("kl_estimator 'full' needs the logits; the KL in the loss uses "
+                             "k1, k2 or k3 of the sampled tokens")
     inputs = {"logprobs": logprobs, "old_logprobs": old_logprobs, "advantages": advantages,
-              "values": values, "old_values": old_values, "returns": returns}
-    if entropy is not None:
-        inputs["entropy"] = entropy
+              **{k: v for k, v in critic.items() if v is not None}}
+    for name, x in (("entropy", entropy), ("ref_logprobs", ref_logprobs)):
+        if x is not None:
+            inputs[name] = x
     for name, x in inputs.items():
         check_floating(name, x)
         check_same_shape(name, x, "logprobs", logprobs)
     # The rollout's data must be finite on response tokens; the current forward pass
     # (logprobs, values, entropy) is not read back: a NaN there is a diverged model, and it
     # shows in the loss, which the caller checks (the trainer, naming the step).
-    rollout = {k: inputs[k] for k in ("old_logprobs", "advantages", "old_values", "returns")}
+    rollout = {k: inputs[k] for k in ("old_logprobs", "advantages", "old_values", "returns",
+                                      "ref_logprobs") if k in inputs}
     m = check_mask(mask, logprobs, "logprobs", nonempty=True, finite=rollout,
                    what="; the PPO losses are undefined")
     # Padding is set to 0 before any arithmetic: whatever it held (NaN from a rollout's
     # padding, say) then reaches neither the losses nor, through exp and max, the gradients.
-    logprobs, old_logprobs, advantages, values, old_values, returns = (
-        torch.where(m, x, 0.0) for x in (logprobs, old_logprobs, advantages, values, old_values,
-                                         returns))
-    if entropy is not None:
-        entropy = torch.where(m, entropy, 0.0)
+    x = {k: torch.where(m, v, 0.0) for k, v in inputs.items()}
+    logprobs, old_logprobs, advantages = x["logprobs"], x["old_logprobs"], x["advantages"]
+    entropy = x.get("entropy")
 
     # Policy: the max of the two losses is the min of the two objectives (pessimistic bound).
     log_ratio = logprobs - old_logprobs
@@ -139,30 +165,40 @@ def ppo_losses(
     pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
     policy_loss = _masked_mean(torch.max(pg_losses, pg_losses_clipped), m)
 
-    # Value: clipping keeps the critic near its rollout-time predictions, as for the policy.
-    vf_losses = (values - returns) ** 2
-    if vf_clip is None:
-        value_loss = 0.5 * _masked_mean(vf_losses, m)
-        vf_clipfrac = torch.zeros((), dtype=values.dtype, device=values.device)
-    else:
-        values_clipped = old_values + torch.clamp(values - old_values, -vf_clip, vf_clip)
-        vf_losses_clipped = (values_clipped - returns) ** 2
-        value_loss = 0.5 * _masked_mean(torch.max(vf_losses, vf_losses_clipped), m)
-        vf_clipfrac = _masked_mean((vf_losses_clipped > vf_losses).to(values.dtype), m)
-
-    out = {"policy_loss": policy_loss, "value_loss": value_loss}
+    out = {"policy_loss": policy_loss}
+    if values is not None:
+        out["value_loss"], vf_clipfrac = _value_loss(x["values"], x["old_values"],
+                                                     x["returns"], m, vf_clip)
     if entropy is not None:
         out["entropy"] = _masked_mean(entropy, m)
+    if ref_logprobs is not None:  # GRPO: the KL to the reference in the loss, not the reward
+        out["kl_loss"] = _masked_mean(_kl(logprobs, x["ref_logprobs"], kl_estimator), m)
     with torch.no_grad():
         out["clipfrac"] = _masked_mean((pg_losses_clipped > pg_losses).to(ratio.dtype), m)
-        out["vf_clipfrac"] = vf_clipfrac.detach()
+        if values is not None:
+            out["vf_clipfrac"] = vf_clipfrac.detach()
         # k3 estimator (Schulman's blog): unbiased for KL(old || new) and never negative.
         out["approx_kl"] = _masked_mean((ratio - 1.0) - log_ratio, m)
     return out
 
 
-def total_loss(losses: dict[str, Tensor], vf_coef: float = 0.1, ent_coef: float = 0.0) -> Tensor:
-    """The scalar loss to minimise: `policy_loss + c1 * value_loss - c2 * entropy`.
+def _value_loss(values: Tensor, old_values: Tensor, returns: Tensor, m: Tensor,
+                vf_clip: float | None) -> tuple[Tensor, Tensor]:
+    """The clipped value loss and its clip fraction, on inputs zeroed on padding."""
+    # Clipping keeps the critic near its rollout-time predictions, as for the policy.
+    vf_losses = (values - returns) ** 2
+    if vf_clip is None:
+        return 0.5 * _masked_mean(vf_losses, m), torch.zeros((), dtype=values.dtype,
+                                                              device=values.device)
+    values_clipped = old_values + torch.clamp(values - old_values, -vf_clip, vf_clip)
+    vf_losses_clipped = (values_clipped - returns) ** 2
+    value_loss = 0.5 * _masked_mean(torch.max(vf_losses, vf_losses_clipped), m)
+    return value_loss, _masked_mean((vf_losses_clipped > vf_losses).to(values.dtype), m)
+
+
+def total_loss(losses: dict[str, Tensor], vf_coef: float = 0.1, ent_coef: float = 0.0,
+               kl_coef: float = 0.0) -> Tensor:
+    """The scalar loss to minimise: `policy_loss + c1 * value_loss - c2 * entropy + beta * KL`.
 
     Sign convention: the chapter (and PPO eq. 9) writes the objective to MAXIMISE as
     `L = L_clip - c1 * L_VF + c2 * Entropy`, where `L_clip` is the clipped surrogate
@@ -173,27 +209,35 @@ def total_loss(losses: dict[str, Tensor], vf_coef: float = 0.1, ent_coef: float 
         losses: the dict from `ppo_losses` (floating-point tensors). Their values are not
             read back (no host synchronisation): a NaN loss means training diverged, and
             the caller checks the loss it is about to step on.
-        vf_coef: c1 >= 0 (TRL's default 0.1).
+        vf_coef: c1 >= 0 (TRL's default 0.1); needs `losses["value_loss"]` when nonzero
+            (a run without a critic passes 0).
         ent_coef: c2 >= 0; needs `losses["entropy"]` when nonzero.
+        kl_coef: beta >= 0 of the KL in the loss (GRPO); needs `losses["kl_loss"]` when
+            nonzero. The term added is exactly `kl_coef * losses["kl_loss"]`.
     """
     check_float("vf_coef", vf_coef, minimum=0)
     check_float("ent_coef", ent_coef, minimum=0)
+    check_float("kl_coef", kl_coef, minimum=0)
     if not isinstance(losses, Mapping):
         raise ValueError(f"losses must be the dict from ppo_losses, got {type(losses).__name__}")
-    needed = ["policy_loss", "value_loss"] + (["entropy"] if ent_coef != 0 else [])
+    terms = {"value_loss": vf_coef, "entropy": -ent_coef, "kl_loss": kl_coef}
+    needed = ["policy_loss"] + [k for k, c in terms.items() if c != 0]
     for key in needed:
         if key not in losses:
             if key == "entropy":
                 raise ValueError(f"ent_coef is {ent_coef} but losses has no 'entropy'; "
                                  "pass entropy= to ppo_losses")
+            if key == "kl_loss":
+                raise ValueError(f"kl_coef is {kl_coef} but losses has no 'kl_loss'; "
+                                 "pass ref_logprobs= to ppo_losses")
             raise ValueError(f"losses has no {key!r}; expected the dict from ppo_losses "
                              f"(keys {', '.join(map(repr, needed))}), got keys "
                              f"{shown(list(losses))}")
     for key in needed:
         check_floating(f"losses[{key!r}]", losses[key])
-    loss = losses["policy_loss"] + vf_coef * losses["value_loss"]
-    if ent_coef != 0:
-        loss = loss - ent_coef * losses["entropy"]
+    loss = losses["policy_loss"]
+    for key in needed[1:]:
+        loss = loss + terms[key] * losses[key]
     return loss
 
 

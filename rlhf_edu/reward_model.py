@@ -9,13 +9,19 @@ The reward model is the SFT GPT with a scalar head, trained on
 It only ever sees what the SFT model writes, which is nearly always well-formed: it learns to
 count positive words, and nothing stops it from loving ``the food was great great great !``.
 That blind spot is the reward hack that the KL penalty has to hold back.
+
+Measuring a reward model: :func:`pairwise_accuracy` against the gold order or the labels,
+:func:`label_noise` (its complement is the ceiling against the labels), a
+:class:`TrainingCurve` recorded through ``train_reward_model(callback=...)``, and the
+calibration of ``sigmoid(r_a - r_b)`` (:func:`reliability_bins`, :func:`calibration_bins`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
@@ -27,10 +33,13 @@ from .pretrain import encode_texts, pad_right
 from .task import Tokenizer, gold_score, sample_prompts
 from .validate import (
     check_bool,
+    check_choice,
     check_finite,
     check_float,
+    check_floating,
     check_instance,
     check_int,
+    check_same_shape,
     check_seed,
     derived_seed,
 )
@@ -124,19 +133,53 @@ def make_preference_pairs(sft: GPT, n_pairs: int, seed: int = 0, sharpness: floa
                            list(zip(chosen, rejected)))
 
 
-@torch.no_grad()
-def pairwise_accuracy(rm: RewardModel, pairs: PreferencePairs) -> float:
-    """Fraction of pairs with different gold scores that the RM orders like the gold score."""
-    check_instance("rm", rm, RewardModel)
+def label_noise(pairs: PreferencePairs) -> float:
+    """Share of the pairs with different gold scores whose label prefers the lower gold score.
+
+    ``1 - label_noise(pairs)`` is the label accuracy of the gold score itself: the ceiling for
+    any reward model measured against these noisy labels."""
     check_instance("pairs", pairs, PreferencePairs)
-    rm.eval()
+    differ = _differing_gold(pairs)
+    return (pairs.gold_chosen < pairs.gold_rejected)[differ].float().mean().item()
+
+
+def _differing_gold(pairs: PreferencePairs) -> torch.Tensor:
+    """``(N,)`` bool: the pairs whose two responses have different gold scores (at least one)."""
     differ = pairs.gold_chosen != pairs.gold_rejected
     if not differ.any():
         raise ValueError("no pair has different gold scores; accuracy is undefined")
-    rc = rm.raw(pairs.chosen, pairs.chosen_valid)
-    rr = rm.raw(pairs.rejected, pairs.rejected_valid)
-    agree = (rc > rr) == (pairs.gold_chosen > pairs.gold_rejected)
+    return differ
+
+
+@torch.no_grad()
+def pair_scores(rm: RewardModel, pairs: PreferencePairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw (un-normalised) scores ``(N,)`` of the chosen and of the rejected responses; leaves
+    ``rm`` in eval mode."""
+    check_instance("rm", rm, RewardModel)
+    check_instance("pairs", pairs, PreferencePairs)
+    rm.eval()
+    return (rm.raw(pairs.chosen, pairs.chosen_valid),
+            rm.raw(pairs.rejected, pairs.rejected_valid))
+
+
+def _accuracy(rc: torch.Tensor, rr: torch.Tensor, pairs: PreferencePairs, against: str,
+              differ: torch.Tensor) -> float:
+    if against == "gold":
+        agree = (rc > rr) == (pairs.gold_chosen > pairs.gold_rejected)
+    else:  # the label: chosen must score strictly higher (a tie has told them apart no better)
+        agree = rc > rr
     return agree[differ].float().mean().item()
+
+
+@torch.no_grad()
+def pairwise_accuracy(rm: RewardModel, pairs: PreferencePairs, against: str = "gold") -> float:
+    """Fraction of pairs with different gold scores that the RM orders like the gold score
+    (``against="gold"``), or like the noisy label, chosen above rejected (``"labels"``)."""
+    check_instance("rm", rm, RewardModel)
+    check_instance("pairs", pairs, PreferencePairs)
+    check_choice("against", against, ("gold", "labels"))
+    differ = _differing_gold(pairs)
+    return _accuracy(*pair_scores(rm, pairs), pairs, against, differ)
 
 
 @torch.no_grad()
@@ -153,9 +196,18 @@ def normalise(rm: RewardModel, sft: GPT, n: int = 1000, seed: int = 0) -> None:
     rm.std.fill_(raw.std().clamp(min=1e-6))
 
 
+StepCallback = Callable[[int, float, RewardModel], None]
+
+
 def train_reward_model(sft: GPT, pairs: PreferencePairs, epochs: int = 2, batch_size: int = 32,
-                       lr: float = 3e-4, seed: int = 0, progress: bool = True) -> RewardModel:
-    """A :class:`RewardModel` initialised from ``sft`` and trained on ``pairs``; z-normalised."""
+                       lr: float = 3e-4, seed: int = 0, progress: bool = True,
+                       callback: StepCallback | None = None) -> RewardModel:
+    """A :class:`RewardModel` initialised from ``sft`` and trained on ``pairs``; z-normalised.
+
+    ``callback(step, loss, rm)``, if given, runs after every optimiser step (``step`` counts
+    from 1, ``loss`` is that batch's mean loss); ``rm`` is put back in train mode after it, so a
+    callback may evaluate the model (e.g. a :class:`TrainingCurve`).
+    """
     check_int("epochs", epochs, minimum=1)
     check_int("batch_size", batch_size, minimum=1)
     check_float("lr", lr, minimum=0, strict_min=True)
@@ -163,6 +215,9 @@ def train_reward_model(sft: GPT, pairs: PreferencePairs, epochs: int = 2, batch_
     check_bool("progress", progress)
     check_instance("sft", sft, GPT)
     check_instance("pairs", pairs, PreferencePairs)
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be a callable (step, loss, rm) or None, got "
+                         f"{type(callback).__name__}")
     if len(pairs) == 0:
         raise ValueError("pairs is empty (0 pairs); expected at least one pair to train on")
     torch.manual_seed(seed)
@@ -172,6 +227,7 @@ def train_reward_model(sft: GPT, pairs: PreferencePairs, epochs: int = 2, batch_
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
     g = torch.Generator().manual_seed(seed)
     bar = tqdm(total=steps, desc="train reward model", disable=not progress)
+    step = 0
     for _ in range(epochs):
         for idx in torch.randperm(len(pairs), generator=g).split(batch_size):
             loss = bradley_terry_loss(rm.raw(pairs.chosen[idx], pairs.chosen_valid[idx]),
@@ -183,9 +239,82 @@ def train_reward_model(sft: GPT, pairs: PreferencePairs, epochs: int = 2, batch_
             sched.step()
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            step += 1
+            if callback is not None:
+                callback(step, loss.item(), rm)
+                rm.train()
     bar.close()
     normalise(rm, sft, seed=derived_seed(seed, 1))
     return rm.eval()
+
+
+@dataclass
+class TrainingCurve:
+    """A ``callback`` for :func:`train_reward_model` that records the training curve: the loss
+    of every step, and every ``every`` steps the accuracy on ``heldout`` pairs against the gold
+    order and against the noisy labels (see :func:`pairwise_accuracy`)."""
+
+    heldout: PreferencePairs
+    every: int = 10
+    step: list[int] = field(default_factory=list)  # every optimiser step, from 1
+    loss: list[float] = field(default_factory=list)  # the batch's Bradley-Terry loss
+    eval_step: list[int] = field(default_factory=list)  # the steps at which heldout was scored
+    accuracy: list[float] = field(default_factory=list)  # vs the gold order
+    label_accuracy: list[float] = field(default_factory=list)  # vs the noisy labels
+
+    def __post_init__(self) -> None:
+        check_instance("heldout", self.heldout, PreferencePairs)
+        check_int("every", self.every, minimum=1)
+        self._differ = _differing_gold(self.heldout)
+
+    def __call__(self, step: int, loss: float, rm: RewardModel) -> None:
+        self.step.append(step)
+        self.loss.append(loss)
+        if step % self.every == 0:
+            rc, rr = pair_scores(rm, self.heldout)
+            self.eval_step.append(step)
+            self.accuracy.append(_accuracy(rc, rr, self.heldout, "gold", self._differ))
+            self.label_accuracy.append(_accuracy(rc, rr, self.heldout, "labels", self._differ))
+
+
+def reliability_bins(r_chosen: torch.Tensor, r_rejected: torch.Tensor, bins: int = 10
+                     ) -> dict[str, torch.Tensor | float]:
+    """Calibration of the Bradley-Terry probability ``p = sigmoid(r_chosen - r_rejected)``.
+
+    Each of the N pairs counts twice, once as (chosen, rejected) with ``p`` and outcome 1 and
+    once as (rejected, chosen) with ``1 - p`` and outcome 0, so both halves of [0, 1] are
+    filled. The 2N probabilities fall into ``bins`` equal bins of [0, 1]; per bin:
+    ``count`` ``(bins,)``, mean ``predicted`` probability and ``observed`` share of outcome 1
+    ``(bins,)`` (NaN in an empty bin), and ``edges`` ``(bins + 1,)``. ``ece`` is the expected
+    calibration error, ``sum(count * |predicted - observed|) / 2N``. Scores ``(N,)`` must be
+    raw: the Bradley-Terry scale, not z-scores. Both copies of a tie (p = 1/2) land in one
+    bin; with an odd ``bins`` it is the middle one and the table stays symmetric about 1/2."""
+    for name, r in (("r_chosen", r_chosen), ("r_rejected", r_rejected)):
+        check_floating(name, r)
+        if r.ndim != 1 or r.numel() == 0:
+            raise ValueError(f"{name} must have shape (N,) with N >= 1, got {tuple(r.shape)}")
+    check_same_shape("r_chosen", r_chosen, "r_rejected", r_rejected)
+    check_finite({"r_chosen": r_chosen, "r_rejected": r_rejected})
+    check_int("bins", bins, minimum=1)
+    d = (r_chosen - r_rejected).detach().double()
+    p = torch.cat([torch.sigmoid(d), torch.sigmoid(-d)])  # (2N,)
+    outcome = torch.cat([torch.ones_like(d), torch.zeros_like(d)])  # (2N,)
+    idx = (p * bins).long().clamp(max=bins - 1)  # (2N,) bin of each probability
+    count = torch.bincount(idx, minlength=bins)  # (bins,)
+    safe = count.clamp(min=1).double()
+    predicted = torch.bincount(idx, weights=p, minlength=bins) / safe
+    observed = torch.bincount(idx, weights=outcome, minlength=bins) / safe
+    empty = count == 0
+    ece = (count * (predicted - observed).abs()).sum().item() / p.numel()
+    return {"edges": torch.linspace(0, 1, bins + 1, dtype=torch.float64), "count": count,
+            "predicted": predicted.masked_fill(empty, float("nan")),
+            "observed": observed.masked_fill(empty, float("nan")), "ece": ece}
+
+
+def calibration_bins(rm: RewardModel, pairs: PreferencePairs, bins: int = 10
+                     ) -> dict[str, torch.Tensor | float]:
+    """:func:`reliability_bins` of the reward model's raw scores on ``pairs``."""
+    return reliability_bins(*pair_scores(rm, pairs), bins=bins)
 
 
 HACK_TEXTS = (

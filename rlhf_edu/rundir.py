@@ -3,7 +3,9 @@
 A run writes ``config.json`` (its :class:`~rlhf_edu.trainer.PPOConfig`), ``metrics.jsonl`` (a
 line per step), ``checkpoint.pt`` (the last saved state), ``training.png``, and holds an
 exclusive lock on ``.lock`` while it runs, so a second run started on the same directory is
-refused instead of interleaving its steps with the first one's.
+refused instead of interleaving its steps with the first one's. A sharded run (``--shard``)
+also writes ``shards-XXXX/``, every rank's part of the trained models (DCP), which its
+``checkpoint.pt`` names; resuming it takes the same ``--shard``.
 
 What a directory may hold when a run starts, and what happens:
 
@@ -78,6 +80,11 @@ def check(path: str | Path, config: dict, resume: bool) -> int | None:
         step = None
     else:  # killed before it wrote anything but metrics: nothing to compare with
         return None
+    stage, saved = mine.get("shard", "none"), theirs.get("shard", "none")
+    if stage != saved:  # the checkpoint's layout: DCP shards, or one file of whole tensors
+        how = f"with --shard {saved}" if saved != "none" else "without --shard"
+        raise ValueError(f"run directory {str(path)!r} holds a run trained {how}; resume it "
+                         f"{how} (this run asks for shard {stage!r})")
     diff = _differences(theirs, mine)
     if diff:
         raise ValueError(f"run directory {str(path)!r} holds a different run (config differs "

@@ -4,7 +4,9 @@
 keeps the one the reward model likes best, and trains the actor on it with the ordinary
 language-model loss (as in Llama 2's rejection-sampling fine-tuning). There is no critic, no
 advantage, no ratio clipping, and no KL penalty: only the reference's KL is measured, to compare
-with PPO at the same number of generated samples.
+with PPO at the same number of generated samples. ``epochs`` and ``minibatches`` set how many
+optimizer steps each batch of winners gives (PPO's default is 4 epochs x 2 minibatches = 8), so
+the two can also be compared per gradient step.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .model import Generation
 from .models import Models
 from .rewards import kl_penalty
 from .task import Tokenizer, gold_score, is_well_formed, repetition, sample_prompts
@@ -39,6 +42,7 @@ class BestOfN:
     all_scores: torch.Tensor  # (B, n) scores of every candidate
     texts: list[str]  # (B,) the chosen responses, with their prompts
     all_texts: list[str]  # (B * n,) every candidate
+    candidates: Generation | None = None  # every candidate, (B * n, ...), prompt-major
 
 
 @torch.no_grad()
@@ -71,20 +75,41 @@ def best_of_n(models: Models, prompts: list[str], n: int, response_len: int = 20
     best = all_scores.argmax(1) + torch.arange(B, device=dev) * n
     all_texts = [f"{prompts[r // n]} {tok.decode(out.response[r])}" for r in range(B * n)]
     return BestOfN(out.tokens[best], out.valid[best], out.mask[best], out.prompt_len,
-                   scores[best], all_scores, [all_texts[r] for r in best.tolist()], all_texts)
+                   scores[best], all_scores, [all_texts[r] for r in best.tolist()], all_texts,
+                   out)
+
+
+def candidate_kl(models: Models, gen: Generation) -> torch.Tensor:
+    """KL(actor || reference) per response of a batch the actor generated: ``(N,)`` nats.
+
+    The k1 estimate summed over each response's tokens, from the log-probs recorded while
+    sampling (the policy that drew them), as PPO measures its rollouts.
+    """
+    fdev = next(models.reference.parameters()).device
+    ref = models.reference(gen.tokens.to(fdev), gen.valid.to(fdev), gen.prompt_len)
+    ref = ref.logprobs.float().to(gen.logprobs.device)  # (N, T)
+    return (kl_penalty(gen.logprobs.float(), ref) * gen.mask).sum(1)
 
 
 def rejection_sampling(models: Models, steps: int, prompts_per_step: int = 16, n: int = 4,
                        response_len: int = 20, lr: float = 1e-4, epochs: int = 1,
-                       seed: int = 0, callback=None) -> list[dict]:
+                       seed: int = 0, callback=None, minibatches: int = 1) -> list[dict]:
     """Fine-tune the actor on its best-of-``n`` samples for ``steps`` steps.
 
     Each step generates ``prompts_per_step * n`` responses, as many as a PPO step with
     ``batch_size = prompts_per_step * n``, so the two can be compared per generated sample.
+    The ``prompts_per_step`` winners are then trained on for ``epochs`` passes of
+    ``minibatches`` shuffled minibatches each: ``epochs * minibatches`` optimizer steps per
+    step, recorded (cumulative) as ``optimizer_steps`` beside ``samples``. ``kl`` is measured
+    on every candidate (the current policy's samples, like PPO's), ``best_kl`` on the winners.
     """
     for name, value in (("steps", steps), ("prompts_per_step", prompts_per_step), ("n", n),
-                        ("response_len", response_len), ("epochs", epochs)):
+                        ("response_len", response_len), ("epochs", epochs),
+                        ("minibatches", minibatches)):
         check_int(name, value, minimum=1)
+    if prompts_per_step % minibatches:
+        raise ValueError(f"prompts_per_step ({prompts_per_step}) must be divisible by "
+                         f"minibatches ({minibatches}): each minibatch takes as many winners")
     check_float("lr", lr, minimum=0, strict_min=True)
     check_seed("seed", seed)
     check_instance("models", models, Models, hint="from build_models")
@@ -95,38 +120,48 @@ def rejection_sampling(models: Models, steps: int, prompts_per_step: int = 16, n
     # prompts come from a CPU generator; tokens are sampled by one on the actor's device
     sample_g = g if dev.type == "cpu" else torch.Generator(dev).manual_seed(
         derived_seed(seed, 1))
+    # minibatch order from its own generator, so prompts and samples do not depend on it
+    order_g = torch.Generator().manual_seed(derived_seed(seed, 2))
     opt = torch.optim.Adam(models.actor.parameters(), lr=lr, eps=1e-5)
     history = []
     for step in range(1, steps + 1):
         start = time.perf_counter()
         prompts = sample_prompts(prompts_per_step, g)
         best = best_of_n(models, prompts, n, response_len, sample_g)
-        fdev = next(models.reference.parameters()).device
         with torch.no_grad():
-            ref = models.reference(best.tokens.to(fdev), best.valid.to(fdev),
-                                   best.prompt_len).logprobs.float().to(dev)
+            kl = candidate_kl(models, best.candidates).view(prompts_per_step, n)  # (B, n)
+        chosen = best.all_scores.argmax(1)  # (B,) as best_of_n chose
         models.actor.train()
+        losses = []
         for _ in range(epochs):
-            out = models.actor(best.tokens, best.valid, best.prompt_len)
-            # the language-model loss on the chosen responses only (the prompt is given)
-            loss = -(out.logprobs * best.mask).sum() / best.mask.sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(models.actor.parameters(), 1.0)
-            opt.step()
-        kl = (kl_penalty(out.logprobs.detach(), ref) * best.mask).sum(1).mean()
+            # the order comes from a CPU generator (the same on any device), then moves
+            order = (torch.randperm(prompts_per_step, generator=order_g, device="cpu").to(dev)
+                     if minibatches > 1 else torch.arange(prompts_per_step, device=dev))
+            for idx in order.chunk(minibatches):
+                out = models.actor(best.tokens[idx], best.valid[idx], best.prompt_len)
+                mask = best.mask[idx]  # (b, T)
+                # the language-model loss on the chosen responses only (the prompt is given)
+                loss = -(out.logprobs * mask).sum() / mask.sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(models.actor.parameters(), 1.0)
+                opt.step()
+                losses.append(float(loss.detach()))
         metrics = {
             "step": step,
             "samples": step * prompts_per_step * n,
+            "optimizer_steps": step * epochs * minibatches,
             # the policy's own quality (all samples), comparable with PPO's metrics
             "rm_score": float(best.all_scores.mean()),
             "gold_score": sum(map(gold_score, best.all_texts)) / len(best.all_texts),
             "best_rm_score": float(best.scores.mean()),
             "best_gold_score": sum(map(gold_score, best.texts)) / len(prompts),
-            "kl": float(kl),
+            "kl": float(kl.mean()),
+            "best_kl": float(kl.gather(1, chosen[:, None].to(kl.device)).mean()),
+            # the winners, which the actor is trained on
             "well_formed": sum(map(is_well_formed, best.texts)) / len(prompts),
             "repetition": sum(repetition(t) > 0 for t in best.texts) / len(prompts),
-            "loss": float(loss.detach()),
+            "loss": sum(losses[:minibatches]) / minibatches,  # the first epoch's mean
             "sample": best.texts[0],
             "time_step": time.perf_counter() - start,
         }

@@ -19,6 +19,7 @@ only noisy preference labels drawn from it, which is what leaves room for reward
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -263,3 +264,47 @@ def gold_score(text: str) -> float:
     if review is None:
         return -1.0
     return max(-1.0, review.sentiment - REPEAT_PENALTY * review.repeats)
+
+
+def _clause_ends(words: list[str]) -> list[int]:
+    """Index of the last word of each clause of a review that :func:`parse` accepts."""
+    ends, i = [], 0
+    while True:
+        _polarity, _used, i = _parse_clause(words, i)
+        ends.append(i - 1)
+        if i == len(words) - 1:  # only the closing "." or "!" is left
+            return ends
+        i += 1  # the "and" / "but"
+
+
+def gold_clause_scores(text: str) -> list[tuple[int, float]]:
+    """:func:`gold_score` split into the parts each word earned: ``(word index, part)`` pairs,
+    word indices into ``text.split()``, in order.
+
+    A well-formed review gives one pair per clause, its polarity / 3 on the clause's last word
+    (``the food was great`` earns +1/3 on ``great``; ``i hated the wine`` -1/3 on ``wine``),
+    then one pair on the closing ``.``/``!``: the repeat penalty, with the floor at -1, which is
+    0.0 when no content word repeats. A text the grammar does not parse earns its -1 on its last
+    word (on index 0 for an empty text: where a response's ``<eos>`` would stand). Summed left to
+    right, the parts give ``gold_score(text)`` exactly (the last part is the remainder).
+    """
+    review = parse(text)
+    words = text.split()
+    if review is None:
+        return [(max(len(words) - 1, 0), -1.0)]
+    parts = [(end, p / MAX_CLAUSES) for end, p in zip(_clause_ends(words), review.polarities)]
+    return parts + [(len(words) - 1, _remainder(sum(v for _, v in parts), gold_score(text)))]
+
+
+def _remainder(earned: float, total: float) -> float:
+    """The float ``c`` nearest to ``total - earned`` for which ``earned + c == total`` in float
+    arithmetic (``total - earned`` itself can miss by one rounding, e.g. 2/3 then -1)."""
+    candidates = [total - earned]  # then its float neighbours, nearest first
+    below = above = candidates[0]
+    for _ in range(8):  # one step suffices for sums of thirds and whole penalties
+        below, above = math.nextafter(below, -math.inf), math.nextafter(above, math.inf)
+        candidates += [below, above]
+    for c in candidates:
+        if earned + c == total:
+            return c
+    raise ArithmeticError(f"no float c with {earned!r} + c == {total!r}")

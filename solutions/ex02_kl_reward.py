@@ -12,7 +12,10 @@ Symbol             Shape     Description
 
 With ``d = logprobs - ref_logprobs`` for tokens sampled from pi (Schulman, "Approximating KL
 Divergence", 2020): k1 = d, k2 = d^2 / 2, k3 = exp(-d) - 1 + d. k1 and k3 are unbiased for
-KL(pi || pi_ref); k3 is never negative; k2 is biased but has low variance.
+KL(pi || pi_ref); k2 and k3 are never negative; k2 is biased. Their variance is low only while
+d stays small: k2 grows like d^2 on both sides and k3 like exp(-d) for d << 0, so rare tokens
+with a large |d| (for k3: tokens the policy finds far less likely than the reference) give
+both heavier tails than k1, which is linear in d.
 """
 
 from __future__ import annotations

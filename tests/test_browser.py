@@ -37,7 +37,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 # notebook -> the description of the slider to move, in the widget its cell displays
-SLIDERS = {"05_kl_tuning": "β", "06_memory_math": "params (B)"}
+SLIDERS = {"05_kl_tuning": "β", "06_memory_math": "model"}
 SERVER_START_S = 90
 RUN_ALL_S = 180  # per notebook; the longest (04, PPO training) runs about a minute
 PARALLEL = int(os.environ.get("RLHF_EDU_BROWSER_PARALLEL", "2"))  # notebooks running at once

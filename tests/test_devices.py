@@ -80,10 +80,36 @@ def test_every_tensor_of_a_step_names_its_device(critic_mode):
     assert implicit(audit) == []
 
 
+@pytest.mark.parametrize("settings", [
+    dict(advantage_estimator="grpo", group_size=4, reward="gold"),
+    dict(advantage_estimator="rloo", group_size=2, recompute_logprobs=True),
+    dict(advantage_estimator="reinforce_pp"),
+], ids=["grpo-gold", "rloo-recompute", "reinforce_pp"])
+def test_every_tensor_of_a_critic_free_step_names_its_device(settings):
+    trainer = RLHFTrainer(PPOConfig(batch_size=8, response_len=8, ppo_epochs=1, **settings))
+    with FactoryAudit() as audit:
+        trainer.step()
+    assert implicit(audit) == []
+
+
+def test_dpo_names_its_devices():
+    from rlhf_edu.dpo import make_dpo_pairs, train_dpo
+    from rlhf_edu.models import load_pretrained
+
+    sft = load_pretrained("sft")
+    pairs = make_dpo_pairs(sft, 8, seed=0)
+    with FactoryAudit() as audit:
+        train_dpo(sft, pairs, batch_size=4, epochs=1)
+    assert implicit(audit) == []
+
+
 def test_rejection_sampling_names_its_devices():
     models = build_models()
     with FactoryAudit() as audit:
         rejection_sampling(models, steps=1, prompts_per_step=2, n=2, response_len=6)
+        # and the variant with PPO's minibatches (a shuffled order each epoch)
+        rejection_sampling(models, steps=1, prompts_per_step=2, n=2, response_len=6, epochs=2,
+                           minibatches=2)
     assert implicit(audit) == []
 
 

@@ -1,5 +1,7 @@
 """Tests of rlhf_edu.memory: the chapter's table, the precise accounting against real tensors,
-ZeRO against DeepSpeed's estimator formulas, and the 70B-on-8x80GB plan."""
+ZeRO against DeepSpeed's estimator formulas, the paper's and FSDP2's accountings, tensor and
+pipeline parallelism, a generation engine, critic-free methods and DPO, and the
+70B-on-8x80GB plan."""
 
 import argparse
 import json
@@ -15,6 +17,9 @@ from rlhf_edu.memory import (
     GB,
     ModelSpec,
     add_memory_arguments,
+    format_plan,
+    fsdp2_chunk_rows,
+    fsdp2_local_bytes,
     memory_breakdown,
     model_states_bytes,
     parse_model,
@@ -265,6 +270,227 @@ def test_critic_sharing_and_split_placement():
                                      for k in range(1, 8))
 
 
+# ---------------------------------------------------------------- three accountings of ZeRO
+
+PSI, LAYER = 6_738_415_616, 131_072_000  # Llama-2-7B: parameters, largest layer (embedding)
+
+
+def paper_bytes(stage: int, psi: float, n: int) -> float:
+    """The ZeRO paper, mixed-precision Adam: 2 + 2 + K with K = 12, no buffers."""
+    weights = 2 * psi / (n if stage >= 3 else 1)
+    grads = 2 * psi / (n if stage >= 2 else 1)
+    return weights + grads + 12 * psi / (n if stage >= 1 else 1)
+
+
+def fsdp2_bytes(stage: int, psi: float, block: float, n: int) -> float:
+    """fully_shard with a bf16 MixedPrecisionPolicy: fp32 params, grads and AdamW sharded,
+    the bf16 gathered copies (one block, or the whole model at "ZeRO-2")."""
+    if stage == 0:
+        return 4 * psi + 4 * psi + 8 * psi
+    gathered = 2 * block if stage == 3 else 2 * psi
+    return (4 * psi / n + gathered) + (4 * psi / n + 2 * block) + 8 * psi / n
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 64])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_each_accounting_equals_its_formula(stage, n):
+    spec = ModelSpec.preset("llama-7b")
+    block = (PSI - 32000 * 4096) / 32
+    assert spec.block_params == block
+    want = {"deepspeed": deepspeed_gpu_bytes(stage, PSI, LAYER, n, False),
+            "paper": paper_bytes(stage, PSI, n)}
+    if stage != 1:
+        want["fsdp2"] = fsdp2_bytes(stage, PSI, block, n)
+    for accounting, expected in want.items():
+        unit = block if accounting == "fsdp2" else LAYER
+        got = model_states_bytes(PSI, unit, stage, n, accounting=accounting)
+        assert sum(got[k] for k in STATES) == pytest.approx(expected, abs=1), accounting
+        actor = memory_breakdown(spec, n, stage, accounting=accounting).roles["actor"]
+        assert states(actor) == pytest.approx(expected, abs=1), accounting
+    fsdp = model_states_bytes(PSI, block, stage, n, accounting="fsdp2") if stage != 1 else None
+    if fsdp:  # no separate master copy: the sharded fp32 parameters are the master weights
+        assert fsdp["master_weights"] == 0 and fsdp["optimizer_states"] == 8 * PSI / (
+            n if stage else 1)
+
+
+def test_paper_never_rises_with_stage_or_gpus_and_deepspeed_buffers_can():
+    spec = ModelSpec.preset("llama-7b")
+    gpus = (1, 2, 4, 8, 16)
+    per_gpu = {(z, n): memory_breakdown(spec, n, z, accounting="paper").per_gpu_bytes
+               for z in range(4) for n in gpus}
+    for z in range(4):
+        for a, b in zip(gpus, gpus[1:]):
+            assert per_gpu[z, b] <= per_gpu[z, a] and (z == 0 or per_gpu[z, b] < per_gpu[z, a])
+    for n in gpus:
+        for z in range(3):
+            assert per_gpu[z + 1, n] <= per_gpu[z, n]
+    ds = {(z, n): memory_breakdown(spec, n, z).per_gpu_bytes for z, n in
+          [(0, 1), (1, 8), (2, 8), (2, 1), (3, 1)]}
+    assert ds[2, 8] > ds[1, 8] and ds[2, 1] > ds[0, 1] and ds[3, 1] > ds[0, 1]
+    # the default keeps the chapter's ZeRO table (DeepSpeed's estimators)
+    assert memory_breakdown(spec, 8, 2).per_gpu_bytes == memory_breakdown(
+        spec, 8, 2, accounting="deepspeed").per_gpu_bytes
+
+
+def test_offload_in_each_accounting():
+    p, block, n = 1e9, 1e7, 8
+    paper = model_states_bytes(p, 0, 2, n, offload=True, accounting="paper")
+    assert (paper["weights"], paper["cpu"]) == (2 * p, 14 * p / n)  # ZeRO-Offload
+    fsdp = model_states_bytes(p, block, 3, n, offload=True, accounting="fsdp2")
+    assert (fsdp["weights"], fsdp["gradients"], fsdp["cpu"]) == (2 * block, 2 * block, 16 * p / n)
+
+
+def chunk_numels(shape, world):
+    """Per-rank numel of a real tensor split by torch.chunk along dim 0 (FSDP2's Shard(0))."""
+    chunks = list(torch.chunk(torch.empty(shape), world, dim=0))
+    return [c.numel() for c in chunks] + [0] * (world - len(chunks))
+
+
+UNEVEN = [(5, 3), (7,), (3, 2, 2), (64, 16), (1, 9), (10, 4), (6, 1)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
+def test_fsdp2_local_bytes_follows_torch_chunk(world):
+    total = sum(math.prod(s) for s in UNEVEN)
+    seen = 0
+    for rank in range(world):
+        got = fsdp2_local_bytes(UNEVEN, world, rank)
+        numel = sum(chunk_numels(s, world)[rank] for s in UNEVEN)
+        assert got == {"weights": 4 * numel, "gradients": 4 * numel,
+                       "optimizer_states": 8 * numel, "numel": numel}
+        padded = fsdp2_local_bytes(UNEVEN, world, rank, padded=True, param_bytes=2)
+        rows = sum(-(-s[0] // world) * math.prod(s[1:]) for s in UNEVEN)
+        assert (padded["weights"], padded["optimizer_states"]) == (2 * rows, 8 * numel)
+        seen += numel
+    assert seen == total  # the shards add up to the model, padding excluded
+    assert [fsdp2_chunk_rows(5, 4, r) for r in range(4)] == [2, 2, 1, 0]  # the last gets none
+
+
+def test_fsdp2_local_bytes_of_even_shapes_is_the_calculators_16_psi_over_n():
+    shapes = [(64, 128), (48, 128), (384, 128), (384,), (128, 128), (512, 128), (128,)]
+    psi = sum(math.prod(s) for s in shapes)
+    ranks = [fsdp2_local_bytes(shapes, 4, r) for r in range(4)]
+    states = model_states_bytes(psi, 0, 3, 4, accounting="fsdp2")
+    assert all(r["weights"] + r["gradients"] == 8 * psi / 4 for r in ranks)
+    assert ranks[0]["optimizer_states"] == states["optimizer_states"]
+
+
+# ---------------------------------------------------------------- tensor and pipeline parallelism
+
+
+def test_tp_and_pp_divide_the_model_states():
+    spec = ModelSpec.preset("llama-70b")
+    base = memory_breakdown(spec, 8, 1, lora_fraction=0.01)
+    for tp, pp in [(2, 1), (8, 1), (1, 4), (2, 4)]:
+        bd = memory_breakdown(spec, 8, 1, lora_fraction=0.01, tp=tp, pp=pp)
+        dp = 8 // (tp * pp)
+        n = round(0.01 * spec.n_params)
+        actor = bd.roles["actor"]
+        assert actor.weights == pytest.approx((2 * spec.n_params + 2 * n) / (tp * pp))
+        assert actor.gradients == pytest.approx(2 * n / (tp * pp))
+        assert actor.optimizer_states == pytest.approx(8 * n / (tp * pp) / dp)  # ZeRO over dp
+        assert bd.roles["reference"].weights == pytest.approx(2 * spec.n_params / (tp * pp))
+        assert bd.per_gpu_bytes < base.per_gpu_bytes
+
+
+def test_tp_activations_keep_the_replicated_part_unless_sequence_parallel():
+    spec = ModelSpec.preset("llama-7b")
+    s, b, h, a, L, t = 1024, 2, 4096, 32, 32, 4
+    kw = dict(micro_batch=b, prompt_len=512, response_len=512, tp=t, n_gpus=4)
+    tp = memory_breakdown(spec, **kw).roles["actor"].activations
+    sp = memory_breakdown(spec, sequence_parallel=True, **kw).roles["actor"].activations
+    assert tp == pytest.approx(L * s * b * h * (10 + 24 / t + 5 * a * s / (h * t)))
+    assert sp == pytest.approx(L * s * b * h * (34 + 5 * a * s / h) / t)
+    ckpt = memory_breakdown(spec, activation_checkpointing=True, **kw).roles["actor"]
+    assert ckpt.activations == L * 2 * s * b * h  # layer inputs: replicated without SP
+
+
+def test_pp_first_stage_holds_the_micro_batches_in_flight():
+    spec = ModelSpec.preset("llama-7b")
+    one = memory_breakdown(spec, 8, 1, batch=16, micro_batch=2).roles["actor"].activations
+    # 8 micro-batches: 1F1B keeps pp of them, each over n_layer / pp layers: no saving
+    for pp in (2, 4, 8):
+        bd = memory_breakdown(spec, 8, 1, batch=16, micro_batch=2, pp=pp)
+        assert bd.roles["actor"].activations == pytest.approx(one)
+        assert bd.roles["actor"].kv_cache == pytest.approx(
+            memory_breakdown(spec, 8, 1, batch=16).roles["actor"].kv_cache / pp)
+    few = memory_breakdown(spec, 8, 1, batch=4, micro_batch=2, pp=8).roles["actor"]
+    assert few.activations == pytest.approx(
+        memory_breakdown(spec, 8, 1, batch=4, micro_batch=2).roles["actor"].activations * 2 / 8)
+
+
+def test_tp_splits_kv_heads_and_vocabulary():
+    spec = ModelSpec.preset("llama-70b")  # 8 kv heads of 128
+    kw = dict(batch=4, micro_batch=2, prompt_len=100, response_len=28, n_gpus=8)
+    for tp, heads in [(1, 8), (4, 2), (8, 1)]:
+        bd = memory_breakdown(spec, tp=tp, **kw)
+        assert bd.roles["actor"].kv_cache == 2 * 80 * heads * 128 * 128 * 4 * 2
+        assert bd.roles["reference"].logits == 2 * 128 * 32000 // tp * 4
+    small = ModelSpec("m", 2, 64, 8, 10, n_kv_head=2)  # tp 4 > 2 kv heads: one per GPU
+    assert memory_breakdown(small, 4, tp=4, batch=1, prompt_len=4, response_len=4).roles[
+        "actor"].kv_cache == 2 * 2 * 1 * 8 * 8 * 1 * 2
+
+
+# ---------------------------------------------------------------- generation engine, methods
+
+
+def test_generation_engine_7b_by_hand():
+    spec = ModelSpec.preset("llama-7b")
+    bd = memory_breakdown(spec, generation_engine=True, rollout_batch=64, prompt_len=256,
+                          response_len=256)
+    engine = bd.roles["generation"]
+    # 2 (K, V) x 32 layers x 64 sequences x 512 tokens x 4096 hidden x 2 bytes = 17.18 GB
+    assert engine.kv_cache == 2 * 32 * 64 * 512 * 4096 * 2 == 17_179_869_184
+    assert engine.weights == 2 * 6_738_415_616 and engine.gradients == 0
+    assert bd.roles["actor"].kv_cache == 0  # the engine generates, the actor only trains
+    fp8 = memory_breakdown(spec, generation_engine=True, rollout_batch=64, kv_dtype_bytes=1)
+    assert fp8.roles["generation"].kv_cache == 17_179_869_184 / 2
+    plain = memory_breakdown(spec)
+    assert bd.per_gpu_bytes - plain.per_gpu_bytes == pytest.approx(
+        engine.total - plain.roles["actor"].kv_cache)
+    gqa = memory_breakdown(ModelSpec.preset("llama-70b"), 8, tp=8, generation_engine=True,
+                           rollout_batch=32, prompt_len=512, response_len=512)
+    assert gqa.roles["generation"].kv_cache == 2 * 80 * 1 * 128 * 1024 * 32 * 2
+
+
+def test_critic_free_is_ppo_minus_the_critic_and_dpo_has_two_models():
+    spec = ModelSpec.preset("llama-7b")
+    ppo, grpo = memory_breakdown(spec), memory_breakdown(spec, critic="none")
+    assert list(grpo.roles) == ["actor", "reward", "reference"]
+    assert grpo.total_bytes == pytest.approx(ppo.total_bytes - ppo.roles["critic"].total)
+    for role in grpo.roles:
+        assert grpo.roles[role] == ppo.roles[role], role
+    dpo = memory_breakdown(spec, method="dpo")
+    assert list(dpo.roles) == ["actor", "reference"] and dpo.critic == "none"
+    assert dpo.roles["actor"].kv_cache == 0
+    pairs = memory_breakdown(spec, micro_batch=4)  # 2 pairs = 4 sequences per forward
+    assert dpo.roles["actor"].activations == pairs.roles["actor"].activations
+    assert dpo.roles["reference"].logits == pairs.roles["reference"].logits
+    assert dpo.per_gpu_bytes < grpo.per_gpu_bytes < ppo.per_gpu_bytes
+
+
+def test_plan_tries_tp_and_pp_and_methods():
+    spec = ModelSpec.preset("llama-70b")
+    rows = plan(spec, n_gpus=8, gpu_mem_gb=80, cpu_mem_gb=1000)
+    degrees = {(r.tp, r.pp) for r in rows}
+    assert {(1, 1), (8, 1)} <= degrees and any(p > 1 for _, p in degrees)
+    assert all(r.per_gpu_bytes <= 80 * GB and r.cpu_bytes <= 1000 * GB for r in rows)
+    assert all(8 % (r.tp * r.pp) == 0 and r.tp <= 8 for r in rows)
+    assert not any(r.pp > 1 and r.zero_stage >= 2 for r in rows)  # DeepSpeed's pipeline: ZeRO-1
+    fixed = plan(spec, n_gpus=8, gpu_mem_gb=80, cpu_mem_gb=1000, tp=8, pp=1)
+    assert fixed and all((r.tp, r.pp) == (8, 1) for r in fixed)
+    assert " tp " in format_plan(fixed).splitlines()[0]
+    grpo = plan(spec, n_gpus=8, gpu_mem_gb=80, cpu_mem_gb=1000, critic_modes=("none",))
+    assert len(grpo) > len([r for r in rows if r.critic == "separate"])
+    assert all("critic" not in r.roles for r in grpo)
+    dpo = plan(ModelSpec.preset("llama-7b"), n_gpus=8, gpu_mem_gb=80, method="dpo",
+               accounting="paper")
+    assert dpo[0].lora_fraction is None and all(list(r.roles) == ["actor", "reference"]
+                                                for r in dpo)
+    engine = plan(spec, n_gpus=8, gpu_mem_gb=80, generation_engine=True, rollout_batch=64)
+    assert engine and all("generation" in r.roles for r in engine)
+
+
 # ---------------------------------------------------------------- 70B on 8 x 80 GB
 
 
@@ -307,6 +533,58 @@ def test_cli(capsys):
     assert code == 2 and "lora_fraction" in err
 
 
+def test_cli_parallelism_accounting_engine_and_methods(capsys):
+    code, out, _ = cli(["--model", "llama-70b", "--gpus", "8", "--tp", "8", "--zero", "1",
+                        "--json"], capsys)
+    d = json.loads(out)
+    assert code == 0 and (d["tp"], d["pp"]) == (8, 1)
+    assert d["per_gpu_bytes"] == memory_breakdown(ModelSpec.preset("llama-70b"), 8, 1,
+                                                  tp=8).per_gpu_bytes
+    code, out, _ = cli(["--gpus", "8", "--pp", "4", "--accounting", "paper"], capsys)
+    assert code == 0 and "paper accounting" in out and "pp 4" in out
+    code, out, _ = cli(["--critic", "none", "--generation-engine", "--rollout-batch", "64"],
+                       capsys)
+    assert code == 0 and "generation" in out and "critic " not in out.splitlines()[2]
+    assert "17.18" in out  # the engine's KV cache, GB
+    code, out, _ = cli(["--method", "dpo", "--json"], capsys)
+    assert code == 0 and list(json.loads(out)["roles"]) == ["actor", "reference"]
+    code, out, _ = cli(["--model", "llama-70b", "--gpus", "8", "--plan", "--critic", "none",
+                        "--tp", "8", "--cpu-mem", "1000"], capsys)
+    assert code == 0 and "configurations fit" in out
+    assert all(line.split()[2:4] == ["8", "1"] for line in out.splitlines()[2:] if
+               line.strip()[0].isdigit())
+    parser = argparse.ArgumentParser()
+    add_memory_arguments(parser)
+    assert all(a.help for a in parser._actions)
+
+
+CLI_BAD = [
+    (["--tp", "3"], "tp must divide n_head=32 of llama-7b, got 3"),
+    (["--tp", "0"], "tp must be a positive int, got 0"),
+    (["--pp", "3", "--gpus", "3"], "pp must divide n_layer=32 of llama-7b, got 3"),
+    (["--tp", "2", "--gpus", "3"], "tp x pp = 2 must divide n_gpus=3"),
+    (["--tp", "4", "--pp", "2", "--gpus", "4"], "tp x pp = 8 must divide n_gpus=4"),
+    (["--pp", "2", "--gpus", "2", "--zero", "2"], "pp=2 needs zero_stage <= 1"),
+    (["--accounting", "fsdp2", "--zero", "1"], "accounting='fsdp2' has no ZeRO-1"),
+    (["--method", "dpo", "--critic", "shared"], "critic must be 'none', got 'shared'"),
+    (["--method", "dpo", "--generation-engine"], "generation_engine must be False"),
+    (["--generation-engine", "--rollout-batch", "0"], "rollout_batch must be a positive int"),
+    (["--gpus", "4", "--tp", "2", "--placement", "split", "--frozen-gpus", "1"],
+     "frozen_gpus must be a multiple of tp x pp = 2, got 1"),
+    (["--gpus", "2", "--tp", "2", "--placement", "split"], "needs n_gpus >= 4 (2 x tp x pp)"),
+    (["--plan", "--critic", "shared"], "--critic cannot be used with --plan"),
+    (["--plan", "--tp", "5"], "tp must divide n_head=32"),
+]
+
+
+@pytest.mark.parametrize("argv, message", CLI_BAD, ids=[m[:30] for _, m in CLI_BAD])
+def test_cli_bad_parallelism_is_one_line(argv, message, capsys):
+    code, out, err = cli(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith("rlhf-edu memory: error: ") and message in lines[0], lines[0]
+
+
 # ---------------------------------------------------------------- bad input
 
 SEVEN = ModelSpec.preset("llama-7b")
@@ -339,6 +617,25 @@ BAD = [
     (lambda: memory_breakdown(SEVEN, 4, frozen_gpus=2), "frozen_gpus needs placement='split'"),
     (lambda: memory_breakdown(SEVEN, 8, assumptions="chapter"), "n_gpus must be 1, got 8"),
     (lambda: plan(SEVEN, gpu_mem_gb=0), "gpu_mem_gb must be > 0"),
+    (lambda: memory_breakdown(SEVEN, accounting="megatron"), "accounting must be one of"),
+    (lambda: memory_breakdown(SEVEN, method="kto"), "method must be one of online, dpo"),
+    (lambda: memory_breakdown(SEVEN, tp=2.0), "tp must be a positive int, got 2.0 (float)"),
+    (lambda: memory_breakdown(SEVEN, 2, tp=2, critic_spec=ModelSpec.preset("gpt2-xl")),
+     "tp must divide n_head=25 of gpt2-xl, got 2"),
+    (lambda: memory_breakdown(ModelSpec("m", 2, 96, 12, 10, n_kv_head=4), 6, tp=6),
+     "tp must divide n_kv_head=4 of m or be a multiple of it, got 6"),
+    (lambda: memory_breakdown(SEVEN, generation_engine="yes"), "generation_engine must be True"),
+    (lambda: memory_breakdown(SEVEN, method="dpo", reward_spec=SEVEN), "reward_spec must be"),
+    (lambda: memory_breakdown(SEVEN, tp=2, assumptions="chapter"), "tp must be 1, got 2"),
+    (lambda: memory_breakdown(SEVEN, critic="none", critic_spec=SEVEN), "critic_spec needs"),
+    (lambda: model_states_bytes(1e9, 0, 1, 8, accounting="fsdp2"), "no ZeRO-1"),
+    (lambda: plan(SEVEN, tp=0), "tp must be a positive int or None, got 0"),
+    (lambda: plan(SEVEN, method="dpo", critic_modes=("shared",)), "critic_modes must be"),
+    (lambda: plan(SEVEN, critic_modes=("tiny",)), "(or ('none',) for a critic-free method)"),
+    (lambda: fsdp2_local_bytes([(4, 2), ()], 2, 0), "shapes[1] must be a non-empty tuple"),
+    (lambda: fsdp2_local_bytes([(4, 2)], 2, 2), "rank must be an int in [0, 1], got 2"),
+    (lambda: fsdp2_local_bytes([(0, 2)], 2, 0), "shapes[0] must be a non-empty tuple"),
+    (lambda: fsdp2_local_bytes((4, 2), 2, 0), "shapes[0] must be a non-empty tuple"),
 ]
 
 

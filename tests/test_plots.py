@@ -185,9 +185,10 @@ def test_memory_explorer_sliders():
     assert w.result["per_gpu_gb"] < first / 4  # sharded over 8 GPUs
     sliders["LoRA"].value = 0.01
     lora = w.result["per_gpu_gb"]
-    expected = memory_breakdown(ModelSpec.from_n_params(7e9), 8, 3, lora_fraction=0.01)
+    expected = memory_breakdown(ModelSpec.preset("llama-7b"), 8, 3, lora_fraction=0.01)
     assert lora == round(expected.per_gpu_gb, 2)
-    sliders["params (B)"].value = 1000.0
+    assert first == round(memory_breakdown(ModelSpec.preset("llama-7b")).per_gpu_gb, 2)
+    sliders["model"].value = "llama-70b"
     assert w.result["fits"] is False
 
 
@@ -201,3 +202,123 @@ def test_load_demo_runs(tmp_path):
     assert plots.DEMOS_PATH.is_relative_to(Path(plots.__file__).parent)
     assert {"beta=0", "beta=0.05", "beta=10"} <= set(shipped["runs"])
     assert all(len(h) == shipped["steps"] for h in shipped["runs"].values())
+
+
+# ---------------------------------------------------------------- the step's data flow
+
+def drawn_labels(fig) -> dict[str, list[str]]:
+    """Every ``name (shape)`` line in the figure's text: ``{name: [shape as drawn, ...]}``."""
+    import re
+
+    from matplotlib.text import Text
+
+    out: dict[str, list[str]] = {}
+    for text in fig.findobj(Text):
+        for line in text.get_text().splitlines():
+            m = re.fullmatch(r"(\w+) (\((?:\d+(?:, )?)*,?\))", line.strip())
+            if m:
+                out.setdefault(m.group(1), []).append(m.group(2))
+    return out
+
+
+@pytest.mark.parametrize("batch_size, response_len", [(2, 6), (3, 9)])
+def test_data_flow_labels_are_the_traced_shapes(batch_size, response_len):
+    from matplotlib.colors import to_hex
+    from matplotlib.patches import FancyBboxPatch
+
+    from rlhf_edu.trainer import trace_step
+
+    trace = trace_step(batch_size=batch_size, response_len=response_len)
+    fig = plots.plot_data_flow(trace)
+    labels = drawn_labels(fig)
+    B, T = batch_size, response_len
+    P = trace.tensors[0][2][1]  # the prompt width, (B, P)
+    per_token = f"({B}, {T})"
+    expected = {"prompt_ids": f"({B}, {P})", "tokens": f"({B}, {P + T})",
+                "old_logprobs": per_token, "scores": f"({B},)", "ref_logprobs": per_token,
+                "kl": per_token, "rewards": per_token, "old_values": per_token,
+                "advantages": per_token, "returns": per_token, "loss": "()"}
+    for name, shape in expected.items():
+        assert labels.get(name) and set(labels[name]) == {shape}, (name, labels.get(name))
+    assert len(labels["tokens"]) == 3  # to the reward model, the reference and the critic
+    traced = {name: str(shape) for _, name, shape, _ in reversed(trace.tensors)}
+    assert all(traced[name] == shape for name, shapes in labels.items() for shape in shapes)
+    colours = [to_hex(p.get_facecolor()) for p in fig.axes[0].patches
+               if isinstance(p, FancyBboxPatch)]
+    assert colours.count(plots.FLOW_COLORS["trained"]) == 2  # actor, critic
+    assert colours.count(plots.FLOW_COLORS["frozen"]) == 2  # reward model, reference
+    assert fig.get_size_inches()[0] <= plots.MAX_WIDTH
+
+
+def test_data_flow_rejects_what_is_not_a_trace():
+    with pytest.raises(TypeError, match="trace_step"):
+        plots.plot_data_flow({"tokens": (4, 104)})
+    partial = type("T", (), {"tensors": [("2_generate", "tokens", (4, 104), "int64")]})()
+    with pytest.raises(ValueError, match="lacks the tensors"):
+        plots.plot_data_flow(partial)
+
+
+# ---------------------------------------------------------------- readable figures
+
+def grid_of(fig) -> tuple[int, int]:
+    """(rows, cols) of the subplot grid the figure's panels sit in (colour bars excluded)."""
+    shapes = {ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes
+              if ax.get_subplotspec() is not None}
+    assert len(shapes) == 1
+    return shapes.pop()
+
+
+def test_grid_shape_wraps_after_three_panels():
+    assert [plots.grid_shape(n) for n in range(1, 8)] == [
+        (1, 1), (1, 2), (1, 3), (2, 2), (2, 3), (2, 3), (3, 3)]
+    with pytest.raises(ValueError, match="n must be"):
+        plots.grid_shape(0)
+
+
+def test_multi_panel_figures_are_readable(runs):
+    history = fake_run(6, 0.05, 0.2)
+    mask = torch.ones(3, 5)
+    figures = {
+        "training": plots.plot_training(history),
+        "five panels": plots.plot_runs(runs, panels=plots.LIVE_PANELS),
+        "heat maps": plots.plot_advantage_heatmap({str(k): torch.randn(3, 5) for k in range(4)},
+                                                  mask),
+        "live": plots.LivePlot(display=False, total=6),
+    }
+    for m in history:
+        figures["live"](m)
+    figures["live"] = figures["live"].fig
+    plots.beta_run_view(runs, 0.05, 3)
+    figures["beta view"] = plt.gcf()
+    for name, fig in figures.items():
+        rows, cols = grid_of(fig)
+        panels = [ax for ax in fig.axes if ax.get_subplotspec() is not None]
+        assert cols <= 3 and rows * cols >= len(panels) > (rows - 1) * cols, name
+        assert fig.get_size_inches()[0] <= plots.MAX_WIDTH, name
+        assert all(ax.title.get_fontsize() >= 10 for ax in panels), name
+    assert grid_of(figures["five panels"]) == (2, 3)
+    assert grid_of(figures["training"]) == (2, 2)
+
+
+def test_heatmap_token_axes_have_integer_ticks():
+    fig = plots.plot_advantage_heatmap({"a": torch.randn(5, 15), "b": torch.randn(5, 15)},
+                                       torch.ones(5, 15))
+    for ax in fig.axes[:2]:
+        for ticks in (ax.get_xticks(), ax.get_yticks()):
+            assert len(ticks) >= 2 and np.allclose(ticks, np.round(ticks))
+
+
+def test_overoptimisation_legend_and_runs_stay_visible(runs):
+    fig = plots.plot_overoptimisation(runs, window=1)
+    lines = fig.axes[0].get_lines()
+    markers = {line.get_color(): line.get_marker() for line in lines}
+    assert len(set(markers.values())) == len(markers) == len(runs)  # one marker per run
+    assert all(line.get_alpha() is not None and line.get_alpha() < 1 for line in lines)
+    assert {line.get_linestyle() for line in lines} == {"-", "--"}  # RM solid, gold dashed
+    legend = fig.legends[0]
+    assert all(t.get_fontsize() >= 9 for t in legend.get_texts())
+    assert {t.get_text() for t in legend.get_texts()} >= set(runs)
+    # the legend sits below the axes, not on the curves
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).y1 <= fig.axes[0].get_window_extent(renderer).y0

@@ -1,11 +1,14 @@
+import itertools
 import random
 
 import pytest
 
 from rlhf_edu.task import (
+    NOUNS,
     PROMPTS,
     VOCAB,
     Tokenizer,
+    gold_clause_scores,
     gold_score,
     is_well_formed,
     parse,
@@ -93,3 +96,66 @@ def test_prompts_are_review_openings():
     for p in PROMPTS:
         tok.encode(p)
         assert any(t.startswith(p + " ") for t in sample_corpus(4000, 0)), p
+
+
+def _malformed_or_repetitive(rng: random.Random) -> str:
+    """A review with a repeated content word, a clause too many, a dropped word or noise."""
+    review = sample_review(rng).split()
+    kind = rng.randrange(4)
+    if kind == 0:  # repeat a clause: every content word of it repeats
+        clause = " ".join(review[:-1]).split(" and ")[0].split(" but ")[0]
+        return f"{clause} and {clause} {review[-1]}"
+    if kind == 1:  # drop one word
+        del review[rng.randrange(len(review))]
+        return " ".join(review)
+    if kind == 2:  # noise from the whole vocabulary
+        return " ".join(rng.choice(VOCAB[3:]) for _ in range(rng.randint(0, 14)))
+    return " ".join(review[:-1] + ["and", "the", "food", "was", "great", review[-1]])
+
+
+def test_gold_clause_scores_sum_exactly_to_the_gold_score():
+    rng = random.Random(3)
+    texts = [sample_review(rng) for _ in range(1500)]
+    texts += [_malformed_or_repetitive(rng) for _ in range(1500)] + ["", ".", "the food was"]
+    kinds = {"repeats": 0, "malformed": 0}
+    for text in texts:
+        parts = gold_clause_scores(text)
+        assert sum(v for _, v in parts) == gold_score(text), text
+        words = text.split()
+        assert [i for i, _ in parts] == sorted(i for i, _ in parts)
+        assert all(0 <= i < max(len(words), 1) for i, _ in parts)
+        kinds["malformed"] += parse(text) is None
+        kinds["repeats"] += parse(text) is not None and repetition(text) > 0
+    assert kinds["malformed"] > 300 and kinds["repeats"] > 100  # both kinds were exercised
+
+
+def test_gold_clause_scores_every_polarity_and_repeat_count():
+    """Every review shape the gold score distinguishes: 1-3 clauses of each polarity, 0-5
+    repeated words (the floor at -1 included); sums exact, clause parts where they belong."""
+    adjective = {1: "great", -1: "awful", 0: "okay"}
+    for n in (1, 2, 3):
+        for polarities in itertools.product((1, -1, 0), repeat=n):
+            for repeats in range(6):
+                nouns = [NOUNS[0]] * min(repeats + 1, n) + list(NOUNS[1:n])
+                clauses = [f"the {nouns[k]} was {adjective[p]}" for k, p in enumerate(polarities)]
+                text = " and ".join(clauses) + " ."
+                expected = max(-1.0, sum(polarities) / 3 - repetition(text))
+                parts = gold_clause_scores(text)
+                assert gold_score(text) == pytest.approx(expected)
+                assert sum(v for _, v in parts) == gold_score(text), text
+                words = text.split()
+                # the clause parts: polarity / 3 on the clause's adjective (its last word)
+                assert [(words[i], v) for i, v in parts[:-1]] == \
+                    [(adjective[p], pytest.approx(p / 3)) for p in polarities]
+                assert parts[-1][0] == len(words) - 1  # penalties on the closing "."
+
+
+def test_gold_clause_scores_hand_examples():
+    assert gold_clause_scores("i hated the wine but the food was really great !") == [
+        (3, pytest.approx(-1 / 3)), (9, pytest.approx(1 / 3)), (10, 0.0)]
+    assert gold_clause_scores("the food was great great .") == [(5, -1.0)]  # malformed
+    assert gold_clause_scores("") == [(0, -1.0)]
+    parts = gold_clause_scores("the food was great and the food was nice .")
+    assert parts[-1] == (9, pytest.approx(-1.0))  # one repeated noun, on the last token
+    with pytest.raises(ValueError, match="text must be a str"):
+        gold_clause_scores(None)

@@ -22,17 +22,39 @@ def call(ex, rewards, values, mask, gamma, lam):
     return expect_tensor(adv, "advantages", shape), expect_tensor(ret, "returns", shape)
 
 
-def reasons(mask: torch.Tensor, what: str):
+def reasons(mask: torch.Tensor, what: str, got: torch.Tensor | None = None,
+            rewards: torch.Tensor | None = None, values: torch.Tensor | None = None,
+            gamma: float = 1.0):
+    """Why each position of ``what`` is wrong. Given the learner's advantages ``got`` and the
+    inputs, the last response token of a row is diagnosed: a value bootstrapped from the
+    padding (V_{t+1} read after the end) and an advantage carried over from the padding
+    (A_{t+1} not reset there) are different mistakes and get different messages."""
     last = {b: int(mask[b].nonzero().max()) for b in range(mask.shape[0])}
+
+    def at_last_token(b: int, t: int) -> str:
+        plain = f"t={t} is the last response token of row {b}: the response has ended"
+        if got is None or rewards is None or values is None or t + 1 >= mask.shape[1]:
+            return (f"{plain}, so nothing comes from the padding after it (V_(t+1) = 0 and "
+                    "A_(t+1) = 0) and A_t = r_t - V_t")
+        r, v, g = float(rewards[b, t]), float(values[b, t]), float(got[b, t])
+        bootstrapped = r + gamma * float(values[b, t + 1]) - v
+        if abs(g - bootstrapped) <= 1e-4 * max(1.0, abs(bootstrapped)):
+            return (f"{plain}, so no value is bootstrapped from the padding after it: use "
+                    f"V_(t+1) = 0 there, not values[{b}, {t + 1}] = "
+                    f"{float(values[b, t + 1]):.4g} (A_t = r_t - V_t)")
+        if abs(g - (r - v)) > 1e-4 * max(1.0, abs(r - v)):
+            return (f"{plain}: A_t = r_t - V_t = {r - v:.4g}; it looks like A_(t+1) was carried "
+                    "over from the padding after it - the running advantage must restart "
+                    "from 0 at the end of each response (multiply A_(t+1) by mask[t+1])")
+        return f"{plain}, so A_t = r_t - V_t"
 
     def why(i: tuple[int, ...]) -> str:
         b, t = i
         if not mask[b, t]:
             return f"that position is padding, so {what}[{b}, {t}] should be 0"
         if t == last[b]:
-            return (f"t={t} is the last response token of row {b}: the response has ended, so "
-                    "nothing is bootstrapped from the padding after it (V_{t+1} = 0) and "
-                    "A_t = r_t - V_t")
+            text = at_last_token(b, t)
+            return text + (" and the return is A_t + V_t" if what == "returns" else "")
         extra = " (returns = advantages + values)" if what == "returns" else ""
         return (f"A_t = delta_t + gamma * lam * A_(t+1), delta_t = r_t + gamma * V_(t+1) - V_t"
                 f"{extra}")
@@ -113,8 +135,10 @@ def test_padding_is_zero_and_not_bootstrapped(ex):
                            [0.3, 0.2, 0.1, 100.0, 100.0, 100.0]])  # junk in the padding
     adv, ret = call(ex, rewards, values, mask, 1.0, 0.95)
     want_adv, want_ret = explicit_gae(rewards, values, mask, 1.0, 0.95)
-    expect_close(adv, want_adv, "advantages", reasons(mask, "advantages"), backward=True)
-    expect_close(ret, want_ret, "returns", reasons(mask, "returns"), backward=True)
+    expect_close(adv, want_adv, "advantages",
+                 reasons(mask, "advantages", adv, rewards, values, 1.0), backward=True)
+    expect_close(ret, want_ret, "returns",
+                 reasons(mask, "returns", adv, rewards, values, 1.0), backward=True)
 
 
 @pytest.mark.parametrize("gamma, lam", [(1.0, 0.95), (0.99, 0.9), (0.5, 0.5)])
@@ -126,11 +150,13 @@ def test_random_against_the_definition(ex, gamma, lam):
     values = torch.randn(B, T, generator=g)
     adv, ret = call(ex, rewards, values, mask, gamma, lam)
     want_adv, want_ret = explicit_gae(rewards, values, mask, gamma, lam)
-    expect_close(adv, want_adv, "advantages", reasons(mask, "advantages"), backward=True)
-    expect_close(ret, want_ret, "returns", reasons(mask, "returns"), backward=True)
+    why_adv = reasons(mask, "advantages", adv, rewards, values, gamma)
+    expect_close(adv, want_adv, "advantages", why_adv, backward=True)
+    expect_close(ret, want_ret, "returns", reasons(mask, "returns", adv, rewards, values, gamma),
+                 backward=True)
     # and the package agrees with the definition
-    expect_close(adv, package_gae(rewards, values, mask, gamma, lam)[0], "advantages",
-                 reasons(mask, "advantages"), backward=True)
+    expect_close(adv, package_gae(rewards, values, mask, gamma, lam)[0], "advantages", why_adv,
+                 backward=True)
 
 
 def test_returns_are_advantages_plus_values(ex):

@@ -116,17 +116,41 @@ VALUE_CASES = [
      "0.5 * 0.64 and the gradient is 0"),
     (0.5, 0.0, 0.0, 0.125, 0.5, "the value moved past the clip range away from the return: "
      "the unclipped error 0.25 is the larger, so the loss is 0.5 * 0.25 with its gradient"),
+    # the same regimes away from 0: the clip range is centred on the OLD value, not on 0
+    (1.1, 1.0, 2.0, 0.405, -0.9, "the value moved 0.1 from its old value 1.0, inside the clip "
+     "range [0.8, 1.2]: both errors are (1.1 - 2)^2 = 0.81; the loss is 0.5 * 0.81"),
+    (1.5, 1.0, 2.0, 0.32, 0.0, "the value moved 0.5 from its old value 1.0, past vf_clip = 0.2: "
+     "the clipped value is 1.2, its error (1.2 - 2)^2 = 0.64 is the larger one, so the loss is "
+     "0.5 * 0.64 and the gradient is 0"),
+    (0.5, 1.0, 0.0, 0.32, 0.0, "the value moved -0.5 from its old value 1.0: the clipped value "
+     "is 0.8, its error 0.8^2 = 0.64 is larger than the unclipped 0.5^2 = 0.25, so the loss is "
+     "0.5 * 0.64 and the gradient is 0"),
 ]
 
 
+def clipped_the_value_itself(v, old, ret, vf_clip: float):
+    """What a value loss that clamps V itself to [-vf_clip, vf_clip] (not its change) gives."""
+    v, old, ret = (torch.as_tensor(x, dtype=torch.float64) for x in (v, old, ret))
+    wrong = torch.clamp(v, -vf_clip, vf_clip)
+    return 0.5 * torch.maximum((v - ret) ** 2, (wrong - ret) ** 2)
+
+
+VALUE_ITSELF = ("it looks like the value itself was clipped to [-vf_clip, vf_clip]; the clip "
+                "limits how far V moves from its OLD value: V_clip = old_values + "
+                "clamp(values - old_values, -vf_clip, vf_clip)")
+
+
 @pytest.mark.parametrize("v, old, ret, want, grad, why", VALUE_CASES,
-                         ids=["inside", "clipped", "unclipped-larger"])
+                         ids=["inside", "clipped", "unclipped-larger", "inside-old-1",
+                              "clipped-old-1", "clipped-down-old-1"])
 def test_value_loss_clipping_regimes(ex, v, old, ret, want, grad, why):
     values = torch.tensor([[v]], requires_grad=True)
     loss = expect_scalar(ex.ppo_value_loss(values, torch.tensor([[old]]), torch.tensor([[ret]]),
                                            torch.ones(1, 1), vf_clip=0.2), "ppo_value_loss")
     if not close(loss.item(), want):
         hint = " (did you forget the factor 1/2?)" if close(loss.item(), 2 * want) else ""
+        if close(loss.item(), clipped_the_value_itself(v, old, ret, 0.2).item()):
+            hint = f" ({VALUE_ITSELF})"
         pytest.fail(f"ppo_value_loss with value {v}, old value {old}, return {ret} is "
                     f"{loss.item():.4g} but should be {want}: {why}{hint}", pytrace=False)
     if not loss.requires_grad:
@@ -146,6 +170,9 @@ def test_value_loss_random_against_package(ex, vf_clip):
                         "ppo_value_loss")
     hint = ("did you forget the factor 1/2? " if close(got.item(), 2 * want["value_loss"].item())
             else "")
-    expect_close(got, want["value_loss"], f"ppo_value_loss(vf_clip={vf_clip})",
-                 hint + "0.5 * the masked mean of max((V - R)^2, (V_clip - R)^2), with "
-                 "V_clip = old_values + clip(values - old_values, -vf_clip, vf_clip)")
+    itself = clipped_the_value_itself(values, old_values, returns, vf_clip)
+    why = hint + ("0.5 * the masked mean of max((V - R)^2, (V_clip - R)^2), with "
+                  "V_clip = old_values + clip(values - old_values, -vf_clip, vf_clip)")
+    if close(got.item(), (itself * mask).sum().item() / mask.sum().item()):
+        why = VALUE_ITSELF
+    expect_close(got, want["value_loss"], f"ppo_value_loss(vf_clip={vf_clip})", why)

@@ -1,0 +1,495 @@
+"""ZeRO with PyTorch's FSDP2: the trained models sharded over ranks, sharded checkpoints.
+
+Data parallelism with DDP keeps a whole copy of the actor and the critic, their gradients and
+their Adam states on every rank. Sharding keeps ``1/N`` of each on each of N ranks instead:
+
+=========  ===============================  ==========================================
+stage      between steps (at rest)          from forward to backward
+=========  ===============================  ==========================================
+``none``   everything whole (DDP)           everything whole
+``zero2``  parameters, gradients and Adam   each block's gathered parameters are kept
+           states sharded                   until its backward (one gather per step)
+``zero3``  the same, and the frozen reward  each block is gathered for its forward, freed,
+           model and reference sharded too  and gathered again for its backward
+=========  ===============================  ==========================================
+
+FSDP2 (``torch.distributed.fsdp.fully_shard``) does the work, with one unit per transformer
+block, one for the actor and one for the critic (what the blocks leave: embeddings, final
+norms, the value head), and the root, the trainer's ``PolicyValue``, whose forward runs both.
+A unit is gathered (all-gather) just before it runs and freed after. Each parameter is a
+``DTensor`` split
+along dimension 0 the way ``torch.chunk`` splits it: rank r holds rows
+``[r * c, min((r + 1) * c, d0))`` with ``c = ceil(d0 / N)``, so a ``(1, 128)`` value head on two
+ranks is one row on rank 0 and none on rank 1. Gradients are reduce-scattered into the same
+shards, and Adam, built over the sharded parameters, keeps states of the shard's shape only.
+FSDP2's "zero2" is not DeepSpeed's ZeRO-2 (which keeps whole parameters on every rank):
+between steps both FSDP2 stages hold the same shards; they differ while a step runs.
+
+Generation needs whole weights for every new token. Two ways are offered (``Sharded.gather``):
+
+* ``"rollout"`` (default): gather the actor and critic once when the rollout starts and free
+  them when it ends: one all-gather per step, whole weights held while generating (what large
+  systems do when they copy the trained weights into their inference engine);
+* ``"layer"``: gather only the units outside the blocks; each block is gathered by FSDP's
+  hooks when it runs, so under zero3 a response of T tokens costs T all-gathers per block,
+  at a block's memory.
+
+Checkpoints of sharded runs are written with ``torch.distributed.checkpoint`` (DCP): every rank
+writes its own shards, and a checkpoint written by N ranks loads into M ranks, or into a
+single process with whole tensors. See :func:`save_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from . import distributed
+from .checkpoint import atomic_save, check_sharded, load_sharded, save_sharded
+
+STAGES = ("none", "zero2", "zero3")
+
+
+# ------------------------------------------------------------------ checks (before any rank)
+
+def check_stage(stage: object) -> str:
+    """``stage`` must be one of :data:`STAGES`; returns it."""
+    if not isinstance(stage, str) or stage not in STAGES:
+        raise ValueError(f"unknown shard stage {stage!r}; expected one of {', '.join(STAGES)}")
+    return stage
+
+
+def check_config(stage: str, placement: str | dict) -> None:
+    """A sharded run keeps the four models on each rank's own device: no placement map."""
+    check_stage(stage)
+    if stage != "none" and placement != "colocate":
+        raise ValueError(f"shard {stage!r} with placement {placement!r}: sharding splits every "
+                         "model over the ranks' own devices; use placement 'colocate' (or "
+                         "shard 'none' to place models on other devices)")
+
+
+def check_world(stage: str, world: int) -> None:
+    """Sharding splits over processes: it needs at least two (``--nproc 2``)."""
+    check_stage(stage)
+    if stage != "none" and world < 2:
+        raise ValueError(f"--shard {stage} splits the models over processes, but this run has "
+                         f"{world}; pass --nproc 2 or more (or --shard none)")
+
+
+# ------------------------------------------------------------------ wrapping
+
+def _fsdp():
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    return fully_shard, MixedPrecisionPolicy
+
+
+def _blocks(module: nn.Module | None) -> list[nn.Module]:
+    """The transformer blocks inside ``module`` (each GPT's ``h``), in forward order."""
+    from .model import Block
+
+    return [m for m in module.modules() if isinstance(m, Block)] if module is not None else []
+
+
+def _fsdp_modules(root: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in root.modules() if isinstance(m, FSDPModule)]
+
+
+@dataclass
+class Sharded:
+    """The sharded roots of a run: ``roots["policy"]`` (actor and critic, trained) and, under
+    zero3, ``roots["reward"]`` and ``roots["reference"]``."""
+
+    stage: str
+    roots: dict[str, nn.Module]
+    gather: str = "rollout"
+    """how a rollout gathers the trained weights: "rollout" (once) or "layer" (FSDP's hooks)"""
+    gathers: int = field(default=0, init=False)
+    """whole-model gathers done by :meth:`gathered` (for the benchmark)"""
+
+    @contextlib.contextmanager
+    def gathered(self, equal_forwards: bool = False) -> Iterator[None]:
+        """Whole trained weights inside the block (see the module docstring); sharded after.
+
+        The units outside the blocks (embeddings, final norms, heads) are always gathered:
+        generation calls the GPT's parts directly, never a unit's ``forward``, where FSDP's
+        hooks would gather them. Every rank must enter the block together. ``"layer"``
+        gathering also needs every rank to run equally many forwards inside
+        (``equal_forwards``): a rank whose responses all reached ``<eos>`` stops generating,
+        and the all-gathers it skips would pair with the other ranks' next ones.
+        """
+        if self.gather not in ("rollout", "layer"):
+            raise ValueError(f"Sharded.gather must be 'rollout' or 'layer', got {self.gather!r}")
+        if self.gather == "layer" and not equal_forwards:
+            raise ValueError("Sharded.gather 'layer' gathers each block once per generated "
+                             "token, so every rank must generate equally many: use it with "
+                             "stop_at_eos=False, or gather 'rollout'")
+        root = self.roots["policy"]
+        units = [u for u in _fsdp_modules(root)
+                 if self.gather == "rollout" or u not in _blocks(root)]
+        if self.gather == "rollout":  # keep the blocks whole through every forward in here
+            root.set_reshard_after_forward(False)
+        try:
+            for unit in units:
+                unit.unshard()
+            self.gathers += 1
+            yield
+        finally:
+            root.set_reshard_after_forward(self.stage == "zero3")
+            for unit in _fsdp_modules(root):
+                unit.reshard()
+
+
+def shard_models(models, stage: str, mesh=None, precision: str = "auto", *,
+                 root: nn.Module) -> Sharded | None:
+    """Wrap the trained actor and critic with FSDP2 (``fully_shard``) per block, then ``root``.
+
+    ``root`` is the module whose ``forward`` runs the actor and the critic together (the
+    trainer's ``PolicyValue``), so one forward gathers and one backward reduces both. Under
+    "zero3" the frozen reward model and reference are sharded the same way. ``mesh`` defaults
+    to all ranks on the actor's device type; ``precision`` follows
+    :func:`rlhf_edu.distributed.uses_bf16`: bf16 gathers bf16 weights and reduces gradients in
+    fp32 (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``), while the shards,
+    their gradients and Adam stay fp32. Returns ``None`` for stage "none".
+    """
+    check_stage(stage)
+    if stage == "none":
+        return None
+    fully_shard, MixedPrecisionPolicy = _fsdp()
+    device = next(models.actor.parameters()).device
+    _, world = distributed.rank_and_world()
+    check_world(stage, world)
+    if mesh is None:
+        from torch.distributed.device_mesh import init_device_mesh
+        mesh = init_device_mesh(device.type, (world,))
+    bf16 = distributed.uses_bf16(device, precision)
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
+                              reduce_dtype=torch.float32 if bf16 else None)
+    after = stage == "zero3"  # reshard_after_forward: free each block's gathered weights
+    # FSDP warns that a unit returns views (log-probs, values) in case a caller edits them in
+    # place, which would skip its backward hook; the trainer never does
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    roots = {"policy": root}
+    if stage == "zero3":
+        roots.update(reward=models.reward, reference=models.reference)
+    for name, module in roots.items():
+        # the trained root holds two models: each is a unit of its own, so calling one alone
+        # (the critic's values, the actor's log-probs) gathers it through FSDP's hooks
+        models_in = [m for m in (models.actor, models.critic) if m is not None] \
+            if name == "policy" else []
+        for unit in [b for m in models_in or [module] for b in _blocks(m)] + models_in:
+            fully_shard(unit, mesh=mesh, reshard_after_forward=after, mp_policy=mp)
+        fully_shard(module, mesh=mesh, reshard_after_forward=after, mp_policy=mp)
+        _init_root(module)
+    return Sharded(stage, roots)
+
+
+def _init_root(root: nn.Module) -> None:
+    """Make ``root`` FSDP's root now and allocate each unit's gathered buffers once.
+
+    FSDP picks as root the first unit whose forward runs; generation runs the blocks before
+    the root's forward ever does, so the root is settled here (``_lazy_init`` is what the
+    root's first forward would call). Gathering once outside ``torch.inference_mode`` keeps
+    the buffers ordinary tensors that training can later use with autograd.
+    """
+    root._get_fsdp_state()._lazy_init()
+    for unit in _fsdp_modules(root):
+        unit.unshard()
+        unit.reshard()
+
+
+def gathered_during(method):
+    """Decorate a trainer method that runs the actor outside the root's ``forward``
+    (generation, values): its ``sharded`` models are gathered for the call, a collective
+    call that every rank makes. Ranks generate equally many tokens only in a rollout with
+    ``stop_at_eos=False`` (``sample`` always stops at ``<eos>``)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        sharded = getattr(self, "sharded", None)
+        if sharded is None:
+            return method(self, *args, **kwargs)
+        equal = method.__name__ == "rollout" and not self.config.stop_at_eos
+        with sharded.gathered(equal_forwards=equal):
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``t``: ``DTensor.to_local()``, or ``t`` itself if it is not sharded."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on every rank (all-gathered from the shards if ``t`` is a DTensor)."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Whether every element of ``tensors`` is finite on every rank: a 0-dim bool tensor.
+
+    Replicated tensors are checked here alone; when some are shards (DTensors), each rank
+    checks its own shards and one sum over ranks joins the answers, so all ranks agree.
+    """
+    from torch.distributed.tensor import DTensor
+
+    ok = torch.stack([torch.isfinite(local(t)).all() for t in tensors]).all()
+    if any(isinstance(t, DTensor) for t in tensors):
+        bad = distributed.all_reduce_sum((~ok).float().reshape(1))
+        ok = bad[0] == 0
+    return ok
+
+
+# ------------------------------------------------------------------ bytes per rank
+
+def _nbytes(t: torch.Tensor) -> int:
+    t = local(t)
+    return t.numel() * t.element_size()
+
+
+def local_bytes(module: nn.Module, optimizer: torch.optim.Optimizer |
+                Iterable[torch.optim.Optimizer] | None = None) -> dict[str, int]:
+    """This rank's bytes of ``module``'s parameters and gradients and ``optimizer``'s states.
+
+    Counts each tensor's local part (``DTensor.to_local()``: the unpadded shard, possibly
+    empty), so the figures are exact, uneven shards included. ``optimizer`` may be a list.
+    Returns ``{"parameters", "gradients", "optimizer", "step_counters"}`` in bytes:
+    "optimizer" is the states shaped like the parameters (Adam's two moments), and
+    "step_counters" the 0-d ones (Adam's ``step``, one fp32 scalar per parameter tensor), which
+    :func:`rlhf_edu.memory.fsdp2_local_bytes` leaves out.
+    """
+    if optimizer is None:
+        opts = []
+    elif isinstance(optimizer, torch.optim.Optimizer):
+        opts = [optimizer]
+    else:
+        opts = list(optimizer)
+    params = list(module.parameters())  # parameters() yields a shared parameter once
+    states = [v for opt in opts for st in opt.state.values() for v in st.values()
+              if isinstance(v, torch.Tensor)]
+    return {
+        "parameters": sum(_nbytes(p) for p in params),
+        "gradients": sum(_nbytes(p.grad) for p in params if p.grad is not None),
+        "optimizer": sum(_nbytes(v) for v in states if v.dim() > 0),
+        "step_counters": sum(_nbytes(v) for v in states if v.dim() == 0),
+    }
+
+
+def predicted(shapes: list[tuple[int, ...]], world: int, rank: int, sharded: bool,
+              dtype_bytes: int = 4) -> dict[str, int]:
+    """What :func:`rlhf_edu.memory.fsdp2_local_bytes` says ``rank`` holds of parameters with
+    ``shapes`` (fp32 shards, gradients and Adam moments), or of whole ones if not ``sharded``.
+    Returns ``{"parameters", "gradients", "optimizer"}`` in bytes."""
+    from .memory import fsdp2_local_bytes
+
+    b = fsdp2_local_bytes([tuple(s) for s in shapes], world if sharded else 1,
+                          rank if sharded else 0, param_bytes=dtype_bytes)
+    return {"parameters": b["weights"], "gradients": b["gradients"],
+            "optimizer": b["optimizer_states"]}
+
+
+# ------------------------------------------------------------------ checkpoints (DCP)
+
+SHARDS_PREFIX = "shards-"
+
+
+def optimizers(trainer) -> list[torch.optim.Optimizer]:
+    """The trainer's optimisers: the actor's, and the critic's when there is a critic."""
+    return [opt for opt in (trainer.actor_opt, trainer.critic_opt) if opt is not None]
+
+
+def _policy_state(trainer) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model, optim = get_state_dict(trainer.policy, optimizers(trainer))
+    return {"model": model, "optim": optim}
+
+
+def save_checkpoint(trainer, path: str | Path) -> Path | None:
+    """Write a sharded run's checkpoint; every rank calls it, rank 0 returns ``path``.
+
+    Each rank writes its shards of the actor, the critic and their Adam states with DCP into a
+    new directory beside ``path``; only then does rank 0 atomically write ``path`` itself (the
+    run's step, config, KL controller, random generators and history, and the directory's name).
+    ``path`` is the commit: a save cut short leaves the previous ``path`` and the shards it names
+    untouched, and the next save deletes the unnamed leftovers.
+    """
+    path = Path(path)
+    state = trainer.state_dict()  # every rank joins the gather of generator states
+    meta = {k: v for k, v in state.items()
+            if k not in ("actor", "critic", "actor_opt", "critic_opt")}
+    name = save_sharded(_policy_state(trainer), path.parent, SHARDS_PREFIX)
+    if trainer.rank != 0:
+        return None
+    atomic_save({**meta, "shards": name, "shard": trainer.config.shard}, path)
+    for old in path.parent.iterdir():  # earlier shards and unfinished temporary directories
+        if old.is_dir() and old.name != name and old.name.lstrip(".").startswith(SHARDS_PREFIX):
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_checkpoint(trainer, state: dict, path: str | Path) -> None:
+    """Load the actor, the critic and their Adam states of a checkpoint into ``trainer``.
+
+    A sharded checkpoint (``state["shards"]``) loads into any number of ranks and any stage,
+    whole tensors in a single process included: DCP reads each rank's part of every tensor. A
+    replicated checkpoint (written without sharding) cannot be read into sharded models.
+    The config must match except for the stage.
+    """
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    path = Path(path)
+    if "shards" not in state:
+        raise ValueError(f"{path} holds whole (replicated) weights written without --shard; "
+                         f"load it into a run without sharding on {state['world_size']} "
+                         f"process(es), not into shard {trainer.config.shard!r}")
+    mine, theirs = dict(asdict(trainer.config)), dict(state["config"])
+    mine.pop("shard", None)
+    theirs.pop("shard", None)
+    if mine != theirs:
+        raise ValueError(f"{path} was written by a run with a different config")
+    directory = check_sharded(path.parent / state["shards"])
+    target = _policy_state(trainer)
+    load_sharded(target, directory)
+    set_state_dict(trainer.policy, optimizers(trainer),
+                   model_state_dict=target["model"], optim_state_dict=target["optim"])
+
+
+# ------------------------------------------------------------------ measured per rank
+
+MEASURE_CONFIG = dict(batch_size=8, response_len=8, ppo_epochs=1, minibatches=1, seed=0)
+
+
+def gathered_bytes(root: nn.Module) -> int:
+    """Bytes of ``root``'s parameters that are whole right now (not DTensor shards)."""
+    from torch.distributed.tensor import DTensor
+
+    return sum(_nbytes(p) for p in root.parameters() if not isinstance(p, DTensor))
+
+
+def _measure_stage(stage: str) -> dict:
+    """One PPO step with ``stage`` on this rank; its bytes and the shapes to predict them."""
+    from .trainer import PPOConfig, RLHFTrainer
+
+    trainer = RLHFTrainer(PPOConfig(**MEASURE_CONFIG, shard=stage))
+    held = []
+    hook = trainer.policy.register_forward_hook(
+        lambda module, args, out: held.append(gathered_bytes(module)))
+    trainer.step()
+    hook.remove()
+    trained = local_bytes(trainer.policy, optimizers(trainer))
+    frozen = sum(local_bytes(m)["parameters"] for m in (trainer.models.reward,
+                                                        trainer.models.reference))
+    row = {"stage": stage, "rank": trainer.rank, **trained, "frozen": frozen,
+           "held_after_forward": held[-1],  # after the last training forward
+           "trained_shapes": [tuple(whole(p).shape) for p in trainer.policy.parameters()],
+           "frozen_shapes": [tuple(whole(p).shape) for m in (trainer.models.reward,
+                                                             trainer.models.reference)
+                             for p in m.parameters()]}
+    trainer.ddp = None
+    del trainer
+    return row
+
+
+def _measure_main(out: str, stages: list[str]) -> None:
+    """Under torchrun: measure each stage on every rank; rank 0 writes the rows to ``out``."""
+    import torch.distributed as dist
+
+    rank, world = distributed.init_from_env("cpu")
+    rows = [_measure_stage(stage) for stage in stages]
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, rows)
+    if rank == 0:
+        Path(out).write_text(json.dumps([r for per_rank in gathered for r in per_rank]))
+    distributed.shutdown()
+
+
+def _prediction(row: dict, world: int) -> dict:
+    """The calculator's figures for ``row``'s rank: at rest, and gathered after forward."""
+    rank, shapes, stage = row["rank"], row["trained_shapes"], row["stage"]
+    return {**predicted(shapes, world, rank, sharded=stage != "none"),
+            "frozen": predicted(row["frozen_shapes"], world, rank,
+                                sharded=stage == "zero3")["parameters"],
+            "held_after_forward": 0 if stage == "zero3" else
+            predicted(shapes, world, rank, sharded=False)["parameters"]}
+
+
+def measure_ranks(stages: Iterable[str] = ("none", "zero2", "zero3"), nproc: int = 2,
+                  timeout: float = 300) -> list[dict]:
+    """Launch ``nproc`` CPU ranks (torchrun, gloo), run one PPO step of the shipped toy actor
+    and critic per stage, and return one row per (stage, rank): the bytes each rank measured
+    (``local_bytes``) beside the prediction (``torch.chunk``'s rows, fp32), both in bytes.
+
+    Keys: ``stage, rank, parameters, gradients, optimizer, frozen, held_after_forward`` and
+    ``predicted`` (a dict with the same five keys). "held_after_forward" is the trained
+    weights still gathered when the root's forward returns: whole under DDP and zero2, none
+    under zero3.
+    """
+    stages = [check_stage(s) for s in stages]
+    distributed.check_nproc(nproc, "cpu")
+    if nproc < 2:
+        raise ValueError(f"nproc must be >= 2 to compare sharding stages, got {nproc}")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ranks.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "rlhf_edu.sharding", "--measure", str(out),
+               *stages]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                                cwd=tmp)
+        if result.returncode != 0 or not out.exists():
+            tail = result.stderr.strip().splitlines()[-5:]
+            raise RuntimeError(f"the {nproc} measuring ranks failed (exit "
+                               f"{result.returncode}): {' | '.join(tail)}")
+        rows = json.loads(out.read_text())
+    keys = ("parameters", "gradients", "optimizer", "frozen", "held_after_forward")
+    return [{**{k: row[k] for k in ("stage", "rank", *keys)},
+             "predicted": _prediction(row, nproc)} for row in rows]
+
+
+def format_ranks(rows: list[dict]) -> str:
+    """The rows of :func:`measure_ranks` as a table in kB (1 kB = 1000 bytes), by stage and
+    rank; the last column says whether all five figures equal the calculator's, byte for byte,
+    and names the prediction of any that does not."""
+    keys = ("parameters", "gradients", "optimizer", "frozen", "held_after_forward")
+    heads = ("params", "grads", "Adam", "frozen", "gathered")
+    lines = [f"{'stage':<6}{'rank':>5}" + "".join(f"{h + ' kB':>13}" for h in heads)
+             + "  = calculator"]
+    for row in sorted(rows, key=lambda r: (STAGES.index(r["stage"]), r["rank"])):
+        misses = [f"{h} {row['predicted'][k] / 1e3:.1f}" for k, h in zip(keys, heads)
+                  if row[k] != row["predicted"][k]]
+        lines.append(f"{row['stage']:<6}{row['rank']:>5}"
+                     + "".join(f"{row[k] / 1e3:>13.1f}" for k in keys)
+                     + ("  yes" if not misses else "  no: " + ", ".join(misses)))
+    return "\n".join(lines)
+
+
+__all__ = ["STAGES", "Sharded", "shard_models", "local_bytes", "predicted", "optimizers",
+           "gathered_bytes", "all_finite",
+           "save_checkpoint", "load_checkpoint", "measure_ranks", "format_ranks",
+           "check_stage", "check_config", "check_world", "gathered_during", "local", "whole"]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--measure":
+        _measure_main(sys.argv[2], sys.argv[3:] or list(STAGES))
+    else:
+        sys.exit("usage: python -m rlhf_edu.sharding --measure OUT.json [STAGE ...] "
+                 "(under torchrun; see rlhf_edu.sharding.measure_ranks)")

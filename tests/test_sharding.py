@@ -22,8 +22,12 @@ from rlhf_edu.trainer import PPOConfig, RLHFTrainer
 # runs must compute the global norm of sharded gradients to match
 CONFIG = dict(batch_size=8, response_len=10, ppo_epochs=2, minibatches=1, seed=3,
               max_grad_norm=0.5)
-# (critic mode, stages): "shared" sends the value loss into the actor's sharded backbone
-CASES = [("separate", ("none", "zero2", "zero3")), ("shared", ("zero3",))]
+# the runs compared, by name: "shared" sends the value loss into the actor's sharded backbone;
+# "grpo" has no critic at all (group advantages, k3 in the loss)
+MODES = {"separate": dict(critic_mode="separate"), "shared": dict(critic_mode="shared"),
+         "grpo": dict(advantage_estimator="grpo", group_size=4)}
+# (mode, stages)
+CASES = [("separate", ("none", "zero2", "zero3")), ("shared", ("zero3",)), ("grpo", ("zero3",))]
 WORLD = 2
 
 WORKER = textwrap.dedent('''
@@ -34,7 +38,7 @@ WORKER = textwrap.dedent('''
 
     out = sys.argv[1]
     rank, world = distributed.init_from_env("cpu")
-    CONFIG, CASES = {config}, {cases}
+    CONFIG, CASES, MODES = {config}, {cases}, {modes}
     norms = []
     clip = torch.nn.utils.clip_grad_norm_
     def recording_clip(params, max_norm):
@@ -44,7 +48,7 @@ WORKER = textwrap.dedent('''
     torch.nn.utils.clip_grad_norm_ = recording_clip
 
     def whole_state(trainer):
-        opt = [sharding.whole(v).clone() for o in (trainer.actor_opt, trainer.critic_opt)
+        opt = [sharding.whole(v).clone() for o in sharding.optimizers(trainer)
                for st in o.state.values() for v in st.values()]  # a copy: Adam's step is live
         params = [sharding.whole(p).detach().clone() for p in trainer.policy.parameters()]
         return {{"params": params, "opt": opt}}
@@ -60,13 +64,13 @@ WORKER = textwrap.dedent('''
         share = batch.tokens.size(0) // world
         mine = batch.rows(slice(rank * share, (rank + 1) * share))
         for stage in stages:
-            trainer = RLHFTrainer(PPOConfig(**CONFIG, critic_mode=mode, shard=stage))
+            trainer = RLHFTrainer(PPOConfig(**CONFIG, **MODES[mode], shard=stage))
             norms.clear()
             trainer.update(mine)
             frozen = [trainer.models.reward, trainer.models.reference]
             torch.save({{**whole_state(trainer), "norms": list(norms),
                         "bytes": sharding.local_bytes(trainer.policy,
-                                                      [trainer.actor_opt, trainer.critic_opt]),
+                                                      sharding.optimizers(trainer)),
                         "frozen": sum(sharding.local_bytes(m)["parameters"] for m in frozen),
                         "rows": [sharding.local(p).shape[0] if p.dim() else 1
                                  for p in trainer.policy.parameters()]}},
@@ -108,7 +112,7 @@ WORKER = textwrap.dedent('''
     drop(b)
     del a, b, trainer
     distributed.shutdown()
-''').format(config=repr(CONFIG), cases=repr(CASES))
+''').format(config=repr(CONFIG), cases=repr(CASES), modes=repr(MODES))
 
 
 def _torchrun(nproc, args, cwd):
@@ -137,7 +141,7 @@ def ranks(tmp_path_factory):
     single = {}
     for mode, _ in CASES:
         torch.manual_seed(0)
-        trainer = RLHFTrainer(PPOConfig(**CONFIG, critic_mode=mode))
+        trainer = RLHFTrainer(PPOConfig(**CONFIG, **MODES[mode]))
         batch = trainer.rollout()
         torch.save(batch, out / f"rollout-{mode}.pt")
         norms = []
@@ -214,8 +218,9 @@ def test_local_bytes_are_torch_chunk_shards(ranks, mode, stage):
         assert got["frozen"] == frozen
         rows.append(got["rows"])
     if sharded:  # uneven shards are covered: the (1, C) value head is one row on rank 0 only
-        head = shapes.index((1, 128))
-        assert [r[head] for r in rows] == [1, 0]
+        if mode != "grpo":  # (a critic-free run has no value head)
+            head = shapes.index((1, 128))
+            assert [r[head] for r in rows] == [1, 0]
         assert all(a + b == s[0] for a, b, s in zip(*rows, shapes))
 
 

@@ -906,7 +906,7 @@ class RLHFTrainer:
         out = self.models.actor.generate(ids.to(self.device), valid.to(self.device),
                                          self.config.response_len, top_k=1 if greedy else None,
                                          eos_id=self.tok.eos_id, generator=g)
-        return [f"{p} {self.tok.decode(r)}" for p, r in zip(prompts, out.response.cpu())]
+        return self._texts(prompts, out.response)
 
 
 def trace_step(batch_size: int = 4, response_len: int = 100, critic_mode: str = "auto",

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from .validate import check_bool, check_float, check_int, check_tensor, shown
+from .validate import check_bool, check_float, check_floating, check_int, check_tensor, shown
 
 
 @dataclass
@@ -463,3 +463,18 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"logits have (B, T) = {tuple(logits.shape[:2])} but tokens have shape "
                          f"{tuple(tokens.shape)}; they must match")
     return F.log_softmax(logits.float(), dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution given by ``logits``, per position.
+
+    ``(B, T, V)`` → ``(B, T)``. Uses log_softmax (no overflow for large logits) and treats
+    ``p = 0`` entries (e.g. logits of -inf) as contributing 0, with finite gradients.
+    """
+    check_floating("logits", logits)
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    logp = F.log_softmax(logits.to(acc), dim=-1)
+    p = logp.exp()
+    # 0 * log 0 = 0; filling logp (not the product) keeps the backward pass free of NaN.
+    logp = logp.masked_fill(p == 0, 0.0)
+    return -(p * logp).sum(-1).to(logits.dtype)

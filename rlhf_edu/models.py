@@ -35,8 +35,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import check_model_checkpoint, safe_load
-from .model import GPT, GPTConfig, token_logprobs
-from .ppo import entropy_from_logits
+from .model import GPT, GPTConfig, entropy_from_logits, token_logprobs
 from .validate import (
     check_float,
     check_instance,

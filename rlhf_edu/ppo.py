@@ -31,10 +31,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from rlhf_edu.advantages import _masked_mean
+from rlhf_edu.model import entropy_from_logits
 from rlhf_edu.rewards import _check_estimator, _kl
 from rlhf_edu.validate import (
     check_float,
@@ -52,21 +52,6 @@ __all__ = [
     "FixedKLController",
     "AdaptiveKLController",
 ]
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of the categorical distribution given by `logits`, per position.
-
-    `(B, T, V)` -> `(B, T)`. Uses log_softmax (no overflow for large logits) and treats
-    `p = 0` entries (e.g. logits of -inf) as contributing 0, with finite gradients.
-    """
-    check_floating("logits", logits)
-    acc = torch.promote_types(logits.dtype, torch.float32)
-    logp = F.log_softmax(logits.to(acc), dim=-1)
-    p = logp.exp()
-    # 0 * log 0 = 0; filling logp (not the product) keeps the backward pass free of NaN.
-    logp = logp.masked_fill(p == 0, 0.0)
-    return -(p * logp).sum(-1).to(logits.dtype)
 
 
 def ppo_losses(

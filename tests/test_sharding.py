@@ -11,7 +11,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from rlhf_edu import sharding
+from rlhf_edu import sharding, sharding_measure
 from rlhf_edu.checkpoint import atomic_save
 from rlhf_edu.cli import main
 from rlhf_edu.memory import fsdp2_local_bytes
@@ -33,7 +33,7 @@ WORLD = 2
 WORKER = textwrap.dedent('''
     import gc, sys, torch
     import torch.distributed.checkpoint as dcp
-    from rlhf_edu import distributed, sharding
+    from rlhf_edu import distributed, sharding, sharding_measure
     from rlhf_edu.trainer import PPOConfig, RLHFTrainer
 
     out = sys.argv[1]
@@ -77,8 +77,8 @@ WORKER = textwrap.dedent('''
                        f"{{out}}/{{mode}}-{{stage}}-rank{{rank}}.pt")
             drop(trainer)
 
-    # what rlhf_edu.sharding.measure_ranks runs on each rank, for one stage
-    measured = sharding._measure_stage("zero3")
+    # what rlhf_edu.sharding_measure.measure_ranks runs on each rank, for one stage
+    measured = sharding_measure._measure_stage("zero3")
     torch.save(measured, f"{{out}}/measured-rank{{rank}}.pt")
 
     # 2. a zero3 run: save after step 1, step 2 uninterrupted; then resume and step 2 again
@@ -230,11 +230,11 @@ def test_measured_rows_equal_the_calculator(ranks):
     rows = [torch.load(out / f"measured-rank{rank}.pt") for rank in range(WORLD)]
     keys = ("parameters", "gradients", "optimizer", "frozen", "held_after_forward")
     for row in rows:
-        want = sharding._prediction(row, WORLD)
+        want = sharding_measure._prediction(row, WORLD)
         assert {k: row[k] for k in keys} == want
         assert row["held_after_forward"] == 0  # zero3 frees every block after its forward
-    table = sharding.format_ranks([{**r, "predicted": sharding._prediction(r, WORLD)}
-                                   for r in rows])
+    table = sharding_measure.format_ranks(
+        [{**r, "predicted": sharding_measure._prediction(r, WORLD)} for r in rows])
     assert table.count("  yes") == WORLD and "zero3" in table
 
 

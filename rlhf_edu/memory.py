@@ -88,7 +88,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from types import SimpleNamespace
 
-from .validate import check_bool, check_float, check_int, shown
+from .validate import check_bool, check_choice, check_float, check_instance, check_int, shown
 
 GB = 1e9  # decimal gigabyte, as in the chapter
 ITEMS = ("weights", "gradients", "optimizer_states", "master_weights", "activations", "kv_cache",
@@ -102,6 +102,7 @@ PLACEMENTS = ("colocate", "split")
 CHAPTER_ACTIVATIONS = (20, 7)  # the chapter's ~20 GB of activations per 7e9 params
 _BYTES = {"mixed": (2, 2, 4, 8), "fp32": (4, 4, 0, 8)}  # weights, grads, master, Adam per param
 PLAN_MAX_TP = 8  # plan() tries tensor parallelism within one node of 8 GPUs
+ZERO_STAGES = (0, 1, 2, 3)
 
 
 # The one place memory.py checks its numbers: each name's rule. Counts are ints >= 1 (a float
@@ -132,24 +133,19 @@ def _check_numbers(**values: object) -> None:
             check_float(name, value, minimum=0)
         elif name in _FLAGS:
             check_bool(name, value)
-        elif name == "zero_stage":  # the type here; the stages are checked by _one_of
-            check_int(name, value)
         elif name == "limit":
             check_int(name, value, minimum=0)
         else:
             raise AssertionError(f"no rule for {name}")  # a programming error, not bad input
 
 
-def _one_of(name: str, value: object, allowed: tuple) -> None:
-    if isinstance(value, bool) or value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, "
-                         f"got {shown(value)}")
+def _check_stage(zero_stage: object) -> None:
+    """A ZeRO stage: an int (NumPy's too) in :data:`ZERO_STAGES`."""
+    check_choice("zero_stage", check_int("zero_stage", zero_stage), ZERO_STAGES)
 
 
 def _check_spec(name: str, spec: object, none_ok: bool = False) -> None:
-    if not (isinstance(spec, ModelSpec) or (none_ok and spec is None)):
-        raise ValueError(f"{name} must be a ModelSpec{' or None' if none_ok else ''} (e.g. "
-                         f"ModelSpec.preset('llama-7b')), got {type(spec).__name__}")
+    check_instance(name, spec, ModelSpec, none_ok=none_ok, hint="e.g. ModelSpec.preset('llama-7b')")
 
 
 @dataclass(frozen=True)
@@ -221,7 +217,7 @@ class ModelSpec:
     def preset(cls, name: str) -> ModelSpec:
         """One of :data:`PRESETS`: "toy", "gpt2", "gpt2-xl", "llama-7b", "llama-13b",
         "llama-70b"."""
-        _one_of("preset", name, tuple(PRESETS))
+        check_choice("preset", name, tuple(PRESETS))
         return PRESETS[name]
 
 
@@ -380,10 +376,6 @@ def _fsdp2_states(p: float, unit: float, zero_stage: int, n: int, offload: bool,
     parameters are their own master copy), plus the gathered copies in the compute dtype: one
     ``unit`` (a block) of weights and unsharded grads at stage 3, the whole model's weights
     between forward and backward at stage 2 (``reshard_after_forward=False``)."""
-    if zero_stage == 1:
-        raise ValueError("accounting='fsdp2' has no ZeRO-1 (fully_shard shards parameters, "
-                         "gradients and optimizer states together): use zero_stage 0, 2 "
-                         "(reshard_after_forward=False) or 3, got 1")
     w = _BYTES[precision][0]  # the compute dtype of the gathered copies (param_dtype)
     if zero_stage == 0:  # no fully_shard: an fp32 model under autocast, on every GPU
         return {"weights": 4 * p, "gradients": 4 * p, "master_weights": 0.0,
@@ -405,13 +397,13 @@ def model_states_bytes(n_params: float, largest_layer: float, zero_stage: int, n
     ``accounting`` (see the module docstring). ``largest_layer`` is what stage 3 gathers at
     once: DeepSpeed's largest layer, FSDP2's ``fully_shard`` unit (a block); "paper" ignores it.
     """
-    _check_numbers(params=n_params, largest_layer=largest_layer, zero_stage=zero_stage,
-                   n_gpus=n_gpus, offload=offload)
-    _one_of("zero_stage", zero_stage, (0, 1, 2, 3))
-    _one_of("precision", precision, tuple(_BYTES))
-    _one_of("accounting", accounting, ACCOUNTINGS)
-    if offload and zero_stage == 0:
-        raise ValueError("offload needs zero_stage >= 1, got 0")
+    _check_numbers(params=n_params, largest_layer=largest_layer, n_gpus=n_gpus, offload=offload)
+    _check_stage(zero_stage)
+    check_choice("precision", precision, tuple(_BYTES))
+    check_choice("accounting", accounting, ACCOUNTINGS)
+    error = _stage_error(zero_stage, accounting, offload)
+    if error:
+        raise ValueError(error)
     return _model_states(n_params, largest_layer, zero_stage, n_gpus, offload, precision,
                          accounting)
 
@@ -530,7 +522,10 @@ def _parallel_error(spec: ModelSpec, n_gpus: int, tp: int, pp: int, zero_stage: 
     return None
 
 
-def _stage_error(zero_stage: int, accounting: str) -> str | None:
+def _stage_error(zero_stage: int, accounting: str, offload: bool) -> str | None:
+    """Why ``zero_stage`` cannot be counted with ``accounting`` and ``offload``, or None."""
+    if offload and zero_stage == 0:
+        return "offload needs zero_stage >= 1, got 0"
     if accounting == "fsdp2" and zero_stage == 1:
         return ("accounting='fsdp2' has no ZeRO-1 (fully_shard shards parameters, gradients and "
                 "optimizer states together): use zero_stage 0, 2 (reshard_after_forward=False) "
@@ -572,139 +567,164 @@ def memory_breakdown(spec: ModelSpec, n_gpus: int = 1, zero_stage: int = 0, *,
     trained models.
     """
     _check_spec("spec", spec)
-    _one_of("method", method, METHODS)
+    check_choice("method", method, METHODS)
     if critic is None:
         critic = "none" if method == "dpo" else "separate"
     prompt_len = min(256, spec.block_size // 2) if prompt_len is None else prompt_len
     response_len = min(256, spec.block_size // 2) if response_len is None else response_len
     args = dict(locals())
-    _check_spec("critic_spec", critic_spec, none_ok=True)
-    _check_spec("reward_spec", reward_spec, none_ok=True)
-    _check_numbers(n_gpus=n_gpus, zero_stage=zero_stage, offload=offload,
-                   lora_fraction=lora_fraction, frozen_gpus=frozen_gpus, batch=batch,
-                   micro_batch=micro_batch, prompt_len=prompt_len, response_len=response_len,
-                   activation_checkpointing=activation_checkpointing, dtype_bytes=dtype_bytes,
-                   tp=tp, pp=pp, sequence_parallel=sequence_parallel,
-                   generation_engine=generation_engine, rollout_batch=rollout_batch,
-                   kv_dtype_bytes=kv_dtype_bytes)
-    _one_of("assumptions", assumptions, ("precise", "chapter"))
-    _one_of("zero_stage", zero_stage, (0, 1, 2, 3))
-    _one_of("critic", critic, CRITICS)
-    _one_of("placement", placement, PLACEMENTS)
-    _one_of("precision", precision, tuple(_BYTES))
-    _one_of("accounting", accounting, ACCOUNTINGS)
-    if prompt_len + response_len > spec.block_size:
-        raise ValueError(f"prompt_len + response_len must be <= block_size={spec.block_size}, "
-                         f"got {prompt_len + response_len}")
+    _check_inputs(args)
     if assumptions == "chapter":
-        seed = dict(n_gpus=1, zero_stage=0, offload=False, critic="separate", lora_fraction=None,
-                    placement="colocate", critic_spec=None, reward_spec=None, precision="mixed",
-                    accounting="deepspeed", tp=1, pp=1, sequence_parallel=False, method="online",
-                    generation_engine=False)
-        for k, v in seed.items():
-            if args[k] != v:
-                raise ValueError(f"assumptions='chapter' is the chapter's single-GPU table; "
-                                 f"{k} must be {v!r}, got {args[k]!r}")
+        _check_chapter_settings(args)
         return MemoryBreakdown(_chapter(spec), "chapter", 1)
-    if method == "dpo":
-        for name, value, want in (("critic", critic, "none"), ("reward_spec", reward_spec, None),
-                                  ("generation_engine", generation_engine, False)):
-            if value != want:
+    _check_combination(args)
+    mp = tp * pp  # GPUs that share one copy of a model (model parallel)
+    if placement == "split" and frozen_gpus is None:  # the split that balances the groups best
+        return _best_split(lambda j: memory_breakdown(**{**args, "frozen_gpus": j * mp}),
+                           n_gpus // mp)
+    return _precise(SimpleNamespace(**args))
+
+
+def _check_inputs(a: dict) -> None:
+    """Each of :func:`memory_breakdown`'s arguments (``a``, by name) on its own."""
+    _check_spec("critic_spec", a["critic_spec"], none_ok=True)
+    _check_spec("reward_spec", a["reward_spec"], none_ok=True)
+    _check_numbers(**{k: a[k] for k in (
+        "n_gpus", "offload", "lora_fraction", "frozen_gpus", "batch", "micro_batch",
+        "prompt_len", "response_len", "activation_checkpointing", "dtype_bytes", "tp", "pp",
+        "sequence_parallel", "generation_engine", "rollout_batch", "kv_dtype_bytes")})
+    _check_stage(a["zero_stage"])
+    for name, choices in (("assumptions", ("precise", "chapter")), ("critic", CRITICS),
+                          ("placement", PLACEMENTS), ("precision", tuple(_BYTES)),
+                          ("accounting", ACCOUNTINGS)):
+        check_choice(name, a[name], choices)
+    block = a["spec"].block_size
+    if a["prompt_len"] + a["response_len"] > block:
+        raise ValueError(f"prompt_len + response_len must be <= block_size={block}, "
+                         f"got {a['prompt_len'] + a['response_len']}")
+
+
+def _check_chapter_settings(a: dict) -> None:
+    """assumptions="chapter" is the chapter's single-GPU table: every other setting its own."""
+    seed = dict(n_gpus=1, zero_stage=0, offload=False, critic="separate", lora_fraction=None,
+                placement="colocate", critic_spec=None, reward_spec=None, precision="mixed",
+                accounting="deepspeed", tp=1, pp=1, sequence_parallel=False, method="online",
+                generation_engine=False)
+    for k, v in seed.items():
+        if a[k] != v:
+            raise ValueError(f"assumptions='chapter' is the chapter's single-GPU table; "
+                             f"{k} must be {v!r}, got {a[k]!r}")
+
+
+def _check_combination(a: dict) -> None:
+    """How :func:`memory_breakdown`'s arguments (``a``, each checked) go together."""
+    if a["method"] == "dpo":
+        for name, want in (("critic", "none"), ("reward_spec", None),
+                           ("generation_engine", False)):
+            if a[name] != want:
                 raise ValueError(f"method='dpo' trains a policy against a frozen reference "
-                                 f"only; {name} must be {want!r}, got {shown(value)}")
-    if critic != "separate" and critic_spec is not None:
-        raise ValueError(f"critic_spec needs critic='separate', got critic={critic!r}")
-    if offload and zero_stage == 0:
-        raise ValueError("offload needs zero_stage >= 1, got 0")
-    error = _stage_error(zero_stage, accounting)
-    for s in (spec, critic_spec, reward_spec):
-        error = error or (s and _parallel_error(s, n_gpus, tp, pp, zero_stage, accounting))
+                                 f"only; {name} must be {want!r}, got {shown(a[name])}")
+    if a["critic"] != "separate" and a["critic_spec"] is not None:
+        raise ValueError(f"critic_spec needs critic='separate', got critic={a['critic']!r}")
+    n_gpus, tp, pp, zero_stage = a["n_gpus"], a["tp"], a["pp"], a["zero_stage"]
+    error = _stage_error(zero_stage, a["accounting"], a["offload"])
+    for s in (a["spec"], a["critic_spec"], a["reward_spec"]):
+        error = error or (s and _parallel_error(s, n_gpus, tp, pp, zero_stage, a["accounting"]))
     if error:
         raise ValueError(error)
-    mp = tp * pp  # GPUs that share one copy of a model (model parallel)
-    if frozen_gpus is not None and placement != "split":
-        raise ValueError(f"frozen_gpus needs placement='split', got placement={placement!r}")
-    if placement == "split":
-        if n_gpus < 2 * mp:
-            raise ValueError(f"placement='split' needs n_gpus >= {2 * mp}"
-                             f"{' (2 x tp x pp)' if mp > 1 else ''}, got {n_gpus}")
-        if frozen_gpus is None:  # the split that balances the two groups best
-            return _best_split(lambda j: memory_breakdown(**{**args, "frozen_gpus": j * mp}),
-                               n_gpus // mp)
-        if not 0 < frozen_gpus < n_gpus:
-            raise ValueError(f"frozen_gpus must be in 1..{n_gpus - 1}, got {frozen_gpus}")
-        if frozen_gpus % mp:
-            raise ValueError(f"frozen_gpus must be a multiple of tp x pp = {mp}, "
-                             f"got {frozen_gpus}")
-    if dtype_bytes is None:
-        dtype_bytes = 2 if precision == "mixed" else 4
-    rollout_batch = batch if rollout_batch is None else rollout_batch
-    kv_dtype_bytes = dtype_bytes if kv_dtype_bytes is None else kv_dtype_bytes
+    mp, frozen_gpus = tp * pp, a["frozen_gpus"]
+    if frozen_gpus is not None and a["placement"] != "split":
+        raise ValueError(f"frozen_gpus needs placement='split', got placement={a['placement']!r}")
+    if a["placement"] == "split" and n_gpus < 2 * mp:
+        raise ValueError(f"placement='split' needs n_gpus >= {2 * mp}"
+                         f"{' (2 x tp x pp)' if mp > 1 else ''}, got {n_gpus}")
+    if frozen_gpus is not None and not 0 < frozen_gpus < n_gpus:
+        raise ValueError(f"frozen_gpus must be in 1..{n_gpus - 1}, got {frozen_gpus}")
+    if frozen_gpus is not None and frozen_gpus % mp:
+        raise ValueError(f"frozen_gpus must be a multiple of tp x pp = {mp}, got {frozen_gpus}")
 
-    k = frozen_gpus if placement == "split" else 0
-    n_train, n_frozen = n_gpus - k, k or n_gpus
-    group_t, group_f = ("trained", "frozen") if k else ("all", "all")
-    seq = prompt_len + response_len
-    rows = micro_batch * (2 if method == "dpo" else 1)  # sequences per forward
-    in_flight = min(pp, -(-batch // micro_batch))  # 1F1B: micro-batches on the first stage
-    w_frozen = _BYTES[precision][0]
 
-    def gathered(s: ModelSpec) -> float:
-        """Params of ``s`` that ZeRO-3 gathers at once on one GPU (split over tp)."""
-        if accounting == "paper":
-            return 0.0
-        return (s.block_params if accounting == "fsdp2" else s.largest_layer) / tp
+def _precise(a: SimpleNamespace) -> MemoryBreakdown:
+    """The precise accounting of :func:`memory_breakdown`'s checked arguments ``a``, to which
+    it adds the figures every role shares (GPUs per group, tokens per forward)."""
+    if a.dtype_bytes is None:
+        a.dtype_bytes = 2 if a.precision == "mixed" else 4
+    a.rollout_batch = a.batch if a.rollout_batch is None else a.rollout_batch
+    a.kv_dtype_bytes = a.dtype_bytes if a.kv_dtype_bytes is None else a.kv_dtype_bytes
+    k = a.frozen_gpus if a.placement == "split" else 0
+    a.mp = a.tp * a.pp  # GPUs that share one copy of a model (model parallel)
+    a.n_train, a.n_frozen = a.n_gpus - k, k or a.n_gpus
+    a.group_t, a.group_f = ("trained", "frozen") if k else ("all", "all")
+    a.seq = a.prompt_len + a.response_len
+    a.rows = a.micro_batch * (2 if a.method == "dpo" else 1)  # sequences per forward
+    a.in_flight = min(a.pp, -(-a.batch // a.micro_batch))  # 1F1B: micro-batches on stage 1
+    a.w_frozen = _BYTES[a.precision][0]
+    settings = {k: getattr(a, k) for k in (
+        "batch", "micro_batch", "prompt_len", "response_len", "precision", "dtype_bytes",
+        "rollout_batch", "kv_dtype_bytes", "sequence_parallel")}
+    return MemoryBreakdown(_roles(a), "precise", a.n_gpus, a.zero_stage, a.offload,
+                           a.lora_fraction, a.critic, a.placement, k,
+                           a.activation_checkpointing, settings, a.accounting, a.tp, a.pp,
+                           a.method, a.generation_engine)
 
-    def trained(role: str, s: ModelSpec, lora: float | None, head: int = 0) -> RoleMemory:
-        """A trained model ``s`` (with LoRA: a frozen base plus ``lora``·Ψ adapters), or, with
-        ``head`` > 0, only a head of that many parameters on the actor's hidden states."""
-        n_base = s.n_params if lora else 0
-        n_trained = head or (round(lora * s.n_params) if lora else s.n_params)
-        per_gpu = head or n_trained / mp
-        unit = head or gathered(s) * (lora or 1)
-        states = _model_states(per_gpu, unit, zero_stage, n_train // mp, offload, precision,
-                               accounting)
-        states["weights"] += _frozen_bytes(n_base / mp, gathered(s), zero_stage, n_train // mp,
-                                           w_frozen)
-        layers = 0 if head else s.n_layer // pp * in_flight
-        act = _activations(s, seq, rows, activation_checkpointing, dtype_bytes, layers, tp,
-                           sequence_parallel)
-        return RoleMemory(role, s.name if not head else f"{critic} head", n_base + n_trained,
-                          n_trained, n_train, group_t, activations=act, **states)
 
-    def frozen(role: str, s: ModelSpec) -> RoleMemory:
-        act = _activations(s, seq, rows, False, dtype_bytes, 1, tp, sequence_parallel)
-        return RoleMemory(role, s.name, s.n_params, 0, n_frozen, group_f, activations=act,
-                          weights=_frozen_bytes(s.n_params / mp, gathered(s), zero_stage,
-                                                n_frozen // mp, w_frozen))
-
-    C = spec.n_embd
-    roles = {"actor": trained("actor", spec, lora_fraction)}
+def _roles(a: SimpleNamespace) -> dict[str, RoleMemory]:
+    """Each role's bytes per GPU, in the order of :data:`ROLES` (see :func:`_precise`)."""
+    spec, critic, C = a.spec, a.critic, a.spec.n_embd
+    roles = {"actor": _trained(a, "actor", spec, a.lora_fraction)}
     if critic == "separate":
-        roles["critic"] = trained("critic", critic_spec or _with_head(spec), lora_fraction)
+        roles["critic"] = _trained(a, "critic", a.critic_spec or _with_head(spec),
+                                   a.lora_fraction)
     elif critic != "none":  # a linear head ("shared") or a C→C→1 MLP ("head"), trained in full
-        roles["critic"] = trained("critic", spec, None, C + 1 if critic == "shared"
-                                  else C * C + 2 * C + 1)
-    if method == "online":
-        roles["reward"] = frozen("reward", reward_spec or _with_head(spec))
-    roles["reference"] = frozen("reference", spec)
-
-    if generation_engine:  # a second copy of the actor, serving only, with its own KV cache
+        roles["critic"] = _trained(a, "critic", spec, None, C + 1 if critic == "shared"
+                                   else C * C + 2 * C + 1)
+    if a.method == "online":
+        roles["reward"] = _frozen(a, "reward", a.reward_spec or _with_head(spec))
+    roles["reference"] = _frozen(a, "reference", spec)
+    if a.generation_engine:  # a second copy of the actor, serving only, with its own KV cache
         roles["generation"] = RoleMemory(
-            "generation", spec.name, spec.n_params, 0, n_train, group_t,
-            weights=w_frozen * spec.n_params / mp,
-            kv_cache=_kv_bytes(spec, seq, rollout_batch, kv_dtype_bytes, tp, pp))
-    elif method == "online":
-        roles["actor"].kv_cache = _kv_bytes(spec, seq, batch, dtype_bytes, tp, pp)
+            "generation", spec.name, spec.n_params, 0, a.n_train, a.group_t,
+            weights=a.w_frozen * spec.n_params / a.mp,
+            kv_cache=_kv_bytes(spec, a.seq, a.rollout_batch, a.kv_dtype_bytes, a.tp, a.pp))
+    elif a.method == "online":
+        roles["actor"].kv_cache = _kv_bytes(spec, a.seq, a.batch, a.dtype_bytes, a.tp, a.pp)
     for r in ("actor", "reference"):
-        roles[r].logits = rows * seq * -(-spec.vocab_size // tp) * 4  # fp32 log-softmax
-    settings = dict(batch=batch, micro_batch=micro_batch, prompt_len=prompt_len,
-                    response_len=response_len, precision=precision, dtype_bytes=dtype_bytes,
-                    rollout_batch=rollout_batch, kv_dtype_bytes=kv_dtype_bytes,
-                    sequence_parallel=sequence_parallel)
-    return MemoryBreakdown(roles, "precise", n_gpus, zero_stage, offload, lora_fraction, critic,
-                           placement, k, activation_checkpointing, settings, accounting, tp, pp,
-                           method, generation_engine)
+        roles[r].logits = a.rows * a.seq * -(-spec.vocab_size // a.tp) * 4  # fp32 log-softmax
+    return roles
+
+
+def _gathered(a: SimpleNamespace, s: ModelSpec) -> float:
+    """Params of ``s`` that ZeRO-3 gathers at once on one GPU (split over tp)."""
+    if a.accounting == "paper":
+        return 0.0
+    return (s.block_params if a.accounting == "fsdp2" else s.largest_layer) / a.tp
+
+
+def _trained(a: SimpleNamespace, role: str, s: ModelSpec, lora: float | None,
+             head: int = 0) -> RoleMemory:
+    """A trained model ``s`` (with LoRA: a frozen base plus ``lora``·Ψ adapters), or, with
+    ``head`` > 0, only a head of that many parameters on the actor's hidden states."""
+    n_base = s.n_params if lora else 0
+    n_trained = head or (round(lora * s.n_params) if lora else s.n_params)
+    per_gpu = head or n_trained / a.mp
+    unit = head or _gathered(a, s) * (lora or 1)
+    dp = a.n_train // a.mp  # the data-parallel degree ZeRO shards over
+    states = _model_states(per_gpu, unit, a.zero_stage, dp, a.offload, a.precision, a.accounting)
+    states["weights"] += _frozen_bytes(n_base / a.mp, _gathered(a, s), a.zero_stage, dp,
+                                       a.w_frozen)
+    layers = 0 if head else s.n_layer // a.pp * a.in_flight
+    act = _activations(s, a.seq, a.rows, a.activation_checkpointing, a.dtype_bytes, layers,
+                       a.tp, a.sequence_parallel)
+    return RoleMemory(role, s.name if not head else f"{a.critic} head", n_base + n_trained,
+                      n_trained, a.n_train, a.group_t, activations=act, **states)
+
+
+def _frozen(a: SimpleNamespace, role: str, s: ModelSpec) -> RoleMemory:
+    """A frozen model ``s``: its weights, and one layer's activations of a no-grad forward."""
+    act = _activations(s, a.seq, a.rows, False, a.dtype_bytes, 1, a.tp, a.sequence_parallel)
+    return RoleMemory(role, s.name, s.n_params, 0, a.n_frozen, a.group_f, activations=act,
+                      weights=_frozen_bytes(s.n_params / a.mp, _gathered(a, s), a.zero_stage,
+                                            a.n_frozen // a.mp, a.w_frozen))
 
 
 def _best_split(breakdown, n_gpus: int) -> MemoryBreakdown:
@@ -779,8 +799,8 @@ def plan(spec: ModelSpec, n_gpus: int = 8, gpu_mem_gb: float = 80.0, *,
                    lora_fraction=lora_fraction)
     if lora_fraction is None:
         raise ValueError("lora_fraction must be a number in (0, 1], got None")
-    _one_of("method", method, METHODS)
-    _one_of("accounting", accounting, ACCOUNTINGS)
+    check_choice("method", method, METHODS)
+    check_choice("accounting", accounting, ACCOUNTINGS)
     if critic_modes is None:
         critic_modes = ("none",) if method == "dpo" else ("separate", "shared")
     if isinstance(critic_modes, str) or not isinstance(critic_modes, (tuple, list)) \
@@ -806,10 +826,10 @@ def plan(spec: ModelSpec, n_gpus: int = 8, gpu_mem_gb: float = 80.0, *,
     pps = [pp] if pp is not None else _divisors(n_gpus)
     fits = []
     for zero, offload, lora, critic, placement, ckpt, t, p in itertools.product(
-            (0, 1, 2, 3), (False, True), (None, lora_fraction), critic_modes, PLACEMENTS,
+            ZERO_STAGES, (False, True), (None, lora_fraction), critic_modes, PLACEMENTS,
             (False, True), tps, pps):
-        if (offload and zero == 0) or (placement == "split" and n_gpus < 2 * t * p) \
-                or _stage_error(zero, accounting) \
+        if (placement == "split" and n_gpus < 2 * t * p) \
+                or _stage_error(zero, accounting, offload) \
                 or any(_parallel_error(s, n_gpus, t, p, zero, accounting) for s in specs):
             continue
         bd = memory_breakdown(spec, n_gpus, zero, offload=offload, lora_fraction=lora,
@@ -886,7 +906,7 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     add("--cpu-mem", type=float, default=None,
         help="host memory for offload in GB: a limit of --plan; without --plan, say whether "
              "the offloaded optimizer fits in it")
-    add("--zero", type=int, choices=(0, 1, 2, 3), default=0, help="ZeRO stage")
+    add("--zero", type=int, choices=ZERO_STAGES, default=0, help="ZeRO stage")
     add("--accounting", choices=ACCOUNTINGS, default="deepspeed",
         help="how ZeRO's model states are counted: deepspeed (its estimators, with their "
              "buffers), paper (the ZeRO paper, no buffers) or fsdp2 (PyTorch fully_shard)")

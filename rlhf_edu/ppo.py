@@ -109,24 +109,44 @@ def ppo_losses(
         - `approx_kl`: masked mean of `(r - 1) - log r`, the k3 estimate of KL(old || new).
         Diagnostics (`clipfrac`, `vf_clipfrac`, `approx_kl`) are detached.
     """
+    x, m = _masked_inputs(
+        {"logprobs": logprobs, "old_logprobs": old_logprobs, "advantages": advantages,
+         "values": values, "old_values": old_values, "returns": returns, "entropy": entropy,
+         "ref_logprobs": ref_logprobs}, mask, clip, vf_clip, kl_estimator)
+    policy_loss, clipfrac, approx_kl = _policy_loss(x["logprobs"], x["old_logprobs"],
+                                                    x["advantages"], m, clip)
+    out = {"policy_loss": policy_loss}
+    if values is not None:
+        out["value_loss"], vf_clipfrac = _value_loss(x["values"], x["old_values"],
+                                                     x["returns"], m, vf_clip)
+    if entropy is not None:
+        out["entropy"] = _masked_mean(x["entropy"], m)
+    if ref_logprobs is not None:  # GRPO: the KL to the reference in the loss, not the reward
+        out["kl_loss"] = _masked_mean(_kl(x["logprobs"], x["ref_logprobs"], kl_estimator), m)
+    out["clipfrac"] = clipfrac
+    if values is not None:
+        out["vf_clipfrac"] = vf_clipfrac.detach()
+    out["approx_kl"] = approx_kl
+    return out
+
+
+def _masked_inputs(tensors: dict[str, Tensor | None], mask: Tensor, clip: float,
+                   vf_clip: float | None, kl_estimator: str) -> tuple[dict[str, Tensor], Tensor]:
+    """`ppo_losses`' checks; the given tensors (None left out) set to 0 on padding, and the
+    mask as bools."""
     check_float("clip", clip, minimum=0, strict_min=True)
     check_float("vf_clip", vf_clip, minimum=0, strict_min=True, none_ok=True)
-    check_floating("logprobs", logprobs)
-    critic = {"values": values, "old_values": old_values, "returns": returns}
-    given = [k for k, v in critic.items() if v is not None]
+    logprobs = check_floating("logprobs", tensors["logprobs"])
+    given = [k for k in ("values", "old_values", "returns") if tensors[k] is not None]
     if given and len(given) < 3:
         raise ValueError(f"values, old_values and returns go together (all tensors, or all "
                          f"None without a critic); got tensors only for {', '.join(given)}")
-    if ref_logprobs is not None:
+    if tensors["ref_logprobs"] is not None:
         _check_estimator(kl_estimator)
         if kl_estimator == "full":
             raise ValueError("kl_estimator 'full' needs the logits; the KL in the loss uses "
                              "k1, k2 or k3 of the sampled tokens")
-    inputs = {"logprobs": logprobs, "old_logprobs": old_logprobs, "advantages": advantages,
-              **{k: v for k, v in critic.items() if v is not None}}
-    for name, x in (("entropy", entropy), ("ref_logprobs", ref_logprobs)):
-        if x is not None:
-            inputs[name] = x
+    inputs = {k: v for k, v in tensors.items() if v is not None}
     for name, x in inputs.items():
         check_floating(name, x)
         check_same_shape(name, x, "logprobs", logprobs)
@@ -139,32 +159,24 @@ def ppo_losses(
                    what="; the PPO losses are undefined")
     # Padding is set to 0 before any arithmetic: whatever it held (NaN from a rollout's
     # padding, say) then reaches neither the losses nor, through exp and max, the gradients.
-    x = {k: torch.where(m, v, 0.0) for k, v in inputs.items()}
-    logprobs, old_logprobs, advantages = x["logprobs"], x["old_logprobs"], x["advantages"]
-    entropy = x.get("entropy")
+    return {k: torch.where(m, v, 0.0) for k, v in inputs.items()}, m
 
-    # Policy: the max of the two losses is the min of the two objectives (pessimistic bound).
+
+def _policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, m: Tensor,
+                 clip: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The clipped policy loss, its clip fraction and the k3 estimate of KL(old || new), on
+    inputs zeroed on padding (the last two detached)."""
+    # The max of the two losses is the min of the two objectives (pessimistic bound).
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     pg_losses = -advantages * ratio
     pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
     policy_loss = _masked_mean(torch.max(pg_losses, pg_losses_clipped), m)
-
-    out = {"policy_loss": policy_loss}
-    if values is not None:
-        out["value_loss"], vf_clipfrac = _value_loss(x["values"], x["old_values"],
-                                                     x["returns"], m, vf_clip)
-    if entropy is not None:
-        out["entropy"] = _masked_mean(entropy, m)
-    if ref_logprobs is not None:  # GRPO: the KL to the reference in the loss, not the reward
-        out["kl_loss"] = _masked_mean(_kl(logprobs, x["ref_logprobs"], kl_estimator), m)
     with torch.no_grad():
-        out["clipfrac"] = _masked_mean((pg_losses_clipped > pg_losses).to(ratio.dtype), m)
-        if values is not None:
-            out["vf_clipfrac"] = vf_clipfrac.detach()
+        clipfrac = _masked_mean((pg_losses_clipped > pg_losses).to(ratio.dtype), m)
         # k3 estimator (Schulman's blog): unbiased for KL(old || new) and never negative.
-        out["approx_kl"] = _masked_mean((ratio - 1.0) - log_ratio, m)
-    return out
+        approx_kl = _masked_mean((ratio - 1.0) - log_ratio, m)
+    return policy_loss, clipfrac, approx_kl
 
 
 def _value_loss(values: Tensor, old_values: Tensor, returns: Tensor, m: Tensor,

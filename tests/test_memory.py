@@ -618,7 +618,7 @@ BAD = [
     (lambda: memory_breakdown(SEVEN, 8, assumptions="chapter"), "n_gpus must be 1, got 8"),
     (lambda: plan(SEVEN, gpu_mem_gb=0), "gpu_mem_gb must be > 0"),
     (lambda: memory_breakdown(SEVEN, accounting="megatron"), "accounting must be one of"),
-    (lambda: memory_breakdown(SEVEN, method="kto"), "method must be one of online, dpo"),
+    (lambda: memory_breakdown(SEVEN, method="kto"), "method must be one of 'online', 'dpo'"),
     (lambda: memory_breakdown(SEVEN, tp=2.0), "tp must be a positive int, got 2.0 (float)"),
     (lambda: memory_breakdown(SEVEN, 2, tp=2, critic_spec=ModelSpec.preset("gpt2-xl")),
      "tp must divide n_head=25 of gpt2-xl, got 2"),

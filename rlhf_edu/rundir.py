@@ -2,8 +2,10 @@
 
 A run writes ``config.json`` (its :class:`~rlhf_edu.trainer.PPOConfig`), ``metrics.jsonl`` (a
 line per step), ``checkpoint.pt`` (the last saved state), ``training.png``, and holds an
-exclusive lock on ``.lock`` while it runs, so a second run started on the same directory is
-refused instead of interleaving its steps with the first one's. A sharded run (``--shard``)
+exclusive lock on ``.lock`` while it runs (``filelock``: the operating system's lock on every
+platform, freed when the process ends, however it ends; ``.pid`` names the holder), so a second
+run started on the same directory is refused at once instead of interleaving its steps with the
+first one's. A sharded run (``--shard``)
 also writes ``shards-XXXX/``, every rank's part of the trained models (DCP), which its
 ``checkpoint.pt`` names; resuming it takes the same ``--shard``.
 
@@ -26,14 +28,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from .checkpoint import safe_load
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; runs still work, without the one-writer lock
-    fcntl = None
-
-CONFIG, METRICS, CHECKPOINT, LOCK = "config.json", "metrics.jsonl", "checkpoint.pt", ".lock"
+CONFIG, METRICS, CHECKPOINT, LOCK, PID = ("config.json", "metrics.jsonl", "checkpoint.pt",
+                                         ".lock", ".pid")
 
 
 def _plain(config: dict) -> dict:
@@ -111,50 +111,55 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._lock = None
+        # not thread-local: a trainer's finalizer may release it from another thread
+        self._lock = FileLock(self.path / LOCK, thread_local=False)
+
+    def _try_lock(self) -> bool:
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        return True
+
+    def _holder(self) -> str:
+        """The pid the holder wrote, or "?" (it has not written it yet)."""
+        try:
+            text = (self.path / PID).read_text().strip()
+        except OSError:
+            text = ""
+        return text if text.isdigit() else "?"
 
     def busy(self) -> int | None:
-        """The process id of the run that holds the directory now, or ``None``."""
-        lock = self.path / LOCK
-        if fcntl is None or not lock.exists():
+        """The process id of the run that holds the directory now (-1 if it has not said),
+        or ``None`` if no run holds it."""
+        if not (self.path / LOCK).exists():
             return None
-        with open(lock, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                text = f.read().strip()
-                return int(text) if text.isdigit() else -1
-            fcntl.flock(f, fcntl.LOCK_UN)
-        return None
+        if self._try_lock():
+            self._lock.release()
+            return None
+        holder = self._holder()
+        return int(holder) if holder != "?" else -1
 
     def acquire(self) -> None:
         """Create the directory and take its lock; ``ValueError`` if another run holds it."""
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"run directory {str(self.path)!r} is a file, not a directory")
         self.path.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:
-            return
-        f = open(self.path / LOCK, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            pid = f.read().strip() or "?"
-            f.close()
+        if not self._try_lock():
             raise ValueError(f"run directory {str(self.path)!r} is in use by another run "
-                             f"(process {pid}); wait for it to end or choose another "
-                             "--run-dir") from None
-        f.truncate(0)
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        self._lock = f
+                             f"(process {self._holder()}); wait for it to end or choose another "
+                             "--run-dir")
+        try:
+            _write_text(self.path / PID, f"{os.getpid()}\n")
+        except BaseException:
+            self._lock.release(force=True)
+            raise
 
     def release(self) -> None:
         """Let the next run in (the operating system also does this when the process ends)."""
-        if self._lock is not None:
-            self._lock.close()  # closing the file drops the flock
-            self._lock = None
+        if self._lock.is_locked:
+            (self.path / PID).unlink(missing_ok=True)  # before the next run can write its own
+            self._lock.release(force=True)
 
     def claim(self, config: dict, resume: bool) -> int | None:
         """Lock, check (:func:`check`), then make the directory hold this run.

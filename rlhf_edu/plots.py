@@ -16,6 +16,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .memory import GB, ITEMS, PRESETS, ModelSpec, memory_breakdown
+
 PANELS = (("rm_score", "RM score (z)"), ("gold_score", "gold score"), ("kl", "KL per response"),
           ("repetition", "repeats a word"))
 LIVE_PANELS = (("rm_score", "RM score (z)"), ("gold_score", "gold score"),
@@ -683,8 +685,6 @@ ITEM_COLORS = {"weights": "C0", "gradients": "C1", "optimizer_states": "C2",
 
 def plot_memory_breakdown(bd, gpu_mem_gb: float | None = None, title: str = ""):
     """Stacked bars: GB per GPU of each role by item; a line at the GPU's memory if given."""
-    from .memory import GB, ITEMS
-
     roles = list(bd.roles.values())
     fig, ax = plt.subplots(figsize=(7.0, 3.6))
     bottom = np.zeros(len(roles))
@@ -713,8 +713,6 @@ def memory_view(model: str | float = "llama-7b", precision: str = "mixed", zero_
     :data:`rlhf_edu.memory.PRESETS`, or a size in billions of parameters) and return the
     figures: GB per GPU, GB over all GPUs, whether it fits (or the reason it is invalid, also
     printed). ``lora`` is the trained fraction of the parameters; None or 0 trains them all."""
-    from .memory import ModelSpec, memory_breakdown
-
     try:
         spec = ModelSpec.preset(model) if isinstance(model, str) else \
             ModelSpec.from_n_params(model * 1e9)
@@ -740,8 +738,6 @@ def memory_explorer(model: str = "llama-7b"):
     presets, starting at ``model``), precision, ZeRO stage, GPUs, LoRA, placement, critic,
     offload, checkpointing, GPU memory, ZeRO accounting, tensor and pipeline parallelism."""
     import ipywidgets as W
-
-    from .memory import PRESETS
 
     sizes = [(f"{name} ({spec.n_params / 1e9:.3g}B)", name) for name, spec in PRESETS.items()
              if spec.n_params >= 1e8]  # the toy model is a few MB: nothing to see in GB

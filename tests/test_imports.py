@@ -115,10 +115,31 @@ def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
     return sorted(found)
 
 
+def shortest_cycle(component: list[str], graph: dict[str, dict[str, int]]) -> list[str]:
+    """The shortest cycle inside ``component`` (a breadth-first search from each module),
+    as ``[a, b, ..., a]``."""
+    best: list[str] = []
+    for start in component:
+        paths, frontier = {start: [start]}, [start]
+        while frontier and not (best and len(paths[frontier[0]]) >= len(best)):
+            nxt = []
+            for v in frontier:
+                for w in sorted(graph[v]):
+                    if w == start and (not best or len(paths[v]) + 1 < len(best)):
+                        best = paths[v] + [start]
+                    elif w in component and w not in paths:
+                        paths[w] = paths[v] + [w]
+                        nxt.append(w)
+            frontier = nxt
+    return best
+
+
 def _describe(component: list[str], graph: dict[str, dict[str, int]]) -> str:
+    cycle = shortest_cycle(component, graph)
     edges = [f"    {a}.py:{graph[a][b]} imports {b}" for a in component
              for b in sorted(graph[a]) if b in component]
-    return " <-> ".join(component) + "\n" + "\n".join(edges)
+    return (" -> ".join(cycle) + f" (modules in the cycles: {', '.join(component)})\n"
+            + "\n".join(edges))
 
 
 def test_the_graph_sees_every_kind_of_import():
@@ -133,6 +154,9 @@ def test_the_graph_sees_every_kind_of_import():
 def test_the_cycle_finder_finds_a_local_import_cycle():
     graph = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 9}, "d": {"a": 3}}
     assert cycles(graph) == [["a", "b", "c"]]
+    assert shortest_cycle(["a", "b", "c"], graph) == ["a", "b", "c", "a"]
+    graph["b"]["a"] = 4
+    assert shortest_cycle(["a", "b", "c"], graph) == ["a", "b", "a"]
     assert cycles({"a": {"b": 1}, "b": {}}) == []
 
 

@@ -112,7 +112,7 @@ _COUNTS = ("n_layer", "n_embd", "n_head", "vocab_size", "block_size", "n_params"
            "response_len", "dtype_bytes", "tp", "pp", "rollout_batch", "kv_dtype_bytes")
 _MAY_BE_NONE = ("n_params", "n_kv_head", "nominal_params", "frozen_gpus", "prompt_len",
                 "response_len", "dtype_bytes", "lora_fraction", "cpu_mem_gb", "rollout_batch",
-                "kv_dtype_bytes")
+                "kv_dtype_bytes", "--gpu-mem", "--cpu-mem")  # the CLI's: None is "not given"
 _FLAGS = ("offload", "activation_checkpointing", "generation_engine", "sequence_parallel")
 
 
@@ -121,11 +121,9 @@ def _check_numbers(**values: object) -> None:
     bad one, its value and what was expected."""
     for name, value in values.items():
         none_ok = name in _MAY_BE_NONE
-        if name in ("--gpu-mem", "--cpu-mem"):  # the CLI's names: None is "not given"
-            check_float(name, value, minimum=0, strict_min=True, none_ok=True)
-        elif name in _COUNTS:
+        if name in _COUNTS:
             check_int(name, value, minimum=1, none_ok=none_ok)
-        elif name in ("gpu_mem_gb", "cpu_mem_gb"):
+        elif name in ("gpu_mem_gb", "cpu_mem_gb", "--gpu-mem", "--cpu-mem"):
             check_float(name, value, minimum=0, strict_min=True, none_ok=none_ok)
         elif name == "lora_fraction":
             check_float(name, value, minimum=0, maximum=1, strict_min=True, none_ok=True)
@@ -133,15 +131,12 @@ def _check_numbers(**values: object) -> None:
             check_float(name, value, minimum=0)
         elif name in _FLAGS:
             check_bool(name, value)
+        elif name == "zero_stage":  # an int (NumPy's too), then one of the stages
+            check_choice(name, check_int(name, value), ZERO_STAGES)
         elif name == "limit":
             check_int(name, value, minimum=0)
         else:
             raise AssertionError(f"no rule for {name}")  # a programming error, not bad input
-
-
-def _check_stage(zero_stage: object) -> None:
-    """A ZeRO stage: an int (NumPy's too) in :data:`ZERO_STAGES`."""
-    check_choice("zero_stage", check_int("zero_stage", zero_stage), ZERO_STAGES)
 
 
 def _check_spec(name: str, spec: object, none_ok: bool = False) -> None:
@@ -397,8 +392,8 @@ def model_states_bytes(n_params: float, largest_layer: float, zero_stage: int, n
     ``accounting`` (see the module docstring). ``largest_layer`` is what stage 3 gathers at
     once: DeepSpeed's largest layer, FSDP2's ``fully_shard`` unit (a block); "paper" ignores it.
     """
-    _check_numbers(params=n_params, largest_layer=largest_layer, n_gpus=n_gpus, offload=offload)
-    _check_stage(zero_stage)
+    _check_numbers(params=n_params, largest_layer=largest_layer, zero_stage=zero_stage,
+                   n_gpus=n_gpus, offload=offload)
     check_choice("precision", precision, tuple(_BYTES))
     check_choice("accounting", accounting, ACCOUNTINGS)
     error = _stage_error(zero_stage, accounting, offload)
@@ -590,10 +585,9 @@ def _check_inputs(a: dict) -> None:
     _check_spec("critic_spec", a["critic_spec"], none_ok=True)
     _check_spec("reward_spec", a["reward_spec"], none_ok=True)
     _check_numbers(**{k: a[k] for k in (
-        "n_gpus", "offload", "lora_fraction", "frozen_gpus", "batch", "micro_batch",
+        "n_gpus", "zero_stage", "offload", "lora_fraction", "frozen_gpus", "batch", "micro_batch",
         "prompt_len", "response_len", "activation_checkpointing", "dtype_bytes", "tp", "pp",
         "sequence_parallel", "generation_engine", "rollout_batch", "kv_dtype_bytes")})
-    _check_stage(a["zero_stage"])
     for name, choices in (("assumptions", ("precise", "chapter")), ("critic", CRITICS),
                           ("placement", PLACEMENTS), ("precision", tuple(_BYTES)),
                           ("accounting", ACCOUNTINGS)):

@@ -69,15 +69,14 @@ class Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------ flags from config fields
-# A config field is a flag: --field-name, or the field's metadata flag (--batch for
-# batch_size) with --field-name as an alias. Type, bounds, choices and help all come from the
+# A config field is a flag: --field-name, or the flag its metadata names (--batch for
+# batch_size). Type, bounds, choices and help all come from the
 # field; a flag left out keeps the field's default (the parser's default is None).
 
 
 def _flags(f: dataclasses.Field) -> list[str]:
-    own = "--" + f.name.replace("_", "-")
-    alias = f.metadata.get("flag")
-    return [alias, own] if alias and alias != own else [own]
+    """The field's flag: its metadata's (``--batch`` for batch_size) or ``--field-name``."""
+    return [f.metadata.get("flag") or "--" + f.name.replace("_", "-")]
 
 
 def _help(f: dataclasses.Field, default: object) -> str:

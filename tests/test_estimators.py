@@ -213,12 +213,13 @@ def test_method_defaults_and_explicit_values():
      "'grpo' trains no critic, but critic mode 'separate' was given"),
     (dict(advantage_estimator="reinforce_pp", critic_mode="head"), "trains no critic"),
     (dict(critic_mode="none"), "'gae' needs a critic, but the critic mode is 'none'"),
-    (dict(advantage_estimator="ppo2"), "unknown advantage estimator 'ppo2'"),
-    (dict(kl_in="both"), "PPOConfig.kl_in must be one of reward, loss, got 'both'"),
-    (dict(reward="human"), "PPOConfig.reward must be one of model, gold, got 'human'"),
-    (dict(group_size=0), "PPOConfig.group_size must be > 0"),
+    (dict(advantage_estimator="ppo2"), "PPOConfig.advantage_estimator must be one of 'gae', "
+                                       "'grpo', 'dr_grpo', 'rloo', 'reinforce_pp', got 'ppo2'"),
+    (dict(kl_in="both"), "PPOConfig.kl_in must be one of 'reward', 'loss', got 'both'"),
+    (dict(reward="human"), "PPOConfig.reward must be one of 'model', 'gold', got 'human'"),
+    (dict(group_size=0), "PPOConfig.group_size must be a positive int, got 0"),
     (dict(recompute_logprobs=1), "PPOConfig.recompute_logprobs must be True or False"),
-    (dict(beta="0.1"), "PPOConfig.beta must be a finite number"),
+    (dict(beta="0.1"), r"PPOConfig.beta must be a number >= 0, got '0.1' \(str\)"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .checkpoint import atomic_save, model_checkpoint
 from .config import DPO_LOSSES, DPOConfig, PPOConfig
 from .model import GPT, token_logprobs
 from .models import Actor, Reference, RewardModel, build_models, load_pretrained
@@ -316,8 +317,6 @@ METRICS = (("gold_score", "gold score", "+.3f"), ("rm_score", "RM score", "+.3f"
 def run_dpo(config: DPOConfig, out: str | Path, progress: bool = True) -> int:
     """``rlhf-edu dpo``: make the pairs, train, save the policy to ``out``, and print the SFT
     actor's metrics beside the policy's. Bad input raises ``ValueError`` (one line)."""
-    from .checkpoint import atomic_save, model_checkpoint
-
     check_instance("config", config, DPOConfig)
     c = config
     sft = load_pretrained("sft")

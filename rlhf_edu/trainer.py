@@ -44,7 +44,8 @@ from .config import (  # noqa: F401  (METHOD_DEFAULTS, GROUP_ESTIMATORS: re-expo
     critic_mode_for,
     preflight,
 )
-from .models import Models, build_models
+from .model import GPT, GPTConfig
+from .models import Models, RewardModel, build_models
 from .ppo import AdaptiveKLController, FixedKLController, ppo_losses, total_loss
 from .rewards import compute_rewards, kl_penalty
 from .rundir import RunDir
@@ -698,9 +699,6 @@ def trace_step(batch_size: int = 4, response_len: int = 100, critic_mode: str = 
 
     ``estimator`` and ``group_size`` are PPOConfig's ``advantage_estimator`` and ``group_size``
     (``critic_mode`` "auto": the estimator's); ``trace.resident`` lists the models held."""
-    from .model import GPT, GPTConfig
-    from .models import RewardModel
-
     cfg = PPOConfig(batch_size=batch_size, response_len=response_len, stop_at_eos=False,
                     critic_mode=critic_mode, minibatches=1 if batch_size % 2 else 2, seed=seed,
                     advantage_estimator=estimator, group_size=group_size)

@@ -214,12 +214,13 @@ class PPOConfig:
     """"colocate" (all four models on `device`) or a map role -> device: {"reward": "cuda:1"}"""
     precision: str = field(default="auto", metadata=meta(
         "auto: bf16 autocast and bf16 frozen models on CUDA, fp32 on CPU",
-        choices=distributed.PRECISIONS))
+        choices=distributed.PRECISIONS, check=distributed.check_precision))
     """auto (bf16 autocast and bf16 frozen models on CUDA, fp32 on CPU), bf16 (also on CPU) or
     fp32; the trained models always keep fp32 master weights"""
     shard: str = field(default="none", metadata=meta(
         "none: DDP copies; zero2/zero3: FSDP2 shards of actor and critic (zero3 also the "
-        "frozen models) over the --nproc processes", choices=sharding.STAGES))
+        "frozen models) over the --nproc processes", choices=sharding.STAGES,
+        check=sharding.check_stage))
     """none (DDP: every rank holds whole models), zero2 or zero3 (FSDP2 shards; see
     rlhf_edu.sharding); sharding needs two or more processes"""
 

@@ -369,12 +369,15 @@ def check_path(name: str, path: object) -> str:
 def meta(help: str, *, minimum: float | None = None, maximum: float | None = None,
          strict_min: bool = False, strict_max: bool = False,
          choices: tuple | Callable[[], Mapping | tuple] | None = None, flag: str | None = None,
-         implies: Mapping[str, object] | None = None) -> dict:
+         implies: Mapping[str, object] | None = None,
+         check: Callable[[object], object] | None = None) -> dict:
     """The metadata of a settings field, its only description: ``help`` (one line), the bounds
     (``strict_*`` excludes the bound itself), ``choices`` (a tuple, or a function giving the
     current ones, e.g. the method table's names; a mapping's values describe its keys), the
-    command-line ``flag`` when it is not ``--field-name``, and ``implies``: other fields that
-    giving this flag sets (``--kl-target`` turns ``adaptive_kl`` on).
+    command-line ``flag`` when it is not ``--field-name``, ``implies``: other fields that
+    giving this flag sets (``--kl-target`` turns ``adaptive_kl`` on), and ``check``: the check
+    of the module that defines the values (``sharding.check_stage``), used instead of the
+    generic one so a value is refused in that module's words wherever it is given.
 
     >>> from dataclasses import dataclass, field
     >>> @dataclass
@@ -382,7 +385,8 @@ def meta(help: str, *, minimum: float | None = None, maximum: float | None = Non
     ...     gamma: float = field(default=1.0, metadata=meta("discount", minimum=0, maximum=1))
     """
     return dict(help=help, minimum=minimum, maximum=maximum, strict_min=strict_min,
-                strict_max=strict_max, choices=choices, flag=flag, implies=dict(implies or {}))
+                strict_max=strict_max, choices=choices, flag=flag, implies=dict(implies or {}),
+                check=check)
 
 
 def choices_of(m: Mapping) -> tuple | None:
@@ -410,7 +414,9 @@ def check_field(owner: str, f: dataclasses.Field, value: object) -> None:
         return
     choices = choices_of(m)
     bounds = {k: m.get(k) for k in ("minimum", "maximum")}
-    if choices is not None:
+    if m.get("check") is not None:
+        m["check"](value)
+    elif choices is not None:
         check_choice(name, value, choices)
     elif kinds[0] == "bool":
         check_bool(name, value)

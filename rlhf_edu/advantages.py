@@ -436,7 +436,7 @@ def method(name: str) -> Method:
 
 for _entry in (
     Method("gae", _gae_method, True, False, "reward", "k1", 0.05,
-           "PPO with a critic: GAE over its values (Ziegler et al. 2019)"),
+           "PPO, GAE over a critic's values (Ziegler et al. 2019)"),
     Method("grpo", _group_method(grpo_advantages), False, True, "loss", "k3", 0.04,
            "reward minus its group's mean, over the group's std (Shao et al. 2024)"),
     Method("dr_grpo", _group_method(lambda s, g: grpo_advantages(s, g, scale=False)), False,

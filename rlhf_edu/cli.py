@@ -20,7 +20,7 @@ from .config import (
     method_defaults,
     preflight,
 )
-from .validate import choices_of, derived_seed, parse_float, parse_int
+from .validate import choices_of, derived_seed, field_kinds, parse_int, text_reader
 
 # ------------------------------------------------------------------ argument types
 # Every number and path is checked by argparse as it is read, before any work starts, and a
@@ -96,18 +96,6 @@ def _help(f: dataclasses.Field, default: object) -> str:
     return text.replace("%", "%%")
 
 
-def _reader(f: dataclasses.Field) -> Callable[[str], object] | None:
-    """The argparse type of field ``f``: its bounds, read with rlhf_edu.validate."""
-    m, kind = f.metadata, str(f.type).split("|")[0].strip()
-    bounds = {k: m.get(k) for k in ("minimum", "maximum")}
-    if kind == "int":
-        return _arg_type(parse_int(**bounds))
-    if kind == "float":
-        return _arg_type(parse_float(**bounds, strict_min=m.get("strict_min", False),
-                                     strict_max=m.get("strict_max", False)))
-    return None
-
-
 def add_config_flags(parser: argparse.ArgumentParser, cls: type,
                      only: Iterable[str] | None = None, **defaults: object) -> None:
     """One flag per field of the config dataclass ``cls`` (or of the fields ``only``), built
@@ -118,10 +106,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type,
         f = fields[name]
         default = defaults.get(name, f.default)
         kwargs: dict = dict(dest=name, default=None, help=_help(f, default))
-        if str(f.type) == "bool":
+        if field_kinds(f)[0] == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _reader(f)
+            reader = text_reader(f)
+            kwargs["type"] = _arg_type(reader) if reader is not None else None
             kwargs["choices"] = choices_of(f.metadata)
             kwargs["metavar"] = None if kwargs["choices"] else name.upper()
         parser.add_argument(*_flags(f), **kwargs)
@@ -132,7 +121,7 @@ PARSERS: dict[str, Callable[[str], object]] = {}
 """fields whose command-line text is parsed after argparse (its error is one line too)"""
 
 
-def config_from_args(args: argparse.Namespace, cls: type | None = None):
+def config_from_args(args: argparse.Namespace, cls: type | None = None) -> object:
     """The config of ``cls`` (default: the command's) from the flags given; a flag whose field
     ``implies`` others sets them too (``--kl-target`` turns ``adaptive_kl`` on)."""
     cls = cls or args.config_class

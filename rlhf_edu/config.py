@@ -112,8 +112,8 @@ class PPOConfig:
         "responses per step (batch / group-size prompts)", minimum=1, flag="--batch"))
     """responses per step (batch_size / group_size prompts)"""
     group_size: int = field(default=1, metadata=meta(
-        "G responses sampled per prompt, in contiguous rows; grpo, dr_grpo and rloo need G >= 2",
-        minimum=1))
+        "G responses sampled per prompt, in contiguous rows; the methods whose baseline is the "
+        "group need G >= 2", minimum=1))
     """G responses sampled per prompt, in contiguous rows (g*G ... g*G + G - 1 share a prompt)"""
     response_len: int = field(default=20, metadata=meta(
         "most tokens generated per response", minimum=1))

@@ -55,6 +55,8 @@ __all__ = [
     "choices_of",
     "check_field",
     "check_fields",
+    "field_kinds",
+    "text_reader",
     "parse_int",
     "parse_float",
     "SEED_LIMIT",
@@ -397,7 +399,7 @@ def choices_of(m: Mapping) -> tuple | None:
     return tuple(choices) if choices is not None else None
 
 
-def _type_names(f: dataclasses.Field) -> list[str]:
+def field_kinds(f: dataclasses.Field) -> list[str]:
     """``["float", "None"]`` for a field annotated ``float | None`` (a string or a type)."""
     text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     return [t.strip() for t in text.split("|")]
@@ -408,7 +410,7 @@ def check_field(owner: str, f: dataclasses.Field, value: object) -> None:
     ``float``, ``bool``, ``str``, or a union such as ``str | dict``), and its metadata's bounds
     or choices. The message names ``owner.field``: ``PPOConfig.gamma must be in [0, 1], got 2``.
     """
-    name, m, kinds = f"{owner}.{f.name}", f.metadata, _type_names(f)
+    name, m, kinds = f"{owner}.{f.name}", f.metadata, field_kinds(f)
     none_ok = "None" in kinds
     if value is None and none_ok:
         return
@@ -474,3 +476,16 @@ def parse_float(minimum: float | None = None, maximum: float | None = None,
         return value
     parse.__name__ = "number"
     return parse
+
+
+def text_reader(f: dataclasses.Field) -> Callable[[str], object] | None:
+    """The reader of field ``f``'s command-line text: :func:`parse_int` or :func:`parse_float`
+    with the bounds of its metadata; None for a field read as text (a string, a choice)."""
+    m, kind = f.metadata, field_kinds(f)[0]
+    bounds = {k: m.get(k) for k in ("minimum", "maximum")}
+    if kind == "int":
+        return parse_int(**bounds)
+    if kind == "float":
+        return parse_float(**bounds, strict_min=m.get("strict_min", False),
+                           strict_max=m.get("strict_max", False))
+    return None

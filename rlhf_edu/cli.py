@@ -12,6 +12,7 @@ from pathlib import Path
 from . import distributed, dpo, grading, memory
 from .advantages import METHODS
 from .config import (
+    METHOD_SETTINGS,
     DPOConfig,
     PPOConfig,
     PretrainConfig,
@@ -70,8 +71,8 @@ class Parser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------ flags from config fields
 # A config field is a flag: --field-name, or the flag its metadata names (--batch for
-# batch_size). Type, bounds, choices and help all come from the
-# field; a flag left out keeps the field's default (the parser's default is None).
+# batch_size). Type, bounds, choices and help all come from the field; a flag left out keeps
+# the field's default (the parser's default is None: "not given").
 
 
 def _flags(f: dataclasses.Field) -> list[str]:
@@ -87,10 +88,9 @@ def _help(f: dataclasses.Field, default: object) -> str:
     text = f.metadata["help"]
     if isinstance(choices, Mapping):  # the choices describe themselves
         text += ": " + "; ".join(f"{k}: {v}" for k, v in choices.items())
-    per_method = method_defaults()
-    if default is None and f.name in per_method.get("gae", {}):
+    if default is None and f.name in METHOD_SETTINGS:
         text += " (default per estimator: " + ", ".join(
-            f"{m} {d[f.name]}" for m, d in per_method.items()) + ")"
+            f"{m} {d[f.name]}" for m, d in method_defaults().items()) + ")"
     elif default is not None:
         text += f" (default: {default})"
     return text.replace("%", "%%")
@@ -117,7 +117,20 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type,
     parser.set_defaults(config_class=cls, config_defaults=defaults)
 
 
-PARSERS: dict[str, Callable[[str], object]] = {}
+def _placement(text: str) -> str | dict:
+    if text == "colocate":
+        return text
+    try:
+        placement = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--placement must be 'colocate' or a JSON map role -> device, "
+                         f"got {text!r}") from e
+    if not isinstance(placement, dict):
+        raise ValueError(f"--placement must be 'colocate' or a JSON object, got {text!r}")
+    return placement
+
+
+PARSERS: dict[str, Callable[[str], object]] = {"placement": _placement}
 """fields whose command-line text is parsed after argparse (its error is one line too)"""
 
 
@@ -135,20 +148,6 @@ def config_from_args(args: argparse.Namespace, cls: type | None = None) -> objec
     return cls(**values)
 
 
-def _placement(text: str) -> str | dict:
-    if text == "colocate":
-        return text
-    try:
-        placement = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--placement must be 'colocate' or a JSON map role -> device, "
-                         f"got {text!r}") from e
-    if not isinstance(placement, dict):
-        raise ValueError(f"--placement must be 'colocate' or a JSON object, got {text!r}")
-    return placement
-
-
-PARSERS["placement"] = _placement
 
 
 # ------------------------------------------------------------------ the commands

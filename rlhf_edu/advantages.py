@@ -9,6 +9,10 @@ compare each response with the others sampled for the same prompt (a group of G 
 rows), REINFORCE++ with the whole batch. Their sequence advantages `(B,)` are spread over the
 response tokens with `token_advantages`.
 
+`METHODS` is the method table the trainer dispatches through: name -> advantage function,
+whether it needs a critic or groups, its KL placement, estimator and beta, one line of
+description. A new method is one entry (`register_method`) and its function.
+
 All tensors are `(B, T)`: B responses, T response positions. `mask` is 1 on response tokens
 and 0 on padding (bool or float). Padding never influences a result on a response token.
 

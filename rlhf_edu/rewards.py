@@ -11,6 +11,9 @@ KL estimators, with `d = logp - logp_ref` for the sampled token (Schulman's blog
 - k3 = exp(-d) - 1 + d        unbiased and always >= 0 (the "(r - 1) - log r" estimator)
 - full                        the exact KL over the vocabulary from both models' logits
 
+`KL_ESTIMATORS` maps each name to its function; an unknown name is refused, never computed
+as another estimator, and a new estimator is one entry there (`register_kl_estimator`).
+
 All per-token tensors are `(B, T)`; `mask` is 1 on response tokens and 0 on padding.
 
 References:
@@ -119,7 +122,8 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1",
             `estimator="full"`, the policy's full logits `(B, T, V)`.
         ref_logprobs: `(B, T)` log pi_ref(token) under the reference; for "full", the
             reference's logits `(B, T, V)`.
-        estimator: "k1", "k2", "k3" or "full" (see the module docstring).
+        estimator: "k1", "k2", "k3" or "full" (see the module docstring), or any name added
+            to `KL_ESTIMATORS`.
         mask: optional `(B, T)`, 1 on response tokens: the estimate is 0 where it is 0, and
             whatever the inputs hold there (NaN included) is ignored. Without it every
             position is a response token. NaN or inf at a response token is refused.

@@ -9,7 +9,8 @@
 5. the critic's values and GAE give advantages and returns ``(B, T)``;
 6. PPO epochs over minibatches update the actor and the critic.
 
-The same loop runs the critic-free methods (``PPOConfig.advantage_estimator``): GRPO, Dr. GRPO
+The same loop runs the critic-free methods (``PPOConfig.advantage_estimator``, an entry of the
+method table ``advantages.METHODS``, whose function phase 5 calls): GRPO, Dr. GRPO
 and RLOO sample G responses per prompt and take each response's advantage from its group;
 REINFORCE++ normalises returns over the batch. Then no critic is built, phase 5 is a few
 tensor operations, and phase 6 updates the actor alone (GRPO puts the KL in the loss).

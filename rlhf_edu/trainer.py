@@ -38,7 +38,7 @@ import torch.nn as nn
 from . import distributed, sharding
 from .advantages import METHODS
 from .checkpoint import atomic_save, safe_load
-from .config import (  # noqa: F401  (METHOD_DEFAULTS, GROUP_ESTIMATORS: re-exported)
+from .config import (  # PPOConfig and the method defaults are also re-exported from here
     GROUP_ESTIMATORS,
     METHOD_DEFAULTS,
     PPOConfig,
@@ -761,4 +761,4 @@ def format_trace(trace: _Trace) -> str:
 
 
 __all__ = ["PPOConfig", "RLHFTrainer", "Rollout", "PolicyValue", "trace_step", "format_trace",
-           "METHOD_DEFAULTS", "critic_mode_for"]
+           "METHOD_DEFAULTS", "GROUP_ESTIMATORS", "critic_mode_for", "preflight"]

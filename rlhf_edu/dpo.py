@@ -42,8 +42,8 @@ from .reward_model import PreferencePairs, make_preference_pairs
 from .task import review_texts, sample_prompts, text_metrics
 from .trainer import RLHFTrainer
 from .validate import (
+    check_arguments,
     check_bool,
-    check_choice,
     check_finite,
     check_float,
     check_instance,
@@ -216,13 +216,9 @@ def train_dpo(sft: GPT, pairs: DPOPairs, beta: float = 0.1, loss: str = "sigmoid
     """
     check_instance("sft", sft, GPT, hint="e.g. load_pretrained('sft')")
     check_instance("pairs", pairs, DPOPairs, hint="e.g. make_dpo_pairs(sft, 1000)")
-    check_float("beta", beta, minimum=0, strict_min=True)
-    check_choice("loss", loss, LOSSES)
-    check_int("epochs", epochs, minimum=1)
+    check_arguments(DPOConfig, beta=beta, loss=loss, epochs=epochs, batch_size=batch_size,
+                    lr=lr, seed=seed)
     check_int("steps", steps, minimum=1, none_ok=True)
-    check_int("batch_size", batch_size, minimum=1)
-    check_float("lr", lr, minimum=0, strict_min=True)
-    check_seed("seed", seed)
     check_bool("progress", progress)
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable or None, got {shown(callback)}")

@@ -55,6 +55,7 @@ __all__ = [
     "choices_of",
     "check_field",
     "check_fields",
+    "check_arguments",
     "field_kinds",
     "text_reader",
     "parse_int",
@@ -408,9 +409,10 @@ def field_kinds(f: dataclasses.Field) -> list[str]:
 def check_field(owner: str, f: dataclasses.Field, value: object) -> None:
     """``ValueError`` unless ``value`` fits field ``f`` of class ``owner``: its type (``int``,
     ``float``, ``bool``, ``str``, or a union such as ``str | dict``), and its metadata's bounds
-    or choices. The message names ``owner.field``: ``PPOConfig.gamma must be in [0, 1], got 2``.
+    or choices. The message names ``owner.field``: ``PPOConfig.gamma must be in [0, 1], got 2``
+    (or the field alone if ``owner`` is empty: a function's argument of the same meaning).
     """
-    name, m, kinds = f"{owner}.{f.name}", f.metadata, field_kinds(f)
+    name, m, kinds = f"{owner}.{f.name}" if owner else f.name, f.metadata, field_kinds(f)
     none_ok = "None" in kinds
     if value is None and none_ok:
         return
@@ -438,6 +440,15 @@ def check_fields(config: object) -> None:
     owner = type(config).__name__
     for f in dataclasses.fields(config):
         check_field(owner, f, getattr(config, f.name))
+
+
+def check_arguments(cls: type, **values: object) -> None:
+    """Check a function's arguments against the fields of the same names of the settings
+    dataclass ``cls``: the bounds are the fields', the messages name the arguments
+    (``lr must be > 0, got 0.0``)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        check_field("", fields[name], value)
 
 
 def parse_int(minimum: int | None = None, maximum: int | None = None

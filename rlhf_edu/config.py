@@ -77,10 +77,6 @@ def _methods() -> dict[str, str]:
     return {name: m.description for name, m in METHODS.items()}
 
 
-def _per_method(name: str) -> str:
-    return ", ".join(f"{m} {d[name]}" for m, d in method_defaults().items())
-
-
 @dataclass
 class PPOConfig:
     """Hyper-parameters of the RLHF loop; defaults are the course's "good β" run.

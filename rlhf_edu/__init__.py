@@ -7,14 +7,18 @@ and DPO/IPO (``rlhf_edu.dpo``).
 """
 
 from .advantages import (
+    METHODS,
+    Method,
     gae,
     grpo_advantages,
     masked_mean,
+    register_method,
     reinforce_pp_advantages,
     rloo_advantages,
     token_advantages,
     whiten,
 )
+from .config import DPOConfig, PretrainConfig, RewardModelConfig, preflight
 from .dpo import dpo_loss, train_dpo
 from .memory import ModelSpec, memory_breakdown, plan
 from .model import GPT, GPTConfig
@@ -28,8 +32,8 @@ from .models import (
     load_pretrained,
 )
 from .ppo import AdaptiveKLController, FixedKLController, ppo_losses, total_loss
-from .rewards import compute_rewards, kl_penalty
-from .task import Tokenizer, gold_score
+from .rewards import KL_ESTIMATORS, compute_rewards, kl_penalty, register_kl_estimator
+from .task import Tokenizer, gold_score, text_metrics
 from .trainer import PPOConfig, RLHFTrainer, format_trace, trace_step
 
 __version__ = "0.1.0"
@@ -40,5 +44,7 @@ __all__ = [
     "ppo_losses", "total_loss", "AdaptiveKLController", "FixedKLController", "RLHFTrainer",
     "PPOConfig", "trace_step", "format_trace", "Tokenizer", "gold_score", "ModelSpec",
     "memory_breakdown", "plan", "grpo_advantages", "rloo_advantages", "reinforce_pp_advantages",
-    "token_advantages", "dpo_loss", "train_dpo",
+    "token_advantages", "dpo_loss", "train_dpo", "DPOConfig", "PretrainConfig",
+    "RewardModelConfig", "preflight", "METHODS", "Method", "register_method", "KL_ESTIMATORS",
+    "register_kl_estimator", "text_metrics",
 ]

@@ -9,6 +9,10 @@ compare each response with the others sampled for the same prompt (a group of G 
 rows), REINFORCE++ with the whole batch. Their sequence advantages `(B,)` are spread over the
 response tokens with `token_advantages`.
 
+`METHODS` is the method table the trainer dispatches through: name -> advantage function,
+whether it needs a critic or groups, its KL placement, estimator and beta, one line of
+description. A new method is one entry (`register_method`) and its function.
+
 All tensors are `(B, T)`: B responses, T response positions. `mask` is 1 on response tokens
 and 0 on padding (bool or float). Padding never influences a result on a response token.
 
@@ -33,6 +37,7 @@ gradient, and NaN or inf at a response position is refused, naming the argument.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -49,12 +54,9 @@ from rlhf_edu.validate import (
     check_tensor,
 )
 
-__all__ = ["masked_mean", "masked_var", "whiten", "gae", "ESTIMATORS", "CRITIC_FREE",
-           "grpo_advantages", "rloo_advantages", "reinforce_pp_advantages", "token_advantages"]
-
-ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp")
-"""Advantage estimators the trainer knows; all but "gae" need no critic."""
-CRITIC_FREE = ESTIMATORS[1:]
+__all__ = ["masked_mean", "masked_var", "whiten", "gae", "Method", "METHODS", "register_method",
+           "method", "grpo_advantages", "rloo_advantages", "reinforce_pp_advantages",
+           "token_advantages"]
 
 
 def _zero_padding(x: Tensor, mask: Tensor) -> Tensor:
@@ -353,3 +355,99 @@ def token_advantages(advantages: Tensor, mask: Tensor) -> Tensor:
     m = check_mask(mask, mask, "mask", finite={"advantages": advantages})
     spread = advantages[:, None].expand(m.shape)  # (B, T)
     return torch.where(m, spread, torch.zeros_like(spread))
+
+
+# --------------------------------------------------------------------------------------------
+# The method table: what the trainer, the config, the command line and the calculator read
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to turn rewards into advantages, and the defaults its paper uses.
+
+    ``advantages(rewards, mask, *, values, config, reduce, trace)`` takes the per-token
+    rewards ``(B, T)`` (the score on the last token, minus beta x KL per token when the KL is
+    in the reward), the response ``mask`` ``(B, T)``, the critic's ``values`` ``(B, T)`` (None
+    without a critic), the run's ``config`` (a ``PPOConfig``: ``gamma``, ``lam``,
+    ``group_size``, ...), ``reduce`` (an all-reduce SUM across ranks, or None) and ``trace``
+    (records a named tensor); it returns ``(advantages, returns)``, both ``(B, T)``, returns
+    None when there is no critic to train.
+    """
+
+    name: str
+    advantages: Callable[..., tuple[Tensor, Tensor | None]]
+    needs_critic: bool
+    """GAE: values are the baseline; the others build no critic (three models)"""
+    needs_groups: bool
+    """the baseline is the group of G responses to one prompt: group_size >= 2"""
+    kl_in: str
+    """"reward" (a per-token penalty) or "loss" (GRPO)"""
+    kl_estimator: str
+    beta: float
+    description: str
+    """one line for --help and the docs"""
+
+
+def _gae_method(rewards: Tensor, mask: Tensor, *, values: Tensor, config, reduce=None,
+                trace=None) -> tuple[Tensor, Tensor]:
+    """PPO's advantages: GAE over the critic's values, whitened over the batch if asked."""
+    advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
+    if config.whiten_advantages:
+        advantages = whiten(advantages, mask, reduce=reduce)
+    return advantages, returns
+
+
+def _group_method(estimate: Callable[[Tensor, int], Tensor]):
+    """An outcome method: each response's summed reward ``(B,)`` against its group's, spread
+    over its tokens."""
+    def advantages(rewards: Tensor, mask: Tensor, *, values=None, config, reduce=None,
+                   trace=None) -> tuple[Tensor, None]:
+        sequence = estimate(rewards.sum(1), config.group_size)  # (B,): groups lie in a rank
+        if trace is not None:
+            trace("sequence_advantages", sequence)
+        return token_advantages(sequence, mask), None  # (B, T)
+    return advantages
+
+
+def _reinforce_pp_method(rewards: Tensor, mask: Tensor, *, values=None, config, reduce=None,
+                         trace=None) -> tuple[Tensor, None]:
+    return reinforce_pp_advantages(rewards, mask, config.gamma, reduce=reduce), None
+
+
+METHODS: dict[str, Method] = {}
+"""name -> :class:`Method`: the methods ``PPOConfig.advantage_estimator`` may name"""
+
+
+def register_method(entry: Method) -> Method:
+    """Add ``entry`` to :data:`METHODS` (a new method is one entry and its function); a name
+    already taken is refused. Remove it with ``del METHODS[name]``."""
+    if not isinstance(entry, Method):
+        raise ValueError(f"register_method takes a Method, got {type(entry).__name__}")
+    if entry.name in METHODS:
+        raise ValueError(f"method {entry.name!r} is already registered")
+    METHODS[entry.name] = entry
+    return entry
+
+
+def method(name: str) -> Method:
+    """The table's entry for ``name``; an unknown name raises, never runs as another method."""
+    if not isinstance(name, str) or name not in METHODS:
+        raise ValueError(f"unknown advantage estimator {name!r}; expected one of "
+                         f"{', '.join(METHODS)}")
+    return METHODS[name]
+
+
+for _entry in (
+    Method("gae", _gae_method, True, False, "reward", "k1", 0.05,
+           "PPO, GAE over a critic's values (Ziegler et al. 2019)"),
+    Method("grpo", _group_method(grpo_advantages), False, True, "loss", "k3", 0.04,
+           "reward minus its group's mean, over the group's std (Shao et al. 2024)"),
+    Method("dr_grpo", _group_method(lambda s, g: grpo_advantages(s, g, scale=False)), False,
+           True, "loss", "k3", 0.04, "GRPO without the std (Liu et al. 2025)"),
+    Method("rloo", _group_method(rloo_advantages), False, True, "reward", "k1", 0.05,
+           "reward minus the mean of its group's others (Ahmadian et al. 2024)"),
+    Method("reinforce_pp", _reinforce_pp_method, False, False, "reward", "k1", 0.01,
+           "return-to-go normalised over the batch, no critic (Hu 2025)"),
+):
+    register_method(_entry)

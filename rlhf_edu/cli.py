@@ -3,46 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from . import distributed, dpo, grading, memory
-
-SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
-
+from .advantages import METHODS
+from .config import (
+    METHOD_SETTINGS,
+    DPOConfig,
+    PPOConfig,
+    PretrainConfig,
+    RewardModelConfig,
+    critic_mode_for,
+    method_defaults,
+    preflight,
+)
+from .validate import choices_of, derived_seed, field_kinds, parse_int, text_reader
 
 # ------------------------------------------------------------------ argument types
 # Every number and path is checked by argparse as it is read, before any work starts, and a
-# bad one is named in one line: "argument --steps: must be an integer >= 1, got '0'".
+# bad one is named in one line: "argument --steps: must be an integer >= 1, got '0'". The
+# readers come from rlhf_edu.validate, with the bounds of the config field behind the flag.
 
-def integer(lo: int, hi: int | None = None):
+def _arg_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """``parse``, its ``ValueError`` turned into argparse's own error (which names the flag)."""
+    def read(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    read.__name__ = getattr(parse, "__name__", "value")
+    return read
+
+
+def integer(lo: int, hi: int | None = None) -> Callable[[str], object]:
     """An argparse type: an integer in [lo, hi]."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < lo or (hi is not None and value > hi):
-            span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {text!r}")
-        return value
-    return parse
-
-
-def number(lo: float = -math.inf, positive: bool = False):
-    """An argparse type: a finite float >= lo (> 0 with ``positive``)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < lo or (positive and value <= 0):
-            want = "> 0" if positive else f">= {lo:g}"
-            raise argparse.ArgumentTypeError(f"must be a finite number {want}, got {text!r}")
-        return value
-    return parse
+    return _arg_type(parse_int(lo, hi))
 
 
 def out_file(text: str) -> Path:
@@ -70,17 +69,102 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# ------------------------------------------------------------------ flags from config fields
+# A config field is a flag: --field-name, or the flag its metadata names (--batch for
+# batch_size). Type, bounds, choices and help all come from the field; a flag left out keeps
+# the field's default (the parser's default is None: "not given").
+
+
+def _flags(f: dataclasses.Field) -> list[str]:
+    """The field's flag: its metadata's (``--batch`` for batch_size) or ``--field-name``."""
+    return [f.metadata.get("flag") or "--" + f.name.replace("_", "-")]
+
+
+def _help(f: dataclasses.Field, default: object) -> str:
+    """The field's help, its choices' descriptions (the method table's), and its default (a
+    method's default for a field left as None)."""
+    choices = f.metadata.get("choices")
+    choices = choices() if callable(choices) else choices
+    text = f.metadata["help"]
+    if isinstance(choices, Mapping):  # the choices describe themselves
+        text += ": " + "; ".join(f"{k}: {v}" for k, v in choices.items())
+    if default is None and f.name in METHOD_SETTINGS:
+        text += " (default per estimator: " + ", ".join(
+            f"{m} {d[f.name]}" for m, d in method_defaults().items()) + ")"
+    elif default is not None:
+        text += f" (default: {default})"
+    return text.replace("%", "%%")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type,
+                     only: Iterable[str] | None = None, **defaults: object) -> None:
+    """One flag per field of the config dataclass ``cls`` (or of the fields ``only``), built
+    from the field's metadata; ``defaults`` replace a field's default for this command."""
+    names = list(only) if only is not None else [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in names:
+        f = fields[name]
+        default = defaults.get(name, f.default)
+        kwargs: dict = dict(dest=name, default=None, help=_help(f, default))
+        if field_kinds(f)[0] == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            reader = text_reader(f)
+            kwargs["type"] = _arg_type(reader) if reader is not None else None
+            kwargs["choices"] = choices_of(f.metadata)
+            kwargs["metavar"] = None if kwargs["choices"] else name.upper()
+        parser.add_argument(*_flags(f), **kwargs)
+    parser.set_defaults(config_class=cls, config_defaults=defaults)
+
+
+def _placement(text: str) -> str | dict:
+    if text == "colocate":
+        return text
+    try:
+        placement = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--placement must be 'colocate' or a JSON map role -> device, "
+                         f"got {text!r}") from e
+    if not isinstance(placement, dict):
+        raise ValueError(f"--placement must be 'colocate' or a JSON object, got {text!r}")
+    return placement
+
+
+PARSERS: dict[str, Callable[[str], object]] = {"placement": _placement}
+"""fields whose command-line text is parsed after argparse (its error is one line too)"""
+
+
+def config_from_args(args: argparse.Namespace, cls: type | None = None) -> object:
+    """The config of ``cls`` (default: the command's) from the flags given; a flag whose field
+    ``implies`` others sets them too (``--kl-target`` turns ``adaptive_kl`` on)."""
+    cls = cls or args.config_class
+    values = dict(getattr(args, "config_defaults", {}))
+    for f in dataclasses.fields(cls):
+        given = getattr(args, f.name, None)
+        if given is None:
+            continue
+        values[f.name] = PARSERS[f.name](given) if f.name in PARSERS else given
+        values.update(f.metadata.get("implies", {}))
+    return cls(**values)
+
+
+
+
+# ------------------------------------------------------------------ the commands
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     from .checkpoint import atomic_save, model_checkpoint
     from .model import GPTConfig
     from .pretrain import evaluate_lm, pretrain
 
-    config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
-    model = pretrain(config, n_reviews=args.reviews, epochs=args.epochs, seed=args.seed)
-    meta = dict(seed=args.seed, reviews=args.reviews, epochs=args.epochs)
+    cfg = config_from_args(args)
+    config = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
+    model = pretrain(config, n_reviews=cfg.reviews, epochs=cfg.epochs, seed=cfg.seed)
+    meta = dict(seed=cfg.seed, reviews=cfg.reviews, epochs=cfg.epochs)
     # saved before the evaluation, so nothing trained is lost if it fails or is interrupted
     atomic_save(model_checkpoint("sft", config, model.state_dict(), **meta), args.out)
-    report = evaluate_lm(model, n=args.eval_samples, seed=args.seed + 1)
+    report = evaluate_lm(model, n=cfg.eval_samples, seed=derived_seed(cfg.seed, 1))
     atomic_save(model_checkpoint("sft", config, model.state_dict(), **meta,
                                  eval={k: v for k, v in report.items() if k != "examples"}),
                 args.out)
@@ -107,13 +191,14 @@ def _train_rm(args: argparse.Namespace) -> int:
     from .models import load_pretrained
     from .reward_model import evaluate_reward_model, make_preference_pairs, train_reward_model
 
+    cfg = config_from_args(args)
     sft = load_pretrained("sft", args.sft)
-    pairs = make_preference_pairs(sft, args.pairs + args.heldout, seed=args.seed)
-    train, heldout = pairs.split(args.pairs)
-    rm = train_reward_model(sft, train, epochs=args.epochs, seed=args.seed)
-    meta = dict(seed=args.seed, pairs=args.pairs, epochs=args.epochs)
+    pairs = make_preference_pairs(sft, cfg.pairs + cfg.heldout, seed=cfg.seed)
+    train, heldout = pairs.split(cfg.pairs)
+    rm = train_reward_model(sft, train, epochs=cfg.epochs, seed=cfg.seed)
+    meta = dict(seed=cfg.seed, pairs=cfg.pairs, epochs=cfg.epochs)
     atomic_save(model_checkpoint("reward", sft.config, rm.state_dict(), **meta), args.out)
-    report = evaluate_reward_model(rm, sft, heldout, seed=args.seed + 2)
+    report = evaluate_reward_model(rm, sft, heldout, seed=derived_seed(cfg.seed, 2))
     atomic_save(model_checkpoint("reward", sft.config, rm.state_dict(), **meta, eval=report),
                 args.out)
     print(f"wrote {args.out}")
@@ -128,47 +213,18 @@ def _train_rm(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .models import NO_CRITIC, build_models, describe
-    from .trainer import critic_mode_for
+    from .models import build_models, describe
 
-    mode = critic_mode_for(args.estimator, args.critic or "auto")
+    estimator = args.advantage_estimator or "gae"
+    mode = critic_mode_for(estimator, args.critic_mode or "auto")
     models = build_models(mode)
-    print(f"critic mode: {mode}" + (f" ({args.estimator} builds no critic: three models)"
-                                     if mode == NO_CRITIC else ""))
+    print(f"critic mode: {mode}" + (f" ({estimator} builds no critic: three models)"
+                                     if not METHODS[estimator].needs_critic else ""))
     print(f"{'role':<10} {'parameters':>12} {'reads actor':>12}  trains")
     for row in describe(models):
         print(f"{row['role']:<10} {row['params']:>12,} {row['reads_actor_backbone']:>12,}  "
               f"{'yes' if row['trains'] else 'no (frozen)'}")
     return 0
-
-
-def _config_from_args(args: argparse.Namespace):
-    from .trainer import PPOConfig
-
-    return PPOConfig(seed=args.seed, batch_size=args.batch, response_len=args.response_len,
-                     beta=args.beta, adaptive_kl=args.kl_target is not None,
-                     kl_target=PPOConfig.kl_target if args.kl_target is None else args.kl_target,
-                     kl_estimator=args.kl_estimator, critic_mode=args.critic or "auto",
-                     ppo_epochs=args.ppo_epochs, minibatches=args.minibatches,
-                     actor_lr=args.actor_lr, ent_coef=args.ent_coef, device=args.device,
-                     advantage_estimator=args.estimator, group_size=args.group_size,
-                     kl_in=args.kl_in, reward=args.reward,
-                     recompute_logprobs=args.recompute_logprobs,
-                     placement=_placement(args.placement), precision=args.precision,
-                     shard=args.shard)
-
-
-def _placement(text: str) -> str | dict:
-    if text == "colocate":
-        return text
-    try:
-        placement = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--placement must be 'colocate' or a JSON map role -> device, "
-                         f"got {text!r}") from e
-    if not isinstance(placement, dict):
-        raise ValueError(f"--placement must be 'colocate' or a JSON object, got {text!r}")
-    return placement
 
 
 def _launch(nproc: int, argv: list[str]) -> int:
@@ -182,25 +238,13 @@ def _launch(nproc: int, argv: list[str]) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     import os
-    from dataclasses import asdict
 
-    from . import sharding
-    from .plots import plot_training
-    from .rundir import RunDir, check
-    from .trainer import RLHFTrainer
-
-    config = _config_from_args(args)
-    # bad input fails here, in one process, before any work or any torchrun starts
-    distributed.check_nproc(args.nproc, config.device)
-    config.check_world(args.nproc)
-    # inside the ranks torchrun launched, --nproc is gone and WORLD_SIZE gives the count
-    sharding.check_world(config.shard, int(os.environ.get("WORLD_SIZE", args.nproc)))
-    distributed.resolve_placement(config.placement, distributed.select_device(config.device))
-    pid = RunDir(args.run_dir).busy()
-    if pid is not None:
-        raise ValueError(f"run directory {str(args.run_dir)!r} is in use by another run "
-                         f"(process {pid}); wait for it to end or choose another --run-dir")
-    resume_step = check(args.run_dir, asdict(config), args.resume)
+    config = config_from_args(args)
+    # bad input fails here, in one process, before any work or any torchrun starts; inside
+    # the ranks torchrun launched, --nproc is gone and WORLD_SIZE gives the count
+    world = int(os.environ.get("WORLD_SIZE", args.nproc))
+    resume_step = preflight(config, world, nproc=args.nproc, run_dir=args.run_dir,
+                            resume=args.resume)
     if resume_step is not None and args.steps < resume_step:
         raise ValueError(f"--steps {args.steps}: the run in {str(args.run_dir)!r} has already "
                          f"taken {resume_step} steps; ask for more to continue it")
@@ -214,18 +258,18 @@ def _train(args: argparse.Namespace) -> int:
                 argv.append(a)
             skip = a == "--nproc"
         return _launch(args.nproc, argv)
+    return _run_training(config, args)
+
+
+def _run_training(config: PPOConfig, args: argparse.Namespace) -> int:
+    """This process's part of ``rlhf-edu train``: train, then (rank 0) the summary and plot."""
+    from .plots import plot_training
+    from .trainer import RLHFTrainer
+
     rank, _ = distributed.init_from_env(config.device)
     trainer = RLHFTrainer(config, run_dir=args.run_dir, resume=args.resume)
     if rank == 0:
-        bf16 = distributed.uses_bf16(trainer.device, config.precision)
-        devices = {role: trainer.devices[role] for role in trainer.models.roles()}
-        count = "four" if len(devices) == 4 else "three (no critic)"
-        where = (f"the {count} models on {trainer.device}" if len(set(devices.values())) == 1
-                 else ", ".join(f"{role} on {dev}" for role, dev in devices.items()))
-        print(f"{trainer.world} process{'es' if trainer.world > 1 else ''}, {where}, "
-              f"{'bf16 autocast (frozen models in bf16)' if bf16 else 'fp32'}"
-              + (f", {config.shard} (FSDP2 shards)" if config.shard != "none" else ""),
-              flush=True)
+        _print_setup(trainer)
     if args.resume and trainer.step_count == 0 and rank == 0:
         print(f"{args.run_dir} has no checkpoint yet: the run starts again from step 0",
               flush=True)
@@ -248,127 +292,63 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_setup(trainer) -> None:
+    """One line: processes, where the models are, the numerics."""
+    config = trainer.config
+    bf16 = distributed.uses_bf16(trainer.device, config.precision)
+    devices = {role: trainer.devices[role] for role in trainer.models.roles()}
+    count = "four" if len(devices) == 4 else "three (no critic)"
+    where = (f"the {count} models on {trainer.device}" if len(set(devices.values())) == 1
+             else ", ".join(f"{role} on {dev}" for role, dev in devices.items()))
+    print(f"{trainer.world} process{'es' if trainer.world > 1 else ''}, {where}, "
+          f"{'bf16 autocast (frozen models in bf16)' if bf16 else 'fp32'}"
+          + (f", {config.shard} (FSDP2 shards)" if config.shard != "none" else ""),
+          flush=True)
+
+
 def _trace(args: argparse.Namespace) -> int:
     from .trainer import format_trace, trace_step
 
-    print(format_trace(trace_step(args.batch, args.response_len, args.critic or "auto", args.seed,
-                                  estimator=args.estimator, group_size=args.group_size)))
+    cfg = dict(args.config_defaults)
+    cfg.update({k: v for k, v in vars(args).items() if k in TRACED and v is not None})
+    print(format_trace(trace_step(cfg["batch_size"], cfg["response_len"],
+                                  cfg.get("critic_mode", "auto"), cfg.get("seed", 0),
+                                  estimator=cfg.get("advantage_estimator", "gae"),
+                                  group_size=cfg.get("group_size", 1))))
     return 0
 
 
-CRITIC_HELP = ("critic mode: separate (own network), shared (a value head on a shared backbone), "
-               "head (a value head on the actor) (default: separate with --estimator gae; the "
-               "other estimators build no critic)")
-ESTIMATOR_HELP = ("advantage estimator: gae (PPO with a critic), grpo, dr_grpo (GRPO without "
-                  "the std), rloo, reinforce_pp (no critic) (default: %(default)s)")
-GROUP_HELP = ("G responses sampled per prompt, in contiguous rows; grpo, dr_grpo and rloo need "
-              "G >= 2 (default: %(default)s)")
+def _dpo(args: argparse.Namespace) -> int:
+    return dpo.run_dpo(config_from_args(args), args.out, progress=not args.quiet)
 
 
-def _add_estimator_arguments(p: argparse.ArgumentParser, group: bool = True) -> None:
-    """--estimator (and --group-size with ``group``), shared by train, models and trace."""
-    from .advantages import ESTIMATORS
-
-    p.add_argument("--estimator", default="gae", choices=ESTIMATORS, help=ESTIMATOR_HELP)
-    if group:
-        p.add_argument("--group-size", type=integer(1), default=1, help=GROUP_HELP)
+TRACED = ("batch_size", "response_len", "critic_mode", "advantage_estimator", "group_size",
+          "seed")
+"""the PPOConfig fields ``rlhf-edu trace`` takes"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="rlhf-edu", description=__doc__)
-    parser.add_argument("--threads", type=integer(1), default=None,
-                        help="torch threads (default: $RLHF_EDU_THREADS or 1)")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="train the SFT actor on the review grammar")
     p.add_argument("--out", type=out_file, default=Path("sft.pt"),
                    help="checkpoint file to write (default: %(default)s)")
-    p.add_argument("--reviews", type=integer(1), default=30_000,
-                   help="reviews sampled from the grammar to train on (default: %(default)s)")
-    p.add_argument("--epochs", type=integer(1), default=4,
-                   help="passes over the reviews (default: %(default)s)")
-    p.add_argument("--n-layer", type=integer(1), default=3,
-                   help="transformer blocks (default: %(default)s)")
-    p.add_argument("--n-head", type=integer(1), default=4,
-                   help="attention heads (default: %(default)s)")
-    p.add_argument("--n-embd", type=integer(1), default=128,
-                   help="width of the residual stream (default: %(default)s)")
-    p.add_argument("--eval-samples", type=integer(1), default=500,
-                   help="samples drawn to measure the SFT model afterwards (default: %(default)s)")
-    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
-                   help="seed of data and training (default: %(default)s)")
+    add_config_flags(p, PretrainConfig)
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("train-rm", help="train the reward model on preference pairs")
     p.add_argument("--sft", type=Path, default=None, help="SFT checkpoint (default: shipped)")
     p.add_argument("--out", type=out_file, default=Path("reward.pt"),
                    help="checkpoint file to write (default: %(default)s)")
-    p.add_argument("--pairs", type=integer(1), default=8000,
-                   help="preference pairs to train on (default: %(default)s)")
-    p.add_argument("--heldout", type=integer(1), default=1000,
-                   help="further pairs kept aside to measure accuracy (default: %(default)s)")
-    p.add_argument("--epochs", type=integer(1), default=2,
-                   help="passes over the pairs (default: %(default)s)")
-    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
-                   help="seed of the pairs and of training (default: %(default)s)")
+    add_config_flags(p, RewardModelConfig)
     p.set_defaults(func=_train_rm)
 
-    p = sub.add_parser("models", help="the four models: parameters and which ones train")
-    p.add_argument("--critic", default=None, choices=("separate", "shared", "head"),
-                   help=CRITIC_HELP)
-    _add_estimator_arguments(p, group=False)
-    p.set_defaults(func=_models)
 
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="RLHF with PPO from the shipped SFT actor and reward model")
     p.add_argument("--steps", type=integer(1), default=60,
                    help="PPO steps to run (default: %(default)s)")
-    p.add_argument("--beta", type=number(0), default=None,
-                   help="KL coefficient (initial, if adaptive) (default per estimator: 0.05 "
-                        "gae and rloo, 0.04 grpo and dr_grpo, 0.01 reinforce_pp)")
-    p.add_argument("--kl-target", type=number(positive=True), default=None,
-                   help="use the adaptive KL controller with this target KL per response")
-    p.add_argument("--kl-estimator", default=None, choices=("k1", "k2", "k3"),
-                   help="per-token KL estimator (default per estimator: k3 for grpo and "
-                        "dr_grpo, k1 otherwise)")
-    p.add_argument("--kl-in", default=None, choices=("reward", "loss"),
-                   help="put beta x KL into each token's reward, or add it to the loss as GRPO "
-                        "does (default per estimator: loss for grpo and dr_grpo, else reward)")
-    p.add_argument("--critic", default=None, choices=("separate", "shared", "head"),
-                   help=CRITIC_HELP)
-    _add_estimator_arguments(p)
-    p.add_argument("--reward", default="model", choices=("model", "gold"),
-                   help="score responses with the reward model, or with the task's gold score "
-                        "(a verifiable reward; the reward model then only gives the rm_score "
-                        "metric) (default: %(default)s)")
-    p.add_argument("--recompute-logprobs", action="store_true",
-                   help="recompute the old log-probs with the actor under the training "
-                        "numerics before the PPO epochs (matters in bf16)")
-    p.add_argument("--batch", type=integer(1), default=64,
-                   help="responses per step (batch / group-size prompts) (default: "
-                        "%(default)s)")
-    p.add_argument("--response-len", type=integer(1), default=20,
-                   help="most tokens generated per response (default: %(default)s)")
-    p.add_argument("--ppo-epochs", type=integer(1), default=4,
-                   help="PPO passes over each batch (default: %(default)s)")
-    p.add_argument("--minibatches", type=integer(1), default=2,
-                   help="minibatches per PPO epoch (default: %(default)s)")
-    p.add_argument("--actor-lr", type=number(positive=True), default=1e-4,
-                   help="Adam learning rate of the actor (default: %(default)s)")
-    p.add_argument("--ent-coef", type=number(0), default=0.0,
-                   help="c2, weight of the entropy bonus (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--placement", default="colocate",
-                   help='colocate, or JSON such as \'{"reward": "cuda:1", "reference": "cuda:1"}\'')
-    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
-                   help="auto: bf16 autocast and bf16 frozen models on CUDA, fp32 on CPU")
+    add_config_flags(p, PPOConfig)
     p.add_argument("--nproc", type=integer(1), default=1,
                    help="data-parallel processes (re-launches under torchrun; gloo on CPU)")
-    p.add_argument("--shard", default="none", choices=("none", "zero2", "zero3"),
-                   help="none: DDP copies; zero2/zero3: FSDP2 shards of actor and critic "
-                        "(zero3 also the frozen models) over the --nproc processes "
-                        "(default: %(default)s)")
-    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
-                   help="seed of prompts, sampling and minibatch order (default: %(default)s)")
     p.add_argument("--run-dir", type=run_dir, default=Path("runs/latest"),
                    help="where metrics.jsonl, training.png and checkpoint.pt go "
                         "(default: %(default)s)")
@@ -378,10 +358,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="rlhf-edu", description=__doc__)
+    parser.add_argument("--threads", type=integer(1), default=None,
+                        help="torch threads (default: $RLHF_EDU_THREADS or 1)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_pretrain(sub)
+
+    p = sub.add_parser("models", help="the four models: parameters and which ones train")
+    add_config_flags(p, PPOConfig, only=("critic_mode", "advantage_estimator"))
+    p.set_defaults(func=_models)
+    _add_train(sub)
+
     p = sub.add_parser("dpo", help="DPO / IPO from the SFT actor on the reward model's "
                                    "preference pairs (two models, no generation)")
-    dpo.add_dpo_arguments(p)
-    p.set_defaults(func=dpo.run_dpo_cli)
+    add_config_flags(p, DPOConfig)
+    p.add_argument("--out", type=out_file, default=Path("dpo.pt"),
+                   help="checkpoint of the trained policy, loadable as an SFT actor "
+                        "(load_pretrained('sft', path)) (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_dpo)
 
     p = sub.add_parser("memory", help="GPU memory of RLHF training: per role, item and GPU")
     memory.add_memory_arguments(p)
@@ -392,16 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=grading.run_grade_cli)
 
     p = sub.add_parser("trace", help="shapes, dtypes and forward passes of one RLHF step")
-    p.add_argument("--batch", type=integer(1), default=4,
-                   help="responses in the traced step (batch / group-size prompts) (default: "
-                        "%(default)s)")
-    p.add_argument("--response-len", type=integer(1), default=100,
-                   help="tokens generated per response (default: %(default)s)")
-    p.add_argument("--critic", default=None, choices=("separate", "shared", "head"),
-                   help=CRITIC_HELP)
-    _add_estimator_arguments(p)
-    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
-                   help="seed of prompts and sampling (default: %(default)s)")
+    add_config_flags(p, PPOConfig, only=TRACED, batch_size=4, response_len=100)
     p.set_defaults(func=_trace)
     return parser
 

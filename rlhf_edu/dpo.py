@@ -22,7 +22,6 @@ RM score, KL to the reference, well-formed, repetition) mean what they mean for 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import sys
@@ -35,13 +34,16 @@ from torch import Tensor
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .checkpoint import atomic_save, model_checkpoint
+from .config import DPO_LOSSES, DPOConfig, PPOConfig
 from .model import GPT, token_logprobs
 from .models import Actor, Reference, RewardModel, build_models, load_pretrained
 from .reward_model import PreferencePairs, make_preference_pairs
-from .task import gold_score, is_well_formed, repetition, sample_prompts
+from .task import review_texts, sample_prompts, text_metrics
+from .trainer import RLHFTrainer
 from .validate import (
+    check_arguments,
     check_bool,
-    check_choice,
     check_finite,
     check_float,
     check_instance,
@@ -51,7 +53,7 @@ from .validate import (
     shown,
 )
 
-LOSSES = ("sigmoid", "ipo")
+LOSSES = DPO_LOSSES
 
 
 # ------------------------------------------------------------------ the loss
@@ -214,13 +216,9 @@ def train_dpo(sft: GPT, pairs: DPOPairs, beta: float = 0.1, loss: str = "sigmoid
     """
     check_instance("sft", sft, GPT, hint="e.g. load_pretrained('sft')")
     check_instance("pairs", pairs, DPOPairs, hint="e.g. make_dpo_pairs(sft, 1000)")
-    check_float("beta", beta, minimum=0, strict_min=True)
-    check_choice("loss", loss, LOSSES)
-    check_int("epochs", epochs, minimum=1)
+    check_arguments(DPOConfig, beta=beta, loss=loss, epochs=epochs, batch_size=batch_size,
+                    lr=lr, seed=seed)
     check_int("steps", steps, minimum=1, none_ok=True)
-    check_int("batch_size", batch_size, minimum=1)
-    check_float("lr", lr, minimum=0, strict_min=True)
-    check_seed("seed", seed)
     check_bool("progress", progress)
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable or None, got {shown(callback)}")
@@ -279,8 +277,6 @@ def evaluate_policy(policy: GPT, sft: GPT, reward: RewardModel | None = None, n:
     same ``seed`` gives the same prompts for any policy, so two policies are compared on the
     same prompts. ``reward`` defaults to the shipped reward model.
     """
-    from .trainer import PPOConfig, RLHFTrainer  # the trainer imports much; only needed here
-
     check_instance("policy", policy, GPT)
     check_instance("sft", sft, GPT)
     check_instance("reward", reward, RewardModel, none_ok=True)
@@ -293,14 +289,14 @@ def evaluate_policy(policy: GPT, sft: GPT, reward: RewardModel | None = None, n:
                     minibatches=1)
     trainer = RLHFTrainer(cfg, models)
     batch = trainer.rollout()
-    tok = trainer.tok
-    texts = [f"{p} {tok.decode(r)}" for p, r in zip(batch.prompts, batch.response.cpu())]
+    texts = review_texts(batch.prompts, batch.response, trainer.tok)
+    judged = text_metrics(texts)
     return {
-        "gold_score": sum(map(gold_score, texts)) / n,
+        "gold_score": judged["gold_score"],
         "rm_score": float(batch.scores.mean()),
         "kl": float(batch.kl.sum(1).mean()),
-        "well_formed": sum(map(is_well_formed, texts)) / n,
-        "repetition": sum(repetition(t) > 0 for t in texts) / n,
+        "well_formed": judged["well_formed"],
+        "repetition": judged["repetition"],
         "response_len": float(batch.mask.sum(1).mean()),
         "samples": texts[:3],
     }
@@ -309,74 +305,42 @@ def evaluate_policy(policy: GPT, sft: GPT, reward: RewardModel | None = None, n:
 # ------------------------------------------------------------------ the command
 
 
-def add_dpo_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``rlhf-edu dpo`` (numbers checked as they are read, one line each)."""
-    from .cli import SEED_MAX, integer, number, out_file
-
-    add = parser.add_argument
-    add("--beta", type=number(positive=True), default=0.1,
-        help="beta: the strength of the implicit KL leash to the SFT actor (default: "
-             "%(default)s)")
-    add("--loss", choices=LOSSES, default="sigmoid",
-        help="sigmoid: DPO's -log sigmoid(beta * margin); ipo: IPO's squared distance of the "
-             "margin to 1/(2 beta) (default: %(default)s)")
-    add("--pairs", type=integer(1), default=2000,
-        help="preference pairs sampled from the SFT actor and labelled by a Bradley-Terry coin "
-             "flip on the gold score, as for the reward model (default: %(default)s)")
-    add("--epochs", type=integer(1), default=2,
-        help="passes over the pairs (default: %(default)s)")
-    add("--batch", type=integer(1), default=32,
-        help="pairs per optimiser step (default: %(default)s)")
-    add("--lr", type=number(positive=True), default=1e-4,
-        help="Adam learning rate of the policy (default: %(default)s)")
-    add("--eval-samples", type=integer(1), default=256,
-        help="fresh responses sampled to measure the SFT actor and the DPO policy "
-             "(default: %(default)s)")
-    add("--seed", type=integer(0, SEED_MAX), default=0,
-        help="seed of the pairs, the minibatch order and the evaluation prompts "
-             "(default: %(default)s)")
-    add("--out", type=out_file, default=Path("dpo.pt"),
-        help="checkpoint of the trained policy, loadable as an SFT actor "
-             "(load_pretrained('sft', path)) (default: %(default)s)")
-    add("--quiet", action="store_true", help="no progress bar")
-
-
 METRICS = (("gold_score", "gold score", "+.3f"), ("rm_score", "RM score", "+.3f"),
            ("kl", "KL to SFT", ".3f"), ("well_formed", "well-formed", ".1%"),
            ("repetition", "repetition", ".1%"), ("response_len", "length", ".1f"))
 
 
-def run_dpo_cli(args: argparse.Namespace) -> int:
-    """Make the pairs, train, save the policy, and print the SFT actor's metrics beside the
-    policy's. Bad input raises ``ValueError``, which ``rlhf-edu`` prints in one line."""
-    from .checkpoint import atomic_save, model_checkpoint
-
+def run_dpo(config: DPOConfig, out: str | Path, progress: bool = True) -> int:
+    """``rlhf-edu dpo``: make the pairs, train, save the policy to ``out``, and print the SFT
+    actor's metrics beside the policy's. Bad input raises ``ValueError`` (one line)."""
+    check_instance("config", config, DPOConfig)
+    c = config
     sft = load_pretrained("sft")
     reward = load_pretrained("reward")
-    print(f"{args.pairs} preference pairs from the SFT actor (Bradley-Terry labels on the gold "
-          f"score), loss {args.loss}, beta {args.beta:g}", flush=True)
-    data = make_dpo_pairs(sft, args.pairs, seed=args.seed)
-    policy, history = train_dpo(sft, data, beta=args.beta, loss=args.loss, epochs=args.epochs,
-                                batch_size=args.batch, lr=args.lr, seed=args.seed,
-                                progress=not args.quiet)
-    meta = dict(method="dpo", loss=args.loss, beta=args.beta, pairs=args.pairs,
-                epochs=args.epochs, lr=args.lr, seed=args.seed)
-    atomic_save(model_checkpoint("sft", policy.config, policy.state_dict(), **meta), args.out)
+    print(f"{c.pairs} preference pairs from the SFT actor (Bradley-Terry labels on the gold "
+          f"score), loss {c.loss}, beta {c.beta:g}", flush=True)
+    data = make_dpo_pairs(sft, c.pairs, seed=c.seed)
+    policy, history = train_dpo(sft, data, beta=c.beta, loss=c.loss, epochs=c.epochs,
+                                batch_size=c.batch_size, lr=c.lr, seed=c.seed,
+                                progress=progress)
+    meta = dict(method="dpo", loss=c.loss, beta=c.beta, pairs=c.pairs, epochs=c.epochs,
+                lr=c.lr, seed=c.seed)
+    atomic_save(model_checkpoint("sft", policy.config, policy.state_dict(), **meta), out)
     first, last = _window(history[:10]), _window(history[-10:])
     print(f"{len(history)} steps; first vs last 10 steps: loss {first['loss']:.3f} -> "
           f"{last['loss']:.3f}, reward accuracy {first['reward_accuracy']:.1%} -> "
           f"{last['reward_accuracy']:.1%}, reward margin {first['reward_margin']:+.3f} -> "
           f"{last['reward_margin']:+.3f}")
-    before = evaluate_policy(sft, sft, reward, n=args.eval_samples, seed=args.seed)
-    after = evaluate_policy(policy, sft, reward, n=args.eval_samples, seed=args.seed)
-    print(f"\n{args.eval_samples} fresh samples each, the same prompts:")
+    before = evaluate_policy(sft, sft, reward, n=c.eval_samples, seed=c.seed)
+    after = evaluate_policy(policy, sft, reward, n=c.eval_samples, seed=c.seed)
+    print(f"\n{c.eval_samples} fresh samples each, the same prompts:")
     print(f"{'':<14}{'SFT actor':>11}{'DPO policy':>12}")
     for key, label, fmt in METRICS:
         b, a = (_no_negative_zero(format(x, fmt)) for x in (before[key], after[key]))
         print(f"{label:<14}{b:>11}{a:>12}")
     for text in after["samples"][:2]:
         print(f"DPO sample: {text}")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     sys.stdout.flush()
     return 0
 
@@ -393,5 +357,4 @@ def _window(history: list[dict]) -> dict[str, float]:
 
 
 __all__ = ["LOSSES", "dpo_loss", "sequence_logprobs", "pair_logprobs", "DPOPairs", "dpo_pairs",
-           "make_dpo_pairs", "train_dpo", "evaluate_policy",
-           "add_dpo_arguments", "run_dpo_cli"]
+           "make_dpo_pairs", "train_dpo", "evaluate_policy", "run_dpo", "DPOConfig"]

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .model import GPT, GPTConfig
-from .task import Tokenizer, gold_score, parse, repetition, sample_corpus
+from .task import Tokenizer, parse, sample_corpus, text_metrics
 from .validate import (
     check_bool,
     check_float,
@@ -138,13 +138,14 @@ def evaluate_lm(model: GPT, n: int = 500, seed: int = 0, temperature: float = 1.
     check_seed("seed", seed)
     texts, finished = sample_texts(model, n, seed, temperature)
     corpus = sample_corpus(n, derived_seed(seed, 1))
+    judged = text_metrics(texts)
     return {
         "n": n,
-        "well_formed": sum(parse(t) is not None for t in texts) / n,
+        "well_formed": judged["well_formed"],
         "finished": sum(finished) / n,
-        "repeat_rate": sum(repetition(t) > 0 for t in texts) / n,
-        "gold": sum(map(gold_score, texts)) / n,
-        "corpus_gold": sum(map(gold_score, corpus)) / n,
+        "repeat_rate": judged["repetition"],
+        "gold": judged["gold_score"],
+        "corpus_gold": text_metrics(corpus)["gold_score"],
         "mix": sentiment_mix(texts),
         "corpus_mix": sentiment_mix(corpus),
         "examples": texts[:5],

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .model import GPT
 from .models import RewardModel
 from .pretrain import encode_texts, pad_right
-from .task import Tokenizer, gold_score, sample_prompts
+from .task import Tokenizer, gold_score, review_texts, sample_prompts
 from .validate import (
     check_bool,
     check_choice,
@@ -99,9 +99,9 @@ def sample_responses(sft: GPT, prompts: list[str], generator: torch.Generator,
         ids, valid = tok.encode_batch(chunk)
         out = sft.generate(ids, valid, max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
                            generator=generator)
-        for b, p in enumerate(chunk):
-            texts.append(f"{p} {tok.decode(out.response[b])}".strip())
-            rows.append(out.tokens[b][out.valid[b]].tolist())
+        # stripped: a response that is only <eos> leaves the prompt alone
+        texts += [t.strip() for t in review_texts(chunk, out.response, tok)]
+        rows += [out.tokens[b][out.valid[b]].tolist() for b in range(len(chunk))]
     return texts, rows
 
 

@@ -11,6 +11,9 @@ KL estimators, with `d = logp - logp_ref` for the sampled token (Schulman's blog
 - k3 = exp(-d) - 1 + d        unbiased and always >= 0 (the "(r - 1) - log r" estimator)
 - full                        the exact KL over the vocabulary from both models' logits
 
+`KL_ESTIMATORS` maps each name to its function; an unknown name is refused, never computed
+as another estimator, and a new estimator is one entry there (`register_kl_estimator`).
+
 All per-token tensors are `(B, T)`; `mask` is 1 on response tokens and 0 on padding.
 
 References:
@@ -22,6 +25,8 @@ References:
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +43,54 @@ from rlhf_edu.validate import (
     shown,
 )
 
-__all__ = ["KL_ESTIMATORS", "kl_penalty", "compute_rewards", "last_token_index"]
+__all__ = ["KL_ESTIMATORS", "register_kl_estimator", "token_estimators", "kl_penalty",
+           "compute_rewards", "last_token_index"]
 
-KL_ESTIMATORS = ("k1", "k2", "k3", "full")
+
+def _k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    return logprobs - ref_logprobs
+
+
+def _k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    d = logprobs - ref_logprobs
+    return 0.5 * d * d
+
+
+def _k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    d = logprobs - ref_logprobs
+    # expm1 keeps precision when d is near 0; the clamp removes the tiny negatives that
+    # rounding can produce, so k3 >= 0 holds exactly, as it does mathematically.
+    return (torch.expm1(-d) + d).clamp_min(0.0)
+
+
+def _full(logits: Tensor, ref_logits: Tensor) -> Tensor:
+    # Normalise in at least float32: bf16 log-probabilities are too coarse for a KL.
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    logp = F.log_softmax(logits.to(acc), dim=-1)
+    logq = F.log_softmax(ref_logits.to(acc), dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1).to(logits.dtype)  # (B, T)
+
+
+KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "k1": _k1, "k2": _k2, "k3": _k3, "full": _full}
+"""name -> estimate ``(B, T)`` from the sampled tokens' log-probs ``(B, T)`` of policy and
+reference (``"full"``: from their logits ``(B, T, V)``); a new estimator is one entry here"""
+FULL = "full"  # the one estimator that reads logits, not the sampled tokens' log-probs
+
+
+def register_kl_estimator(name: str, estimate: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Add ``estimate(logprobs, ref_logprobs) -> (B, T)`` to :data:`KL_ESTIMATORS` as ``name``;
+    a name already taken is refused. Remove it with ``del KL_ESTIMATORS[name]``."""
+    if not isinstance(name, str) or name in KL_ESTIMATORS or not callable(estimate):
+        raise ValueError(f"register_kl_estimator needs a new name and a function, got "
+                         f"{shown(name)} (taken: {', '.join(KL_ESTIMATORS)})")
+    KL_ESTIMATORS[name] = estimate
+
+
+def token_estimators() -> tuple[str, ...]:
+    """The estimators that work from the sampled tokens' log-probs (all but "full"): the ones
+    a run's ``kl_estimator`` may name."""
+    return tuple(k for k in KL_ESTIMATORS if k != FULL)
 
 
 def _check_estimator(estimator: object) -> None:
@@ -56,7 +106,7 @@ def _check_kl_inputs(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> 
     check_floating("logprobs", logprobs)
     check_floating("ref_logprobs", ref_logprobs)
     check_same_shape("logprobs", logprobs, "ref_logprobs", ref_logprobs)
-    if estimator == "full" and logprobs.ndim != 3:
+    if estimator == FULL and logprobs.ndim != 3:
         raise ValueError(
             "estimator 'full' expects logits of shape (B, T, V), got logprobs with shape "
             f"{tuple(logprobs.shape)}"
@@ -72,7 +122,8 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1",
             `estimator="full"`, the policy's full logits `(B, T, V)`.
         ref_logprobs: `(B, T)` log pi_ref(token) under the reference; for "full", the
             reference's logits `(B, T, V)`.
-        estimator: "k1", "k2", "k3" or "full" (see the module docstring).
+        estimator: "k1", "k2", "k3" or "full" (see the module docstring), or any name added
+            to `KL_ESTIMATORS`.
         mask: optional `(B, T)`, 1 on response tokens: the estimate is 0 where it is 0, and
             whatever the inputs hold there (NaN included) is ignored. Without it every
             position is a response token. NaN or inf at a response token is refused.
@@ -93,8 +144,8 @@ def _check_kl_mask(mask: Tensor, logprobs: Tensor, ref_logprobs: Tensor, estimat
     """The bool mask, after checking it against the `(B, T)` of the KL estimate and checking
     that the inputs (and `scores`, if given) are finite where it is 1."""
     check_tensor("mask", mask)
-    kl_shape = tuple(logprobs.shape[:2] if estimator == "full" else logprobs.shape)
-    if estimator == "full" and tuple(mask.shape) != kl_shape:
+    kl_shape = tuple(logprobs.shape[:2] if estimator == FULL else logprobs.shape)
+    if estimator == FULL and tuple(mask.shape) != kl_shape:
         raise ValueError(
             f"mask has shape {tuple(mask.shape)} but the logits have (B, T) = "
             f"{kl_shape}; they must match"
@@ -109,7 +160,7 @@ def _check_kl_mask(mask: Tensor, logprobs: Tensor, ref_logprobs: Tensor, estimat
 def _masked_kl(logprobs: Tensor, ref_logprobs: Tensor, estimator: str, m: Tensor) -> Tensor:
     """`_kl` with the padding (bool `m` False) set to 0 before and after: it never reaches the
     result or the gradient."""
-    real = m[..., None] if estimator == "full" else m
+    real = m[..., None] if estimator == FULL else m
     zeros = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
     kl = _kl(torch.where(real, logprobs, zeros), torch.where(real, ref_logprobs, zeros),
              estimator)
@@ -117,22 +168,9 @@ def _masked_kl(logprobs: Tensor, ref_logprobs: Tensor, estimator: str, m: Tensor
 
 
 def _kl(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor:
-    """The estimate itself, on checked inputs."""
-    if estimator == "full":
-        # Normalise in at least float32: bf16 log-probabilities are too coarse for a KL.
-        acc = torch.promote_types(logprobs.dtype, torch.float32)
-        logp = F.log_softmax(logprobs.to(acc), dim=-1)
-        logq = F.log_softmax(ref_logprobs.to(acc), dim=-1)
-        return (logp.exp() * (logp - logq)).sum(-1).to(logprobs.dtype)  # (B, T)
-
-    d = logprobs - ref_logprobs
-    if estimator == "k1":
-        return d
-    if estimator == "k2":
-        return 0.5 * d * d
-    # k3: expm1 keeps precision when d is near 0; the clamp removes the tiny negatives that
-    # rounding can produce, so k3 >= 0 holds exactly, as it does mathematically.
-    return (torch.expm1(-d) + d).clamp_min(0.0)
+    """The estimate itself, on checked inputs: the map's entry (an unknown name raises)."""
+    _check_estimator(estimator)
+    return KL_ESTIMATORS[estimator](logprobs, ref_logprobs)
 
 
 def last_token_index(mask: Tensor) -> Tensor:
@@ -185,7 +223,7 @@ def compute_rewards(
     check_float("beta", beta, minimum=0)
     _check_kl_inputs(logprobs, ref_logprobs, estimator)
     check_tensor("mask", mask)
-    kl_shape = tuple(logprobs.shape[:2] if estimator == "full" else logprobs.shape)
+    kl_shape = tuple(logprobs.shape[:2] if estimator == FULL else logprobs.shape)
     check_2d("logprobs", torch.empty(kl_shape, device="meta"))
     B, T = kl_shape
     check_tensor("scores", scores)

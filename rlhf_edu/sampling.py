@@ -19,7 +19,7 @@ import torch
 from .model import Generation
 from .models import Models
 from .rewards import kl_penalty
-from .task import Tokenizer, gold_score, is_well_formed, repetition, sample_prompts
+from .task import Tokenizer, review_texts, sample_prompts, text_metrics
 from .validate import (
     check_float,
     check_instance,
@@ -73,7 +73,7 @@ def best_of_n(models: Models, prompts: list[str], n: int, response_len: int = 20
     all_scores = scores.view(B, n)
     # (B,) row index of each prompt's best
     best = all_scores.argmax(1) + torch.arange(B, device=dev) * n
-    all_texts = [f"{prompts[r // n]} {tok.decode(out.response[r])}" for r in range(B * n)]
+    all_texts = review_texts([p for p in prompts for _ in range(n)], out.response, tok)
     return BestOfN(out.tokens[best], out.valid[best], out.mask[best], out.prompt_len,
                    scores[best], all_scores, [all_texts[r] for r in best.tolist()], all_texts,
                    out)
@@ -147,20 +147,21 @@ def rejection_sampling(models: Models, steps: int, prompts_per_step: int = 16, n
                 torch.nn.utils.clip_grad_norm_(models.actor.parameters(), 1.0)
                 opt.step()
                 losses.append(float(loss.detach()))
+        judged, best_judged = text_metrics(best.all_texts), text_metrics(best.texts)
         metrics = {
             "step": step,
             "samples": step * prompts_per_step * n,
             "optimizer_steps": step * epochs * minibatches,
             # the policy's own quality (all samples), comparable with PPO's metrics
             "rm_score": float(best.all_scores.mean()),
-            "gold_score": sum(map(gold_score, best.all_texts)) / len(best.all_texts),
+            "gold_score": judged["gold_score"],
             "best_rm_score": float(best.scores.mean()),
-            "best_gold_score": sum(map(gold_score, best.texts)) / len(prompts),
+            "best_gold_score": best_judged["gold_score"],
             "kl": float(kl.mean()),
             "best_kl": float(kl.gather(1, chosen[:, None].to(kl.device)).mean()),
             # the winners, which the actor is trained on
-            "well_formed": sum(map(is_well_formed, best.texts)) / len(prompts),
-            "repetition": sum(repetition(t) > 0 for t in best.texts) / len(prompts),
+            "well_formed": best_judged["well_formed"],
+            "repetition": best_judged["repetition"],
             "loss": sum(losses[:minibatches]) / minibatches,  # the first epoch's mean
             "sample": best.texts[0],
             "time_step": time.perf_counter() - start,

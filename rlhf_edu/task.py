@@ -266,6 +266,26 @@ def gold_score(text: str) -> float:
     return max(-1.0, review.sentiment - REPEAT_PENALTY * review.repeats)
 
 
+def review_texts(prompts: list[str], response: torch.Tensor,
+                 tok: Tokenizer | None = None) -> list[str]:
+    """Each prompt followed by its decoded response ``(B, T)``: the review the judge reads
+    (``B`` prompts, one per row; a prompt answered G times appears G times)."""
+    tok = tok or Tokenizer()
+    return [f"{p} {tok.decode(r)}" for p, r in zip(prompts, response.cpu())]
+
+
+def text_metrics(texts: list[str]) -> dict[str, float]:
+    """What the texts say about a policy, each a mean over ``texts``: ``gold_score`` (the
+    hidden judge), ``well_formed`` (share the grammar parses) and ``repetition`` (share that
+    repeat a content word). Every report (PPO steps, DPO, best-of-n, SFT) uses these."""
+    n = len(texts)
+    if n == 0:
+        raise ValueError("texts is empty; the metrics are means over at least one text")
+    return {"gold_score": sum(map(gold_score, texts)) / n,
+            "well_formed": sum(map(is_well_formed, texts)) / n,
+            "repetition": sum(repetition(t) > 0 for t in texts) / n}
+
+
 def _clause_ends(words: list[str]) -> list[int]:
     """Index of the last word of each clause of a review that :func:`parse` accepts."""
     ends, i = [], 0

@@ -9,7 +9,8 @@
 5. the critic's values and GAE give advantages and returns ``(B, T)``;
 6. PPO epochs over minibatches update the actor and the critic.
 
-The same loop runs the critic-free methods (``PPOConfig.advantage_estimator``): GRPO, Dr. GRPO
+The same loop runs the critic-free methods (``PPOConfig.advantage_estimator``, an entry of the
+method table ``advantages.METHODS``, whose function phase 5 calls): GRPO, Dr. GRPO
 and RLOO sample G responses per prompt and take each response's advantage from its group;
 REINFORCE++ normalises returns over the batch. Then no critic is built, phase 5 is a few
 tensor operations, and phase 6 updates the actor alone (GRPO puts the KL in the loss).
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import signal
 import sys
 import threading
@@ -36,249 +36,22 @@ import torch
 import torch.nn as nn
 
 from . import distributed, sharding
-from .advantages import (
-    CRITIC_FREE,
-    ESTIMATORS,
-    gae,
-    grpo_advantages,
-    reinforce_pp_advantages,
-    rloo_advantages,
-    token_advantages,
-    whiten,
-)
+from .advantages import METHODS
 from .checkpoint import atomic_save, safe_load
-from .models import CRITIC_MODES, NO_CRITIC, Models, build_models
+from .config import (  # PPOConfig and the method defaults are also re-exported from here
+    GROUP_ESTIMATORS,
+    METHOD_DEFAULTS,
+    PPOConfig,
+    critic_mode_for,
+    preflight,
+)
+from .model import GPT, GPTConfig
+from .models import Models, RewardModel, build_models
 from .ppo import AdaptiveKLController, FixedKLController, ppo_losses, total_loss
-from .rewards import KL_ESTIMATORS, compute_rewards, kl_penalty
+from .rewards import compute_rewards, kl_penalty
 from .rundir import RunDir
-from .task import Tokenizer, gold_score, is_well_formed, repetition, sample_prompts
-
-# Defaults that follow each method's paper (fields left as None take them; explicit values win)
-METHOD_DEFAULTS: dict[str, dict[str, object]] = {
-    "gae": dict(kl_in="reward", kl_estimator="k1", beta=0.05),
-    "grpo": dict(kl_in="loss", kl_estimator="k3", beta=0.04),
-    "dr_grpo": dict(kl_in="loss", kl_estimator="k3", beta=0.04),
-    "rloo": dict(kl_in="reward", kl_estimator="k1", beta=0.05),
-    "reinforce_pp": dict(kl_in="reward", kl_estimator="k1", beta=0.01),
-}
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
-"""estimators whose baseline is the group: they need group_size >= 2"""
-
-
-def critic_mode_for(estimator: str, critic_mode: str = "auto") -> str:
-    """The critic mode a run of ``estimator`` uses: ``critic_mode`` if it fits, else
-    ``ValueError``; "auto" gives the estimator's: "separate" for gae, "none" otherwise.
-
-    GAE needs a critic (separate, shared or head); the other estimators build none.
-    """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {estimator!r}; expected one of "
-                         f"{', '.join(ESTIMATORS)}")
-    if critic_mode == "auto":
-        return NO_CRITIC if estimator in CRITIC_FREE else "separate"
-    if estimator in CRITIC_FREE:
-        if critic_mode != NO_CRITIC:
-            raise ValueError(f"advantage_estimator {estimator!r} trains no critic, but critic "
-                             f"mode {critic_mode!r} was given; leave the critic mode unset (or "
-                             "'none'), or use the estimator 'gae'")
-    elif critic_mode == NO_CRITIC:
-        raise ValueError(f"advantage_estimator 'gae' needs a critic, but the critic mode is "
-                         f"'none'; choose one of {', '.join(CRITIC_MODES)}, or a critic-free "
-                         f"estimator ({', '.join(CRITIC_FREE)})")
-    elif critic_mode not in CRITIC_MODES:
-        raise ValueError(f"unknown critic mode {critic_mode!r}; expected one of "
-                         f"{', '.join(CRITIC_MODES)}")
-    return critic_mode
-
-
-@dataclass
-class PPOConfig:
-    """Hyper-parameters of the RLHF loop; defaults are the course's "good β" run.
-
-    ``advantage_estimator`` picks the method; ``beta``, ``kl_estimator`` and ``kl_in`` left
-    as None take that method's published defaults, and ``critic_mode`` "auto" its critic (an
-    explicit value always wins; a critic mode given with a critic-free estimator is refused):
-
-    ============  =======  =========  =====  ======  ===========================================
-    estimator     kl_in    estimator  beta   critic  source
-    ============  =======  =========  =====  ======  ===========================================
-    gae (PPO)     reward   k1         0.05   yes     Ziegler et al. 2019; TRL's PPO (kl_coef)
-    grpo          loss     k3         0.04   no      DeepSeekMath (Shao et al. 2024), eq. 3-4
-    dr_grpo       loss     k3         0.04   no      Liu et al. 2025 (GRPO without the std)
-    rloo          reward   k1         0.05   no      Ahmadian et al. 2024; TRL's RLOO (beta)
-    reinforce_pp  reward   k1         0.01   no      Hu 2025; OpenRLHF's REINFORCE++ script
-    ============  =======  =========  =====  ======  ===========================================
-
-    "KL in the reward" subtracts ``beta * KL_t`` from each token's reward (PPO and REINFORCE++
-    per token, RLOO summed over the response); "KL in the loss" adds ``beta * mean(k3)`` of the
-    current policy against the reference to the loss, and the reward carries no KL.
-    """
-
-    seed: int = 0
-    """seed of prompts, sampling and minibatch order: the same seed gives the same run"""
-    batch_size: int = 64
-    """responses per step (batch_size / group_size prompts)"""
-    group_size: int = 1
-    """G responses sampled per prompt, in contiguous rows (g*G ... g*G + G - 1 share a prompt)"""
-    response_len: int = 20
-    """most tokens generated per response"""
-    temperature: float = 1.0
-    """sampling temperature (the policy scored by PPO is logits / temperature)"""
-    stop_at_eos: bool = True
-    """end a response at <eos>; off, every response has exactly response_len tokens"""
-    beta: float | None = None
-    """KL coefficient: reward = score - beta * KL(actor || reference) per token (or beta times
-    the KL in the loss); None: the estimator's default (0.05 for PPO)"""
-    kl_estimator: str | None = None
-    """per-token KL estimator: k1, k2 or k3 (see rewards.kl_penalty); None: the estimator's"""
-    kl_in: str | None = None
-    """where the KL goes: "reward" (a per-token penalty) or "loss" (GRPO); None: the
-    estimator's default"""
-    adaptive_kl: bool = False
-    """adapt beta toward kl_target (Ziegler et al. 2019) instead of keeping it fixed"""
-    kl_target: float = 1.0
-    """target KL per response (nats) of the adaptive controller"""
-    kl_horizon: int = 2000
-    """horizon (in responses) of the adaptive controller"""
-    reward: str = "model"
-    """the score: "model" (the reward model) or "gold" (task.gold_score of the text: a
-    verifiable reward; the reward model then only gives the rm_score metric)"""
-    missing_eos_penalty: float = 1.0
-    """subtracted from the score of a response that never reached <eos>"""
-    advantage_estimator: str = "gae"
-    """gae (PPO with a critic), grpo, dr_grpo, rloo or reinforce_pp (no critic)"""
-    gamma: float = 1.0
-    """discount factor of GAE and of REINFORCE++'s return-to-go"""
-    lam: float = 0.95
-    """lambda of GAE: the bias-variance knob of advantage estimation"""
-    whiten_advantages: bool = True
-    """normalise GAE's advantages over the batch's response tokens (the critic-free estimators
-    bring their own normalisation)"""
-    ppo_epochs: int = 4
-    """passes of PPO over each batch"""
-    minibatches: int = 2
-    """minibatches per PPO epoch"""
-    recompute_logprobs: bool = False
-    """recompute the old log-probs with the actor under the update's numerics before the PPO
-    epochs (generation and training kernels differ, in bf16 by up to ~0.03 nats)"""
-    clip: float = 0.2
-    """PPO ratio clip epsilon"""
-    vf_clip: float = 0.2
-    """value clip range around the old values (0: no value clipping)"""
-    vf_coef: float = 0.1
-    """c1: weight of the value loss in the combined loss"""
-    ent_coef: float = 0.0
-    """c2: weight of the entropy bonus in the combined loss"""
-    actor_lr: float = 1e-4
-    """Adam learning rate of the actor"""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the critic (its head, in "shared"/"head" modes)"""
-    max_grad_norm: float = 1.0
-    """gradient clipping per optimiser"""
-    critic_mode: str = "auto"
-    """separate | shared | head (see rlhf_edu.models) with gae; none without a critic;
-    auto: separate for gae, none for the critic-free estimators"""
-    device: str = "cpu"
-    """cpu, cuda, cuda:N or auto (under torchrun with CUDA: each rank's own GPU)"""
-    placement: str | dict = "colocate"
-    """"colocate" (all four models on `device`) or a map role -> device: {"reward": "cuda:1"}"""
-    precision: str = "auto"
-    """auto (bf16 autocast and bf16 frozen models on CUDA, fp32 on CPU), bf16 (also on CPU) or
-    fp32; the trained models always keep fp32 master weights"""
-    shard: str = "none"
-    """none (DDP: every rank holds whole models), zero2 or zero3 (FSDP2 shards; see
-    rlhf_edu.sharding); sharding needs two or more processes"""
-
-    def __post_init__(self) -> None:
-        self._check_types()
-        self._resolve_method_defaults()
-        positive = ("batch_size", "group_size", "response_len", "ppo_epochs", "minibatches",
-                    "temperature", "clip", "kl_target", "kl_horizon", "actor_lr", "critic_lr",
-                    "max_grad_norm")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"PPOConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("beta", "vf_coef", "ent_coef", "missing_eos_penalty", "vf_clip"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"PPOConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("gamma", "lam"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"PPOConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.kl_estimator not in KL_ESTIMATORS or self.kl_estimator == "full":
-            raise ValueError(f"unknown KL estimator {self.kl_estimator!r}; expected k1, k2 or k3")
-        for name, choices in (("kl_in", ("reward", "loss")), ("reward", ("model", "gold"))):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"PPOConfig.{name} must be one of {', '.join(choices)}, got "
-                                 f"{getattr(self, name)!r}")
-        if self.batch_size % self.minibatches:
-            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by minibatches "
-                             f"({self.minibatches})")
-        if self.batch_size % self.group_size:
-            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by group_size "
-                             f"({self.group_size}): each prompt is answered group_size times")
-        if self.advantage_estimator in GROUP_ESTIMATORS and self.group_size < 2:
-            raise ValueError(f"advantage_estimator {self.advantage_estimator!r} needs "
-                             f"group_size >= 2, got {self.group_size}: a group of one response "
-                             "has no other response to serve as its baseline")
-        distributed.check_precision(self.precision)
-        sharding.check_config(self.shard, self.placement)
-        if self.adaptive_kl and self.beta == 0:
-            raise ValueError("PPOConfig.beta must be > 0 with adaptive_kl: the controller "
-                             "multiplies beta, so from 0 it would stay 0")
-        if self.adaptive_kl and self.kl_horizon < self.batch_size:
-            raise ValueError(f"PPOConfig.kl_horizon ({self.kl_horizon}) must be >= batch_size "
-                             f"({self.batch_size}): each step moves beta by up to 20 % x "
-                             "batch_size / kl_horizon, which must stay below 20 %")
-
-    def _resolve_method_defaults(self) -> None:
-        """Fill the fields left as None with the estimator's defaults (METHOD_DEFAULTS), and
-        the critic mode "auto" with its critic."""
-        if self.advantage_estimator not in ESTIMATORS:
-            raise ValueError(f"unknown advantage estimator {self.advantage_estimator!r}; "
-                             f"expected one of {', '.join(ESTIMATORS)}")
-        for name, value in METHOD_DEFAULTS[self.advantage_estimator].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        self.critic_mode = critic_mode_for(self.advantage_estimator, self.critic_mode)
-
-    def _check_types(self) -> None:
-        """Each field has the type its default has: a string "64" or 64.0 for an int field,
-        True for a number, NaN or inf, are refused by name instead of failing later. A field
-        whose default is None (set per estimator) takes None or the type of PPO's default."""
-        for f in dataclasses.fields(self):
-            value, default = getattr(self, f.name), f.default
-            if default is None:
-                if value is None:
-                    continue
-                default = METHOD_DEFAULTS["gae"][f.name]
-            if isinstance(default, bool):
-                ok, want = isinstance(value, bool), "True or False"
-            elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool)
-                want = "an int"
-            elif isinstance(default, float):
-                ok = (isinstance(value, int | float) and not isinstance(value, bool)
-                      and math.isfinite(value))
-                want = "a finite number"
-            elif f.name == "placement":
-                ok, want = isinstance(value, str | dict), "'colocate' or a dict role -> device"
-            else:
-                ok, want = isinstance(value, str), "a string"
-            if not ok:
-                raise ValueError(f"PPOConfig.{f.name} must be {want}, got {value!r}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"PPOConfig.seed must be in [0, 2**63), got {self.seed}")
-
-    def check_world(self, world: int) -> None:
-        """Raise ``ValueError`` unless the batch splits into ``world`` ranks x minibatches, and
-        each rank's share into whole groups of ``group_size`` responses."""
-        if self.batch_size % world or (self.batch_size // world) % self.minibatches:
-            raise ValueError(f"batch_size {self.batch_size} must split into {world} ranks "
-                             f"x {self.minibatches} minibatches")
-        if (self.batch_size // world) % self.group_size:
-            raise ValueError(f"batch_size {self.batch_size} must split into {world} ranks, "
-                             f"each holding whole groups of group_size {self.group_size} "
-                             f"(each rank's {self.batch_size // world} rows are not a multiple)")
+from .task import Tokenizer, gold_score, review_texts, sample_prompts, text_metrics
+from .validate import derived_seed
 
 
 class _Trace:
@@ -405,7 +178,7 @@ class RLHFTrainer:
                  run_dir: str | Path | None = None, resume: bool = False):
         self.config = cfg = config or PPOConfig()
         self.rank, self.world = distributed.rank_and_world()
-        cfg.check_world(self.world)
+        preflight(cfg, self.world)
         self.device = distributed.local_device(cfg.device)
         if self.world > 1:
             distributed.check_process_group(cfg.device, self.device)
@@ -425,7 +198,7 @@ class RLHFTrainer:
         # token sampling from one per rank, on the actor's device
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.sample_generator = torch.Generator(self.device).manual_seed(
-            cfg.seed + 1 + 100_003 * self.rank)
+            derived_seed(cfg.seed, 1 + 100_003 * self.rank))
         self.policy = PolicyValue(self.models.actor, self.models.critic, cfg.temperature)
         self.ddp = None
         # zero2/zero3: FSDP2 shards actor and critic (zero3: all four) instead of DDP copies
@@ -575,67 +348,33 @@ class RLHFTrainer:
     def rollout(self, phase=None) -> Rollout:
         """Phases 1-5: prompts, generation, scores, KL-penalised rewards, values and GAE (or,
         without a critic, the group's or the batch's baseline)."""
-        cfg, m, dev, devs = self.config, self.models, self.device, self.devices
+        cfg = self.config
         tr = self.trace or (lambda name, t: None)
         phase = phase or (lambda name: None)
-        amp = distributed.autocast(dev, cfg.precision)
 
         # 1. sample prompts (all ranks draw the same global batch and keep their share); each
         # prompt is answered G = group_size times, in contiguous rows
         phase("1_prompts")
-        G, share = cfg.group_size, cfg.batch_size // self.world
-        prompts = sample_prompts(cfg.batch_size // G, self.generator)
-        prompts = prompts[self.rank * share // G:(self.rank + 1) * share // G]
-        prompt_ids, prompt_valid = self.tok.encode_batch(prompts)
-        if G > 1:
-            tr("group_prompt_ids", prompt_ids)  # (B / G, P)
-            prompts = [p for p in prompts for _ in range(G)]
-            prompt_ids = prompt_ids.repeat_interleave(G, dim=0)  # (B, P)
-            prompt_valid = prompt_valid.repeat_interleave(G, dim=0)
-        prompt_ids, prompt_valid = prompt_ids.to(dev), prompt_valid.to(dev)
-        tr("prompt_ids", prompt_ids)
-        tr("prompt_valid", prompt_valid)
+        prompts, prompt_ids, prompt_valid = self._prompts(tr)
 
         # 2. the actor generates, keeping each token's log-prob under the sampling policy
         phase("2_generate")
-        m.actor.eval()
-        try:
-            with amp:
-                gen = m.actor.generate(prompt_ids, prompt_valid, cfg.response_len,
-                                       temperature=cfg.temperature, pad_id=self.tok.pad_id,
-                                       eos_id=self.tok.eos_id if cfg.stop_at_eos else None,
-                                       generator=self.sample_generator)
-        except FloatingPointError as e:
-            raise FloatingPointError(f"step {self.step_count + 1}: generation failed, {e}"
-                                     f"{self._diverged()}") from None
+        gen = self._generate(prompt_ids, prompt_valid, tr)
         tokens, valid, P, mask = gen.tokens, gen.valid, gen.prompt_len, gen.mask
-        for name in ("tokens", "valid", "response", "logprobs", "mask"):
-            tr(name if name != "logprobs" else "old_logprobs", getattr(gen, name))
-        self._check_finite("actor log-probs", gen.logprobs, trained=True)
 
         # 3. the reward model scores each whole response (on its own device); with
         # reward="gold" the task's own judge gives the score, and the RM only a metric
         phase("3_score")
-        rdev = devs["reward"]
-        with distributed.autocast(rdev, cfg.precision):
-            rm_scores = m.reward(tokens.to(rdev), valid.to(rdev)).float().to(dev)  # (B,)
-        self._check_finite("reward model scores", rm_scores)
-        finished = (gen.response == self.tok.eos_id).any(1)
-        penalty = cfg.missing_eos_penalty * (~finished).float()  # (B,)
-        rm_scores = rm_scores - penalty
-        scores = rm_scores
-        if cfg.reward == "gold":
-            gold = [gold_score(t) for t in self._texts(prompts, gen.response)]
-            scores = torch.tensor(gold, device=dev) - penalty  # (B,)
+        scores, rm_scores = self._score(prompts, gen)
         tr("scores", scores)
 
         # 4. the reference gives the KL penalty; the score goes on the last token
         phase("4_reference_kl")
-        fdev = devs["reference"]
+        fdev = self.devices["reference"]
         with distributed.autocast(fdev, cfg.precision):
-            ref_logprobs = m.reference(tokens.to(fdev), valid.to(fdev), P,
-                                       cfg.temperature).logprobs.float().to(dev)  # (B, T)
-        self._check_finite("reference log-probs", ref_logprobs)
+            ref_logprobs = self.models.reference(tokens.to(fdev), valid.to(fdev), P,
+                                                 cfg.temperature).logprobs.float().to(self.device)
+        self._check_finite("reference log-probs", ref_logprobs)  # (B, T)
         kl = kl_penalty(gen.logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, T)
         beta = self.kl_ctl.value
         # the KL goes into the reward or (GRPO) into the loss, never both
@@ -645,56 +384,90 @@ class RLHFTrainer:
         tr("kl", kl)
         tr("rewards", rewards)
 
-        values = returns = None
-        if m.critic is not None:
-            # 5. the critic's values, then GAE (whitened with the statistics of all ranks)
+        # 5. the method's advantages: GAE over the critic's values (whitened with the
+        # statistics of all ranks), or without a critic the group's or the batch's baseline
+        values = None
+        if self.models.critic is not None:
             phase("5_values_gae")
-            with amp:
-                if m.critic.mode == "separate":
-                    values = m.critic(tokens, valid, P)
-                else:  # the critic reads the actor's hidden states: one pass through both
-                    values = self.policy(tokens, valid, P)[2]
-            values = values.float() * mask  # (B, T)
-            advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-            if cfg.whiten_advantages:
-                advantages = whiten(advantages, mask, reduce=self._reduce)
+            values = self._values(tokens, valid, P, mask)
             tr("old_values", values)
         else:
-            # 5. no critic: the baseline is the group (or, for REINFORCE++, the batch)
             phase("5_advantages")
-            advantages = self._critic_free_advantages(rewards, mask)
+        advantages, returns = METHODS[cfg.advantage_estimator].advantages(
+            rewards, mask, values=values, config=cfg, reduce=self._reduce,
+            trace=self.trace)
         tr("advantages", advantages)
         if returns is not None:
             tr("returns", returns)
         return Rollout(prompts, tokens, valid, P, gen.response, mask, gen.logprobs, ref_logprobs,
                        scores, kl, rewards, values, advantages, returns, beta, rm_scores)
 
+    def _prompts(self, tr) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """Phase 1: this rank's prompts, each repeated group_size times, and their ids and
+        valid mask ``(B, P)`` on the actor's device."""
+        G, share = self.config.group_size, self.config.batch_size // self.world
+        prompts = sample_prompts(self.config.batch_size // G, self.generator)
+        prompts = prompts[self.rank * share // G:(self.rank + 1) * share // G]
+        prompt_ids, prompt_valid = self.tok.encode_batch(prompts)
+        if G > 1:
+            tr("group_prompt_ids", prompt_ids)  # (B / G, P)
+            prompts = [p for p in prompts for _ in range(G)]
+            prompt_ids = prompt_ids.repeat_interleave(G, dim=0)  # (B, P)
+            prompt_valid = prompt_valid.repeat_interleave(G, dim=0)
+        prompt_ids, prompt_valid = prompt_ids.to(self.device), prompt_valid.to(self.device)
+        tr("prompt_ids", prompt_ids)
+        tr("prompt_valid", prompt_valid)
+        return prompts, prompt_ids, prompt_valid
+
+    def _generate(self, prompt_ids: torch.Tensor, prompt_valid: torch.Tensor, tr):
+        """Phase 2: the actor's responses to the prompts ``(B, P)``, with their log-probs."""
+        cfg, actor = self.config, self.models.actor
+        actor.eval()
+        try:
+            with distributed.autocast(self.device, cfg.precision):
+                gen = actor.generate(prompt_ids, prompt_valid, cfg.response_len,
+                                     temperature=cfg.temperature, pad_id=self.tok.pad_id,
+                                     eos_id=self.tok.eos_id if cfg.stop_at_eos else None,
+                                     generator=self.sample_generator)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"step {self.step_count + 1}: generation failed, {e}"
+                                     f"{self._diverged()}") from None
+        for name in ("tokens", "valid", "response", "logprobs", "mask"):
+            tr(name if name != "logprobs" else "old_logprobs", getattr(gen, name))
+        self._check_finite("actor log-probs", gen.logprobs, trained=True)
+        return gen
+
+    def _score(self, prompts: list[str], gen) -> tuple[torch.Tensor, torch.Tensor]:
+        """Phase 3: the scores ``(B,)`` advantages use, and the reward model's ``(B,)`` (the
+        same unless reward="gold"), both minus the missing-<eos> penalty."""
+        cfg, rdev = self.config, self.devices["reward"]
+        with distributed.autocast(rdev, cfg.precision):
+            rm_scores = self.models.reward(gen.tokens.to(rdev),
+                                           gen.valid.to(rdev)).float().to(self.device)  # (B,)
+        self._check_finite("reward model scores", rm_scores)
+        finished = (gen.response == self.tok.eos_id).any(1)
+        penalty = cfg.missing_eos_penalty * (~finished).float()  # (B,)
+        rm_scores = rm_scores - penalty
+        scores = rm_scores
+        if cfg.reward == "gold":
+            gold = [gold_score(t) for t in review_texts(prompts, gen.response, self.tok)]
+            scores = torch.tensor(gold, device=self.device) - penalty  # (B,)
+        return scores, rm_scores
+
+    def _values(self, tokens: torch.Tensor, valid: torch.Tensor, P: int,
+                mask: torch.Tensor) -> torch.Tensor:
+        """Phase 5's input with a critic: its values ``(B, T)``, 0 on padding."""
+        with distributed.autocast(self.device, self.config.precision):
+            if self.models.critic.mode == "separate":
+                values = self.models.critic(tokens, valid, P)
+            else:  # the critic reads the actor's hidden states: one pass through both
+                values = self.policy(tokens, valid, P)[2]
+        return values.float() * mask  # (B, T)
+
     @property
     def _reduce(self):
         """The sum over ranks that makes a batch statistic global (None in one process)."""
         return distributed.all_reduce_sum if self.world > 1 else None
-
-    def _critic_free_advantages(self, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Phase 5 without a critic: advantages ``(B, T)`` from per-token rewards ``(B, T)``.
-
-        GRPO, Dr. GRPO and RLOO judge each response as a whole, its reward (the score, minus
-        beta x its summed KL when the KL is in the reward) against the others of its group;
-        REINFORCE++ takes each token's return-to-go, normalised over the batch."""
-        cfg, tr = self.config, self.trace or (lambda name, t: None)
-        if cfg.advantage_estimator == "reinforce_pp":
-            return reinforce_pp_advantages(rewards, mask, cfg.gamma, reduce=self._reduce)
-        sequence_rewards = rewards.sum(1)  # (B,): groups lie within a rank's rows
-        if cfg.advantage_estimator == "rloo":
-            advantages = rloo_advantages(sequence_rewards, cfg.group_size)
-        else:
-            advantages = grpo_advantages(sequence_rewards, cfg.group_size,
-                                         scale=cfg.advantage_estimator == "grpo")
-        tr("sequence_advantages", advantages)
-        return token_advantages(advantages, mask)  # (B, T)
-
-    def _texts(self, prompts: list[str], response: torch.Tensor) -> list[str]:
-        """Each prompt followed by its decoded response ``(B, T)``: the review the judge reads."""
-        return [f"{p} {self.tok.decode(r)}" for p, r in zip(prompts, response.cpu())]
 
     def update(self, batch: Rollout) -> dict[str, float]:
         """Phase 6: PPO epochs over minibatches; actor and critic learn from one loss.
@@ -756,19 +529,30 @@ class RLHFTrainer:
                     if values is not None:
                         tr("minibatch_values", values)
                     tr("loss", loss)
-                opts = self._optimizers()
-                for _, opt, _ in opts:
-                    opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for role, opt, _ in opts:
-                    # the norm before clipping: how often, and how far, clipping steps in
-                    norm = torch.nn.utils.clip_grad_norm_(self._trained(opt), cfg.max_grad_norm)
-                    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-                    stats[f"{role}_grad_norm"].append(norm.detach().float())
-                    stats[f"{role}_grad_clipped"].append((norm > cfg.max_grad_norm).float())
-                    opt.step()
+                self._optimizer_step(loss, stats)
                 for k, v in losses.items():
                     stats[k].append(v.detach())
+        return self._summarise(stats, ratio_dev_first)
+
+    def _optimizer_step(self, loss: torch.Tensor, stats: dict[str, list]) -> None:
+        """Backward, clip and step each optimiser; record each gradient norm before clipping."""
+        max_norm = self.config.max_grad_norm
+        opts = self._optimizers()
+        for _, opt, _ in opts:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for role, opt, _ in opts:
+            # the norm before clipping: how often, and how far, clipping steps in
+            norm = torch.nn.utils.clip_grad_norm_(self._trained(opt), max_norm)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            stats[f"{role}_grad_norm"].append(norm.detach().float())
+            stats[f"{role}_grad_clipped"].append((norm > max_norm).float())
+            opt.step()
+
+    def _summarise(self, stats: dict[str, list], ratio_dev_first: torch.Tensor
+                   ) -> dict[str, float]:
+        """The mean of each statistic over the minibatches, after checking that the weights
+        the update wrote are finite."""
         # one copy to the host for all the statistics, not one per number: on a GPU each
         # copy waits for every queued kernel to finish; it also says whether the weights the
         # update wrote are still finite (a learning rate far too high overflows them)
@@ -817,21 +601,21 @@ class RLHFTrainer:
         stats = self.update(batch)
         phase("end")
 
-        B = batch.tokens.size(0)
         kl_per_response = batch.kl.sum(1)
-        texts = self._texts(batch.prompts, batch.response)
+        texts = review_texts(batch.prompts, batch.response, self.tok)
+        judged = text_metrics(texts)
         rm_scores = batch.rm_scores if batch.rm_scores is not None else batch.scores
         metrics = {
             "rm_score": float(rm_scores.mean()),
-            "gold_score": sum(map(gold_score, texts)) / B,
+            "gold_score": judged["gold_score"],
             "kl": float(kl_per_response.mean()),
             # the KL's part of the reward; with the KL in the loss, stats give kl_loss instead
             **({"non_score_reward": float((-batch.beta * batch.kl).sum(1).mean())}
                if self.config.kl_in == "reward" else {}),
             "response_len": float(batch.mask.sum(1).mean()),
             "finished": float((batch.response == self.tok.eos_id).any(1).float().mean()),
-            "well_formed": sum(map(is_well_formed, texts)) / B,
-            "repetition": sum(repetition(t) > 0 for t in texts) / B,
+            "well_formed": judged["well_formed"],
+            "repetition": judged["repetition"],
             "advantage_std": float(batch.advantages[batch.mask.bool()].std()),
             **stats,
         }
@@ -906,7 +690,7 @@ class RLHFTrainer:
         out = self.models.actor.generate(ids.to(self.device), valid.to(self.device),
                                          self.config.response_len, top_k=1 if greedy else None,
                                          eos_id=self.tok.eos_id, generator=g)
-        return self._texts(prompts, out.response)
+        return review_texts(prompts, out.response, self.tok)
 
 
 def trace_step(batch_size: int = 4, response_len: int = 100, critic_mode: str = "auto",
@@ -916,9 +700,6 @@ def trace_step(batch_size: int = 4, response_len: int = 100, critic_mode: str = 
 
     ``estimator`` and ``group_size`` are PPOConfig's ``advantage_estimator`` and ``group_size``
     (``critic_mode`` "auto": the estimator's); ``trace.resident`` lists the models held."""
-    from .model import GPT, GPTConfig
-    from .models import RewardModel
-
     cfg = PPOConfig(batch_size=batch_size, response_len=response_len, stop_at_eos=False,
                     critic_mode=critic_mode, minibatches=1 if batch_size % 2 else 2, seed=seed,
                     advantage_estimator=estimator, group_size=group_size)
@@ -980,4 +761,4 @@ def format_trace(trace: _Trace) -> str:
 
 
 __all__ = ["PPOConfig", "RLHFTrainer", "Rollout", "PolicyValue", "trace_step", "format_trace",
-           "METHOD_DEFAULTS", "critic_mode_for"]
+           "METHOD_DEFAULTS", "GROUP_ESTIMATORS", "critic_mode_for", "preflight"]

@@ -7,7 +7,13 @@ value and what was expected, e.g. ``top_k must be a positive int or None, got 0`
   even integral ones (``2.0``), so a float in an integer field is caught where it is given;
 * :func:`check_float` refuses ``bool``, ``str``, NaN and infinities;
 * :func:`check_seed` accepts ``0 <= seed < 2**63`` (torch would silently alias ``-1`` and
-  ``2**64 - 1``, and refuse larger seeds with an overflow error).
+  ``2**64 - 1``, and refuse larger seeds with an overflow error); a seed derived from a checked
+  one (``seed + 1``) comes from :func:`derived_seed`, which wraps instead of overflowing.
+
+Settings are dataclass fields whose metadata (:func:`meta`) holds the help text, the bounds or
+choices and the command-line flag: :func:`check_fields` validates a config from it, and
+:func:`parse_int` / :func:`parse_float` build the command line's readers from the same bounds
+(``argument --steps: must be an integer >= 1, got '0'``).
 
 Tensors follow one policy for padding: a value at a masked-out position (``mask`` 0) never
 changes a result or a gradient, whatever it is (NaN included), and a NaN or inf in data at a
@@ -20,10 +26,11 @@ does it look for the message.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -44,10 +51,22 @@ __all__ = [
     "check_instance",
     "derived_seed",
     "shown",
+    "meta",
+    "choices_of",
+    "check_field",
+    "check_fields",
+    "check_arguments",
+    "field_kinds",
+    "text_reader",
+    "parse_int",
+    "parse_float",
     "SEED_LIMIT",
+    "SEED",
 ]
 
 SEED_LIMIT = 2**63  # seeds are in [0, 2**63): what a signed 64-bit integer holds
+SEED = dict(minimum=0, maximum=SEED_LIMIT - 1)
+"""the bounds of a seed field: ``field(default=0, metadata=meta("...", **SEED))``"""
 
 
 def _show(value: object) -> str:
@@ -70,7 +89,21 @@ def _typed(value: object) -> str:
     return f"{_show(value)} ({type(value).__name__})"
 
 
+def _int_span(minimum: int | None, maximum: int | None) -> str:
+    """The bounds of an integer as a message says them: ``>= 1``, ``in [0, 5]``, and a seed's
+    ``in [0, 2**63)``."""
+    if maximum == SEED_LIMIT - 1 and minimum is not None:
+        return f"in [{minimum}, 2**63)"
+    if minimum is not None and maximum is not None:
+        return f"in [{minimum}, {maximum}]"
+    if minimum is not None:
+        return f">= {minimum}"
+    return f"<= {maximum}" if maximum is not None else ""
+
+
 def _int_expectation(minimum: int | None, maximum: int | None) -> str:
+    if maximum == SEED_LIMIT - 1 and minimum is not None:
+        return f"an int {_int_span(minimum, maximum)}"
     if minimum is not None and maximum is not None:
         return f"an int in [{minimum}, {maximum}]"
     if minimum == 1:
@@ -149,12 +182,7 @@ def check_float(name: str, value: object, *, minimum: float | None = None,
 
 def check_seed(name: str, value: object) -> int:
     """``value`` if it is an int in ``[0, 2**63)``, else ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-            or not 0 <= value < SEED_LIMIT:
-        shown = _typed(value) if isinstance(value, bool) or not isinstance(
-            value, numbers.Integral) else _show(value)
-        raise ValueError(f"{name} must be an int in [0, 2**63), got {shown}")
-    return int(value)
+    return check_int(name, value, **SEED)
 
 
 def derived_seed(seed: int, offset: int) -> int:
@@ -336,3 +364,139 @@ def check_path(name: str, path: object) -> str:
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"{name} must be a path (str or os.PathLike), got {_typed(path)}")
     return os.fspath(path)
+
+
+# ------------------------------------------------------------------ settings: field metadata
+
+
+def meta(help: str, *, minimum: float | None = None, maximum: float | None = None,
+         strict_min: bool = False, strict_max: bool = False,
+         choices: tuple | Callable[[], Mapping | tuple] | None = None, flag: str | None = None,
+         implies: Mapping[str, object] | None = None,
+         check: Callable[[object], object] | None = None) -> dict:
+    """The metadata of a settings field, its only description: ``help`` (one line), the bounds
+    (``strict_*`` excludes the bound itself), ``choices`` (a tuple, or a function giving the
+    current ones, e.g. the method table's names; a mapping's values describe its keys), the
+    command-line ``flag`` when it is not ``--field-name``, ``implies``: other fields that
+    giving this flag sets (``--kl-target`` turns ``adaptive_kl`` on), and ``check``: the check
+    of the module that defines the values (``sharding.check_stage``), used instead of the
+    generic one so a value is refused in that module's words wherever it is given.
+
+    >>> from dataclasses import dataclass, field
+    >>> @dataclass
+    ... class C:
+    ...     gamma: float = field(default=1.0, metadata=meta("discount", minimum=0, maximum=1))
+    """
+    return dict(help=help, minimum=minimum, maximum=maximum, strict_min=strict_min,
+                strict_max=strict_max, choices=choices, flag=flag, implies=dict(implies or {}),
+                check=check)
+
+
+def choices_of(m: Mapping) -> tuple | None:
+    """The choices of a field's metadata ``m`` now (None: the field takes any value)."""
+    choices = m.get("choices")
+    if callable(choices):
+        choices = choices()
+    return tuple(choices) if choices is not None else None
+
+
+def field_kinds(f: dataclasses.Field) -> list[str]:
+    """``["float", "None"]`` for a field annotated ``float | None`` (a string or a type)."""
+    text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    return [t.strip() for t in text.split("|")]
+
+
+def check_field(owner: str, f: dataclasses.Field, value: object) -> None:
+    """``ValueError`` unless ``value`` fits field ``f`` of class ``owner``: its type (``int``,
+    ``float``, ``bool``, ``str``, or a union such as ``str | dict``), and its metadata's bounds
+    or choices. The message names ``owner.field``: ``PPOConfig.gamma must be in [0, 1], got 2``
+    (or the field alone if ``owner`` is empty: a function's argument of the same meaning).
+    """
+    name, m, kinds = f"{owner}.{f.name}" if owner else f.name, f.metadata, field_kinds(f)
+    none_ok = "None" in kinds
+    if value is None and none_ok:
+        return
+    choices = choices_of(m)
+    bounds = {k: m.get(k) for k in ("minimum", "maximum")}
+    if m.get("check") is not None:
+        m["check"](value)
+    elif choices is not None:
+        check_choice(name, value, choices)
+    elif kinds[0] == "bool":
+        check_bool(name, value)
+    elif kinds[0] == "int":
+        check_int(name, value, **bounds, none_ok=none_ok)
+    elif kinds[0] == "float":
+        check_float(name, value, **bounds, strict_min=m.get("strict_min", False),
+                    strict_max=m.get("strict_max", False), none_ok=none_ok)
+    else:
+        classes = {"str": str, "dict": dict, "list": list}
+        check_instance(name, value, tuple(classes[k] for k in kinds if k in classes),
+                       none_ok=none_ok)
+
+
+def check_fields(config: object) -> None:
+    """:func:`check_field` for every field of the dataclass instance ``config``, in order."""
+    owner = type(config).__name__
+    for f in dataclasses.fields(config):
+        check_field(owner, f, getattr(config, f.name))
+
+
+def check_arguments(cls: type, **values: object) -> None:
+    """Check a function's arguments against the fields of the same names of the settings
+    dataclass ``cls``: the bounds are the fields', the messages name the arguments
+    (``lr must be > 0, got 0.0``)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        check_field("", fields[name], value)
+
+
+def parse_int(minimum: int | None = None, maximum: int | None = None
+              ) -> Callable[[str], int]:
+    """A reader of command-line text: an integer in ``[minimum, maximum]``, else
+    ``ValueError("must be an integer >= 1, got '0'")`` (argparse names the flag)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or (minimum is not None and value < minimum) or \
+                (maximum is not None and value > maximum):
+            span = _int_span(minimum, maximum)
+            raise ValueError(f"must be an integer{' ' + span if span else ''}, got {text!r}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def parse_float(minimum: float | None = None, maximum: float | None = None,
+                strict_min: bool = False, strict_max: bool = False) -> Callable[[str], float]:
+    """A reader of command-line text: a finite number within the bounds, else
+    ``ValueError("must be a finite number > 0, got 'nan'")``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or \
+                minimum is not None and (value < minimum or strict_min and value == minimum) or \
+                maximum is not None and (value > maximum or strict_max and value == maximum):
+            span = _float_bounds(minimum, maximum, strict_min, strict_max)
+            raise ValueError(f"must be a finite number{' ' + span if span else ''}, "
+                             f"got {text!r}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def text_reader(f: dataclasses.Field) -> Callable[[str], object] | None:
+    """The reader of field ``f``'s command-line text: :func:`parse_int` or :func:`parse_float`
+    with the bounds of its metadata; None for a field read as text (a string, a choice)."""
+    m, kind = f.metadata, field_kinds(f)[0]
+    bounds = {k: m.get(k) for k in ("minimum", "maximum")}
+    if kind == "int":
+        return parse_int(**bounds)
+    if kind == "float":
+        return parse_float(**bounds, strict_min=m.get("strict_min", False),
+                           strict_max=m.get("strict_max", False))
+    return None

@@ -87,7 +87,8 @@ CASES = [
     ("PPO clip of zero", lambda: ppo_losses(Z, Z, Z, Z, Z, Z, ONES, clip=0.0),
      ValueError, "clip must be > 0, got 0"),
     ("unknown critic mode", lambda: PPOConfig(critic_mode="tiny"),
-     ValueError, "unknown critic mode 'tiny'"),
+     ValueError, "PPOConfig.critic_mode must be one of 'auto', 'separate', 'shared', 'head', "
+                 "'none', got 'tiny'"),
     ("negative beta in the config", lambda: PPOConfig(beta=-1.0),
      ValueError, "PPOConfig.beta must be >= 0, got -1.0"),
     ("mismatched vocabularies", lambda: build_models(
@@ -146,7 +147,7 @@ CLI_CASES = [
     (["train", "--ent-coef", "-0.1"], "argument --ent-coef: must be a finite number >= 0"),
     (["train", "--kl-target", "0"], "argument --kl-target: must be a finite number > 0, got '0'"),
     (["train", "--kl-target", "-2"], "argument --kl-target: must be a finite number > 0"),
-    (["train", "--seed", "-1"], "argument --seed: must be an integer in [0, 9223372036854775807]"),
+    (["train", "--seed", "-1"], "argument --seed: must be an integer in [0, 2**63), got '-1'"),
     (["train", "--seed", str(2**64)], f"got '{2**64}'"),
     (["train", "--save-every", "-1"], "argument --save-every: must be an integer >= 0, got '-1'"),
     (["train", "--nproc", "0"], "argument --nproc: must be an integer >= 1, got '0'"),
@@ -241,16 +242,23 @@ def test_weights_that_overflow_in_an_update_stop_training(role):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(batch_size="64"), "PPOConfig.batch_size must be an int, got '64'"),
-    (dict(batch_size=64.0), "PPOConfig.batch_size must be an int, got 64.0"),
-    (dict(ppo_epochs=True), "PPOConfig.ppo_epochs must be an int, got True"),
-    (dict(beta=float("nan")), "PPOConfig.beta must be a finite number, got nan"),
-    (dict(actor_lr=float("inf")), "PPOConfig.actor_lr must be a finite number, got inf"),
-    (dict(clip="0.2"), "PPOConfig.clip must be a finite number, got '0.2'"),
-    (dict(stop_at_eos=1), "PPOConfig.stop_at_eos must be True or False, got 1"),
-    (dict(seed=2**63), "PPOConfig.seed must be in [0, 2**63), got 9223372036854775808"),
-    (dict(seed=-1), "PPOConfig.seed must be in [0, 2**63), got -1"),
-    (dict(critic_mode=None), "PPOConfig.critic_mode must be a string, got None"),
+    (dict(batch_size="64"), "PPOConfig.batch_size must be a positive int, got '64' (str)"),
+    (dict(batch_size=64.0), "PPOConfig.batch_size must be a positive int, got 64.0 (float)"),
+    (dict(ppo_epochs=True), "PPOConfig.ppo_epochs must be a positive int, got True (bool)"),
+    (dict(beta=float("nan")), "PPOConfig.beta must be finite, got nan"),
+    (dict(actor_lr=float("inf")), "PPOConfig.actor_lr must be finite, got inf"),
+    (dict(clip="0.2"), "PPOConfig.clip must be a number > 0, got '0.2' (str)"),
+    (dict(stop_at_eos=1), "PPOConfig.stop_at_eos must be True or False, got 1 (int)"),
+    (dict(seed=2**63), "PPOConfig.seed must be an int in [0, 2**63), got 9223372036854775808"),
+    (dict(seed=-1), "PPOConfig.seed must be an int in [0, 2**63), got -1"),
+    (dict(seed=1.0), "PPOConfig.seed must be an int in [0, 2**63), got 1.0 (float)"),
+    (dict(gamma=2), "PPOConfig.gamma must be in [0, 1], got 2"),
+    (dict(group_size=0), "PPOConfig.group_size must be a positive int, got 0"),
+    (dict(critic_mode=None), "PPOConfig.critic_mode must be one of 'auto', 'separate', "
+                             "'shared', 'head', 'none', got None"),
+    (dict(kl_estimator="full"), "PPOConfig.kl_estimator must be one of 'k1', 'k2', 'k3', "
+                                "got 'full'"),
+    (dict(placement=3), "PPOConfig.placement must be a str or dict, got int"),
     (dict(adaptive_kl=True, beta=0.0), "PPOConfig.beta must be > 0 with adaptive_kl"),
     (dict(adaptive_kl=True, kl_horizon=8), "PPOConfig.kl_horizon (8) must be >= batch_size (64)"),
 ])

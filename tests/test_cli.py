@@ -42,3 +42,58 @@ def test_grade_takes_several_exercise_numbers(capsys):
     assert rows == ["2", "4"], table
     assert main(["grade", "2", "x"]) == 2
     assert "the exercise must be a number such as 3, got 'x'" in capsys.readouterr().err
+
+
+def test_the_largest_seed_runs_to_the_end(tmp_path, capsys):
+    """A seed the command line accepts is usable throughout: the evaluation's ``seed + 1`` and
+    the trainer's sampling seed wrap into [0, 2**63) instead of being refused after training."""
+    from rlhf_edu.cli import main
+
+    out = tmp_path / "sft.pt"
+    assert main(["pretrain", "--seed", str(2**63 - 1), "--reviews", "16", "--epochs", "1",
+                 "--n-layer", "1", "--n-head", "1", "--n-embd", "8", "--eval-samples", "2",
+                 "--out", str(out)]) == 0
+    assert out.exists() and f"wrote {out}" in capsys.readouterr().out
+    assert main(["train", "--seed", str(2**63 - 1), "--steps", "1", "--batch", "4",
+                 "--response-len", "4", "--ppo-epochs", "1", "--minibatches", "1", "--quiet",
+                 "--run-dir", str(tmp_path / "run")]) == 0
+
+
+def test_every_config_field_is_a_flag_checked_as_the_api_checks_it(capsys):
+    """Flags come from the fields: each field of a command's config has one, with the field's
+    bounds (the same refusal as the API's, read from the same metadata)."""
+    import dataclasses
+
+    from rlhf_edu.cli import main
+    from rlhf_edu.config import DPOConfig, PPOConfig, PretrainConfig, RewardModelConfig
+
+    commands = {"train": PPOConfig, "dpo": DPOConfig, "pretrain": PretrainConfig,
+                "train-rm": RewardModelConfig}
+    for command, cls in commands.items():
+        text = _subparsers(build_parser())[command].format_help()
+        for f in dataclasses.fields(cls):
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            assert flag in text, (command, flag)
+    for flag, value, field in (("--gamma", "2", "gamma"), ("--vf-clip", "-1", "vf_clip"),
+                               ("--critic-lr", "0", "critic_lr")):
+        with pytest.raises(SystemExit):
+            main(["train", flag, value])
+        err = capsys.readouterr().err
+        assert f"argument {flag}: must be a finite number" in err, err
+        with pytest.raises(ValueError, match=f"PPOConfig.{field} must be"):
+            PPOConfig(**{field: float(value)})
+
+
+def test_flags_build_the_config_the_api_would():
+    from rlhf_edu.cli import config_from_args
+    from rlhf_edu.config import PPOConfig
+
+    args = build_parser().parse_args(
+        ["train", "--batch", "8", "--estimator", "grpo", "--group-size", "4", "--kl-target",
+         "2", "--recompute-logprobs", "--no-whiten-advantages", "--placement",
+         '{"reward": "cpu"}', "--vf-clip", "0", "--seed", "7"])
+    assert config_from_args(args) == PPOConfig(
+        batch_size=8, advantage_estimator="grpo", group_size=4, adaptive_kl=True, kl_target=2.0,
+        recompute_logprobs=True, whiten_advantages=False, placement={"reward": "cpu"},
+        vf_clip=0.0, seed=7)
+    assert config_from_args(build_parser().parse_args(["train"])) == PPOConfig()

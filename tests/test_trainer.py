@@ -137,10 +137,10 @@ def test_trace_shapes_and_pass_counts():
     (dict(beta=-0.1), "beta must be >= 0, got -0.1"),
     (dict(gamma=1.5), r"gamma must be in \[0, 1\], got 1.5"),
     (dict(lam=-0.1), r"lam must be in \[0, 1\]"),
-    (dict(kl_estimator="k4"), "unknown KL estimator 'k4'"),
-    (dict(critic_mode="tiny"), "unknown critic mode 'tiny'"),
+    (dict(kl_estimator="k4"), "PPOConfig.kl_estimator must be one of 'k1', 'k2', 'k3', got 'k4'"),
+    (dict(critic_mode="tiny"), "PPOConfig.critic_mode must be one of .*, got 'tiny'"),
     (dict(batch_size=10, minibatches=4), r"batch_size \(10\) must be divisible"),
-    (dict(batch_size=0), "batch_size must be > 0"),
+    (dict(batch_size=0), "PPOConfig.batch_size must be a positive int, got 0"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -181,3 +181,25 @@ def test_the_seed_alone_decides_the_run(mode):
         runs.append(_trainer(critic_mode=mode, seed=4).train(2, progress=False))
     strip = [[{k: v for k, v in m.items() if not k.startswith("time_")} for m in h] for h in runs]
     assert strip[0] == strip[1]
+
+
+def test_preflight_checks_the_run_as_a_whole(tmp_path):
+    """One function holds the checks of a run as a whole; the command line calls it before
+    any rank starts, the trainer when it is built."""
+    from rlhf_edu.config import preflight
+
+    cfg = PPOConfig(batch_size=8, minibatches=2)
+    assert preflight(cfg, 1) is None and preflight(cfg, 2) is None
+    with pytest.raises(ValueError, match="must split into 3 ranks x 2 minibatches"):
+        preflight(cfg, 3)
+    with pytest.raises(ValueError, match="--nproc 1000 on CPU"):
+        preflight(cfg, 1, nproc=1000)
+    with pytest.raises(ValueError, match="splits the models over processes"):
+        preflight(PPOConfig(batch_size=8, shard="zero2"), 1)
+    with pytest.raises(ValueError, match=r"unknown role\(s\) \['policy'\]"):
+        preflight(PPOConfig(batch_size=8, placement={"policy": "cpu"}), 1)
+    with pytest.raises(ValueError, match="holds no run to continue"):
+        preflight(cfg, 1, run_dir=tmp_path / "none", resume=True)
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(ValueError, match="splits the models over processes"):
+        RLHFTrainer(PPOConfig(batch_size=8, shard="zero2"))

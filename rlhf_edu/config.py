@@ -1,7 +1,7 @@
 """Every run's settings, each written once: ``PPOConfig``, ``DPOConfig``, ``PretrainConfig``,
 ``RewardModelConfig``; and ``preflight``, the checks of a run as a whole.
 
-A field carries its type, its default, a one-line docstring and its metadata
+A field carries its type, its default and its metadata
 (:func:`~rlhf_edu.validate.meta`: help text, bounds or choices, the command-line flag). That
 metadata is the only description of the setting: ``__post_init__`` validates from it (the
 same message in the API and on the command line, e.g. ``PPOConfig.gamma must be in [0, 1],
@@ -102,123 +102,86 @@ class PPOConfig:
     """
 
     seed: int = field(default=0, metadata=meta(
-        "seed of prompts, sampling and minibatch order", **SEED))
-    """seed of prompts, sampling and minibatch order: the same seed gives the same run"""
+        "seed of prompts, sampling and minibatch order: the same seed gives the same run",
+        **SEED))
     batch_size: int = field(default=64, metadata=meta(
         "responses per step (batch / group-size prompts)", minimum=1, flag="--batch"))
-    """responses per step (batch_size / group_size prompts)"""
     group_size: int = field(default=1, metadata=meta(
         "G responses sampled per prompt, in contiguous rows; the methods whose baseline is the "
         "group need G >= 2", minimum=1))
-    """G responses sampled per prompt, in contiguous rows (g*G ... g*G + G - 1 share a prompt)"""
     response_len: int = field(default=20, metadata=meta(
         "most tokens generated per response", minimum=1))
-    """most tokens generated per response"""
     temperature: float = field(default=1.0, metadata=meta(
         "sampling temperature (PPO scores the policy logits / temperature)", minimum=0,
         strict_min=True))
-    """sampling temperature (the policy scored by PPO is logits / temperature)"""
     stop_at_eos: bool = field(default=True, metadata=meta(
         "end a response at <eos> (off: every response has exactly response-len tokens)"))
-    """end a response at <eos>; off, every response has exactly response_len tokens"""
     beta: float | None = field(default=None, metadata=meta(
-        "KL coefficient (initial, if adaptive)", minimum=0))
-    """KL coefficient: reward = score - beta * KL(actor || reference) per token (or beta times
-    the KL in the loss); None: the estimator's default (0.05 for PPO)"""
+        "KL coefficient (initial, if adaptive): reward = score - beta x KL per token, or beta x "
+        "KL in the loss; default: the method's", minimum=0))
     kl_estimator: str | None = field(default=None, metadata=meta(
         "per-token KL estimator (see rewards.kl_penalty)", choices=token_estimators))
-    """per-token KL estimator: k1, k2 or k3 (see rewards.kl_penalty); None: the estimator's"""
     kl_in: str | None = field(default=None, metadata=meta(
         "put beta x KL into each token's reward, or add it to the loss as GRPO does",
         choices=("reward", "loss")))
-    """where the KL goes: "reward" (a per-token penalty) or "loss" (GRPO); None: the
-    estimator's default"""
     adaptive_kl: bool = field(default=False, metadata=meta(
         "adapt beta toward kl-target (Ziegler et al. 2019) instead of keeping it fixed"))
-    """adapt beta toward kl_target (Ziegler et al. 2019) instead of keeping it fixed"""
     kl_target: float = field(default=1.0, metadata=meta(
         "target KL per response (nats) of the adaptive KL controller; giving it turns "
         "adaptive-kl on", minimum=0, strict_min=True, implies={"adaptive_kl": True}))
-    """target KL per response (nats) of the adaptive controller"""
     kl_horizon: int = field(default=2000, metadata=meta(
         "horizon (in responses) of the adaptive KL controller", minimum=1))
-    """horizon (in responses) of the adaptive controller"""
     reward: str = field(default="model", metadata=meta(
         "score responses with the reward model, or with the task's gold score (a verifiable "
         "reward; the reward model then only gives the rm_score metric)",
         choices=("model", "gold")))
-    """the score: "model" (the reward model) or "gold" (task.gold_score of the text: a
-    verifiable reward; the reward model then only gives the rm_score metric)"""
     missing_eos_penalty: float = field(default=1.0, metadata=meta(
         "subtracted from the score of a response that never reached <eos>", minimum=0))
-    """subtracted from the score of a response that never reached <eos>"""
     advantage_estimator: str = field(default="gae", metadata=meta(
         "advantage estimator, from the method table", choices=_methods, flag="--estimator"))
-    """gae (PPO with a critic), grpo, dr_grpo, rloo or reinforce_pp (no critic)"""
     gamma: float = field(default=1.0, metadata=meta(
         "discount factor of GAE and of REINFORCE++'s return-to-go", minimum=0, maximum=1))
-    """discount factor of GAE and of REINFORCE++'s return-to-go"""
     lam: float = field(default=0.95, metadata=meta(
         "lambda of GAE: the bias-variance knob of advantage estimation", minimum=0, maximum=1))
-    """lambda of GAE: the bias-variance knob of advantage estimation"""
     whiten_advantages: bool = field(default=True, metadata=meta(
-        "normalise GAE's advantages over the batch's response tokens"))
-    """normalise GAE's advantages over the batch's response tokens (the critic-free estimators
-    bring their own normalisation)"""
+        "normalise GAE's advantages over the batch's response tokens (the critic-free "
+        "estimators bring their own normalisation)"))
     ppo_epochs: int = field(default=4, metadata=meta("PPO passes over each batch", minimum=1))
-    """passes of PPO over each batch"""
     minibatches: int = field(default=2, metadata=meta("minibatches per PPO epoch", minimum=1))
-    """minibatches per PPO epoch"""
     recompute_logprobs: bool = field(default=False, metadata=meta(
         "recompute the old log-probs with the actor under the training numerics before the "
-        "PPO epochs (matters in bf16)"))
-    """recompute the old log-probs with the actor under the update's numerics before the PPO
-    epochs (generation and training kernels differ, in bf16 by up to ~0.03 nats)"""
+        "PPO epochs (generation and training kernels differ, in bf16 by up to ~0.03 nats)"))
     clip: float = field(default=0.2, metadata=meta(
         "PPO ratio clip epsilon", minimum=0, strict_min=True))
-    """PPO ratio clip epsilon"""
     vf_clip: float = field(default=0.2, metadata=meta(
         "value clip range around the old values (0: no value clipping)", minimum=0))
-    """value clip range around the old values (0: no value clipping)"""
     vf_coef: float = field(default=0.1, metadata=meta(
         "c1, weight of the value loss", minimum=0))
-    """c1: weight of the value loss in the combined loss"""
     ent_coef: float = field(default=0.0, metadata=meta(
         "c2, weight of the entropy bonus", minimum=0))
-    """c2: weight of the entropy bonus in the combined loss"""
     actor_lr: float = field(default=1e-4, metadata=meta(
         "Adam learning rate of the actor", minimum=0, strict_min=True))
-    """Adam learning rate of the actor"""
     critic_lr: float = field(default=3e-4, metadata=meta(
         "Adam learning rate of the critic (its head, in shared and head modes)", minimum=0,
         strict_min=True))
-    """Adam learning rate of the critic (its head, in "shared"/"head" modes)"""
     max_grad_norm: float = field(default=1.0, metadata=meta(
         "gradient clipping per optimiser", minimum=0, strict_min=True))
-    """gradient clipping per optimiser"""
     critic_mode: str = field(default="auto", metadata=meta(
         "critic mode: separate (own network), shared (a value head on a shared backbone), head "
         "(a value head on the actor), none; auto: separate with gae, none for the critic-free "
         "estimators", choices=("auto", *CRITIC_MODES, NO_CRITIC), flag="--critic"))
-    """separate | shared | head (see rlhf_edu.models) with gae; none without a critic;
-    auto: separate for gae, none for the critic-free estimators"""
     device: str = field(default="cpu", metadata=meta(
         "cpu, cuda, cuda:N or auto (under torchrun with CUDA: each rank's own GPU)"))
-    """cpu, cuda, cuda:N or auto (under torchrun with CUDA: each rank's own GPU)"""
     placement: str | dict = field(default="colocate", metadata=meta(
         "colocate, or JSON such as '{\"reward\": \"cuda:1\", \"reference\": \"cuda:1\"}'"))
-    """"colocate" (all four models on `device`) or a map role -> device: {"reward": "cuda:1"}"""
     precision: str = field(default="auto", metadata=meta(
-        "auto: bf16 autocast and bf16 frozen models on CUDA, fp32 on CPU",
+        "auto: bf16 autocast and bf16 frozen models on CUDA, fp32 on CPU; bf16 (also on CPU); "
+        "fp32; the trained models always keep fp32 master weights",
         choices=distributed.PRECISIONS, check=distributed.check_precision))
-    """auto (bf16 autocast and bf16 frozen models on CUDA, fp32 on CPU), bf16 (also on CPU) or
-    fp32; the trained models always keep fp32 master weights"""
     shard: str = field(default="none", metadata=meta(
         "none: DDP copies; zero2/zero3: FSDP2 shards of actor and critic (zero3 also the "
-        "frozen models) over the --nproc processes", choices=sharding.STAGES,
+        "frozen models) over the --nproc processes (two or more)", choices=sharding.STAGES,
         check=sharding.check_stage))
-    """none (DDP: every rank holds whole models), zero2 or zero3 (FSDP2 shards; see
-    rlhf_edu.sharding); sharding needs two or more processes"""
 
     def __post_init__(self) -> None:
         check_field("PPOConfig", _field(self, "advantage_estimator"), self.advantage_estimator)
@@ -298,29 +261,21 @@ class DPOConfig:
     beta: float = field(default=0.1, metadata=meta(
         "beta: the strength of the implicit KL leash to the SFT actor", minimum=0,
         strict_min=True))
-    """the strength of the implicit KL leash to the reference (the SFT actor)"""
     loss: str = field(default="sigmoid", metadata=meta(
         "sigmoid: DPO's -log sigmoid(beta * margin); ipo: IPO's squared distance of the margin "
         "to 1/(2 beta)", choices=DPO_LOSSES))
-    """sigmoid (DPO) or ipo (IPO)"""
     pairs: int = field(default=2000, metadata=meta(
         "preference pairs sampled from the SFT actor and labelled by a Bradley-Terry coin flip "
         "on the gold score, as for the reward model", minimum=1))
-    """preference pairs to train on"""
     epochs: int = field(default=2, metadata=meta("passes over the pairs", minimum=1))
-    """passes over the pairs"""
     batch_size: int = field(default=32, metadata=meta(
         "pairs per optimiser step", minimum=1, flag="--batch"))
-    """pairs per optimiser step"""
     lr: float = field(default=1e-4, metadata=meta(
         "Adam learning rate of the policy", minimum=0, strict_min=True))
-    """Adam learning rate of the policy"""
     eval_samples: int = field(default=256, metadata=meta(
         "fresh responses sampled to measure the SFT actor and the DPO policy", minimum=1))
-    """fresh responses sampled to measure the SFT actor and the DPO policy"""
     seed: int = field(default=0, metadata=meta(
         "seed of the pairs, the minibatch order and the evaluation prompts", **SEED))
-    """seed of the pairs, the minibatch order and the evaluation prompts"""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -332,20 +287,14 @@ class PretrainConfig:
 
     reviews: int = field(default=30_000, metadata=meta(
         "reviews sampled from the grammar to train on", minimum=1))
-    """reviews sampled from the grammar to train on"""
     epochs: int = field(default=4, metadata=meta("passes over the reviews", minimum=1))
-    """passes over the reviews"""
     n_layer: int = field(default=3, metadata=meta("transformer blocks", minimum=1))
-    """transformer blocks"""
     n_head: int = field(default=4, metadata=meta("attention heads", minimum=1))
-    """attention heads"""
     n_embd: int = field(default=128, metadata=meta("width of the residual stream", minimum=1))
-    """width of the residual stream"""
     eval_samples: int = field(default=500, metadata=meta(
         "samples drawn to measure the SFT model afterwards", minimum=1))
-    """samples drawn to measure the SFT model afterwards"""
-    seed: int = field(default=0, metadata=meta("seed of data and training", **SEED))
-    """seed of data and training (the evaluation uses seed + 1, wrapped into range)"""
+    seed: int = field(default=0, metadata=meta(
+        "seed of data and training (the evaluation uses seed + 1, wrapped into range)", **SEED))
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -357,15 +306,12 @@ class RewardModelConfig:
 
     pairs: int = field(default=8000, metadata=meta(
         "preference pairs to train on", minimum=1))
-    """preference pairs to train on"""
     heldout: int = field(default=1000, metadata=meta(
         "further pairs kept aside to measure accuracy", minimum=1))
-    """further pairs kept aside to measure accuracy"""
     epochs: int = field(default=2, metadata=meta("passes over the pairs", minimum=1))
-    """passes over the pairs"""
     seed: int = field(default=0, metadata=meta(
-        "seed of the pairs and of training", **SEED))
-    """seed of the pairs and of training (the evaluation uses seed + 2, wrapped into range)"""
+        "seed of the pairs and of training (the evaluation uses seed + 2, wrapped into range)",
+        **SEED))
 
     def __post_init__(self) -> None:
         check_fields(self)

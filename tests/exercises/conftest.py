@@ -73,10 +73,17 @@ def pytest_configure(config: pytest.Config | None) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A time limit for every graded test that does not set its own."""
-    for item in items:
-        if HERE in Path(item.path).resolve().parents and item.get_closest_marker("timeout") is None:
+    """A time limit for every graded test that does not set its own; torch's first optimizer
+    imports torch._dynamo (a second or more), so a test file that uses one gets it before its
+    tests' time limits start, and the limits measure the learner's code."""
+    graded = [item for item in items if HERE in Path(item.path).resolve().parents]
+    for item in graded:
+        if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TIMEOUT, method="signal"))
+    if any("torch.optim." in path.read_text() for path in {Path(i.path) for i in graded}):
+        import torch
+
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 class _BoundedText(io.TextIOBase):

@@ -1,34 +1,26 @@
 """Grade the exercises: run their graded tests and report a score per exercise.
 
 ``exercises/exNN_topic.py`` holds the learner's code, ``solutions/exNN_topic.py`` the worked
-solution, and ``tests/exercises/test_exNN_topic.py`` the graded tests, which import one or the
-other through a fixture that reads ``--target``. :func:`grade` returns one row per exercise of
-the course (every ``exNN_*.py`` in ``exercises/`` or ``solutions/``):
+solution, ``tests/exercises/test_exNN_topic.py`` the graded tests (a fixture imports one or the
+other, per ``--target``). :func:`grade` returns a row per exercise of the course:
+``{"exercise": 3, "name": "ex03_gae", "file": "tests/exercises/test_ex03_gae.py", "target":
+"exercises", "passed": 4, "total": 9, "seconds": 0.8, "failures": [{"test": "test_padding",
+"message": "returns[1, 3] is 0.3 but should be 0: ..."}, ...], "error": None}``, ``error``
+saying why an exercise could not be graded (its graded test file is missing, ...).
 
-``{"exercise": 3, "name": "ex03_gae", "file": "tests/exercises/test_ex03_gae.py",
-"target": "exercises", "passed": 4, "total": 9, "seconds": 0.8, "failures": [{"test":
-"test_padding_is_zero_and_not_bootstrapped", "message": "returns[1, 3] is 0.3 but should be 0:
-that position is padding, ..."}, ...], "error": None}``; ``error`` is set when the exercise
-could not be graded (its graded test file is missing, pytest could not collect it, ...).
+Besides the harness (``tests/exercises/conftest.py``: pristine inputs, plain results, restored
+global state), a run is kept honest thus:
 
-How a run is kept honest (the graded tests' harness, ``tests/exercises/conftest.py``, does the
-rest: pristine copies of the inputs, plain results, restored global state):
-
-* each exercise's tests run in a fresh ``python -m pytest`` process in a session (process
-  group) of its own, never in the grader's process: one exercise's side effects cannot change
-  another's grade;
-* that process records each test's start and outcome as they happen
-  (:mod:`rlhf_edu.grading_plugin`), so the results survive a run that has to be stopped;
-* a watchdog gives every test its per-test limit (``RLHF_EDU_GRADE_TIMEOUT``, default 20 s, at
-  most 3600) plus :func:`stop_margin`: pytest-timeout's alarm is the first line of defence, and
-  a test it cannot stop (SIGALRM ignored, a long C call) has its process group killed; the test
-  fails with "did not finish within 20 s" and the remaining tests run in a new process;
-* the tests counted are those of the manifest the package ships (``data/graded_tests.json``):
-  one deleted from its file fails ("test_x: missing from tests/exercises/test_ex03_gae.py");
-* what comes from the test process (messages, test names, its output) is shown with control
-  characters written out (``\\x1b``, :func:`shown`): learner code cannot redraw the terminal.
-
-``rlhf-edu grade [N] [--target solutions]`` prints :func:`format_scores` of the rows.
+* each exercise runs in a fresh ``python -m pytest`` process in a session (process group) of
+  its own, never in the grader's process, and records each test's start and outcome as they
+  happen (:mod:`rlhf_edu.grading_plugin`), so results survive a run that has to be stopped;
+* a watchdog gives each test its limit (``RLHF_EDU_GRADE_TIMEOUT``, default 20 s, at most 3600)
+  plus :func:`stop_margin`: pytest-timeout's alarm comes first; a test it cannot stop (SIGALRM
+  ignored, a long C call) has its process group killed and fails ("did not finish within
+  20 s"), and the tests left run in a new process;
+* the tests that count are the manifest's (``data/graded_tests.json``): one deleted from its
+  file fails ("test_x: missing from tests/exercises/test_ex03_gae.py");
+* text from the test process is shown with control characters written out (:func:`shown`).
 """
 
 from __future__ import annotations
@@ -37,7 +29,6 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import math
 import os
 import re
 import shutil
@@ -52,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .grading_plugin import Record
 from .validate import check_float
 
 TARGETS = ("exercises", "solutions")
@@ -65,13 +57,12 @@ _MODULE_FILE = re.compile(r"^(ex(\d+)_\w+)\.py$")
 _POLL = 0.05  # seconds between looks at a running exercise
 _IDLE_LIMIT = 120.0  # seconds for a pytest process to start and collect (no learner code runs)
 _MAX_WORKERS = 4
-# Graded runs load only the plugins they use, not the project's addopts (nbval's options) nor
-# every installed plugin (nbval and hypothesis take seconds to import), nor pytest's end-of-run
-# garbage collection.
+# Only the plugins a graded run uses: not the project's addopts (nbval's), nor every installed
+# plugin (nbval and hypothesis take seconds to import), nor pytest's end-of-run gc.
 _PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "-p", "no:unraisableexception",
                 "-o", "addopts=", "-p", "rlhf_edu.grading_plugin"]
 # What a terminal acts on rather than shows: C0 but newline, DEL, C1, bidi and other invisible
-# format characters, line and paragraph separators, lone surrogates (which cannot be printed).
+# format characters, line separators; lone surrogates, which cannot be printed.
 _CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e"
                       "\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]")
 _IN_SETUP = " [while setting the test up: importing the exercise's module]"
@@ -82,18 +73,12 @@ __all__ = ["TARGETS", "DEFAULT_TEST_LIMIT", "MAX_TEST_LIMIT", "TIMEOUT_ENV", "fi
 
 
 def find_root(root: str | Path | None = None) -> Path:
-    """The repository that holds ``exercises/`` and ``tests/exercises/``.
-
-    ``root`` given: that directory, which must hold both. ``None``: the current directory or
-    the nearest parent that does (so grading from ``notebooks/`` works too).
-    """
-    if root is not None:
-        path = Path(root)
-        if not path.exists():
-            raise ValueError(f"root {str(root)!r} does not exist")
-        if not path.is_dir():
-            raise ValueError(f"root {str(root)!r} is a file, not a folder")
-    candidates = [path] if root is not None else [Path.cwd(), *Path.cwd().parents]
+    """The repository that holds ``exercises/`` and ``tests/exercises/``: ``root``, which must
+    hold both, or (None) the current directory or its nearest parent that does (notebooks/)."""
+    if root is not None and not Path(root).is_dir():
+        raise ValueError(f"root {str(root)!r} " + ("is a file, not a folder"
+                                                   if Path(root).exists() else "does not exist"))
+    candidates = [Path(root)] if root is not None else [Path.cwd(), *Path.cwd().parents]
     for d in candidates:
         if (d / "exercises").is_dir() and (d / GRADED_DIR).is_dir():
             return d.resolve()
@@ -136,13 +121,9 @@ def per_test_limit(value: str | float | None = None) -> float:
     value = os.environ.get(TIMEOUT_ENV) if value is None else value
     if value is None or not str(value).strip():
         return DEFAULT_TEST_LIMIT
-    try:
-        number: Any = float(str(value).strip())
-    except ValueError:
-        number = value  # check_float refuses it: not a number
-    try:
-        return check_float(TIMEOUT_ENV, number, minimum=0.0, maximum=MAX_TEST_LIMIT,
-                           strict_min=True)
+    try:  # float() refuses what is not a number, check_float what is out of range
+        return check_float(TIMEOUT_ENV, float(str(value).strip()), minimum=0.0,
+                           maximum=MAX_TEST_LIMIT, strict_min=True)
     except ValueError:
         raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds in (0, {MAX_TEST_LIMIT:g}]"
                          f" (default {DEFAULT_TEST_LIMIT:g}), got {value!r}") from None
@@ -155,14 +136,11 @@ def stop_margin(limit: float) -> float:
 
 
 def _seconds(value: Any) -> float | None:
-    """``value`` as a finite number of seconds > 0, or None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if math.isfinite(seconds) and seconds > 0 else None
+    """``value`` (a number or its text) as a finite number of seconds > 0, or None."""
+    with contextlib.suppress(TypeError, ValueError):
+        return check_float("seconds", float(value) if isinstance(value, str) else value,
+                           minimum=0.0, strict_min=True)
+    return None
 
 
 def shown(text: object) -> str:
@@ -174,24 +152,19 @@ def shown(text: object) -> str:
 def grade(exercise: int | list[int] | None = None, target: str = "exercises",
           root: str | Path | None = None, timeout: float = 900.0,
           extra_args: list[str] | None = None) -> list[dict]:
-    """Run the graded tests of some exercises (or all) against ``target``; a row per exercise.
-
-    ``exercise``: a number (3 grades ``tests/exercises/test_ex03_*.py``), a list of them, or
-    None: all. ``target``: "exercises" (the learner's code) or "solutions". ``root``: see
-    :func:`find_root`. ``timeout``: seconds for the whole run; what finished before it ran out
-    is kept (each test also has its own limit, :func:`per_test_limit`, so one endless loop fails
-    one test, not the run). ``extra_args``: more pytest arguments (``["-x"]``).
-
-    Returns rows as described in the module docstring, sorted by exercise number; an exercise
-    whose graded test file is missing has a row with ``error`` set.
-    """
+    """Rows (see the module docstring) for some exercises (a number, a list, None: all),
+    sorted by number, from their graded tests run against ``target`` ("exercises", the
+    learner's code, or "solutions"). ``root``: see :func:`find_root`. ``timeout``: seconds for
+    the whole run, what finished before it ran out is kept (each test also has its own limit,
+    :func:`per_test_limit`). ``extra_args``: more pytest arguments (``["-x"]``)."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     if _seconds(timeout) is None:
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
     limit = per_test_limit()
     root = find_root(root)
-    rows, manifest = _empty_rows(_select(root, exercise), root, target), graded_tests()
+    manifest = graded_tests()
+    rows = _empty_rows(_select(root, exercise), root, target, manifest)
     jobs = [_Job(row, root / row["file"], limit, manifest.get(row["name"]))
             for row in rows.values() if row["error"] is None]
     if jobs:
@@ -215,10 +188,10 @@ def _select(root: Path, exercise: int | list[int] | None) -> dict[int, str]:
     return {n: course[n] for n in sorted(set(numbers))}
 
 
-def _empty_rows(course: dict[int, str], root: Path, target: str) -> dict[int, dict]:
+def _empty_rows(course: dict[int, str], root: Path, target: str,
+                manifest: dict[str, list[str]]) -> dict[int, dict]:
     """A row per exercise before grading, its total the manifest's count of its tests."""
-    files, manifest = graded_files(root), graded_tests()
-    rows = {}
+    files, rows = graded_files(root), {}
     for n, name in course.items():
         path = files.get(n, root / GRADED_DIR / f"test_{name}.py")
         file = path.relative_to(root).as_posix()
@@ -233,15 +206,14 @@ def _empty_rows(course: dict[int, str], root: Path, target: str) -> dict[int, di
 
 
 class _Job:
-    """One exercise's graded tests: a pytest process per attempt, and a new attempt, without
-    the tests settled, after a run that ended inside a test (a hang it was stopped for, a
-    crash, an interrupt); ``names``: the tests that count (the manifest's), None: all."""
+    """One exercise's graded tests: a pytest process per attempt, a new one for the tests left
+    after a run that ended inside a test (a hang it was stopped for, a crash, an interrupt);
+    ``names``: the tests that count (the manifest's), None: all."""
 
     def __init__(self, row: dict, path: Path, limit: float, names: list | None = None) -> None:
         self.row, self.path, self.limit, self.names = row, path, limit, names
-        self.limits: dict[str, float] = {}  # node id -> its limit, as first collected
+        self.tests: list[str] = []  # node ids, as the first attempt collected them
         self.results: dict[str, dict] = {}  # node id -> {"kind", "message", "seconds"}
-        self.collect_errors: list[str] = []
         self.attempt, self.finished = 0, False
 
     def start(self, tmp: Path, now: float) -> list[str]:
@@ -250,71 +222,71 @@ class _Job:
         self.id = f"{self.row['exercise']}.{self.attempt}"
         self.record, self.log = tmp / f"record-{self.id}.jsonl", tmp / f"pytest-{self.id}.log"
         self.record.touch()
-        self.offset, self.pending, self.current, self.in_setup = 0, b"", None, False
-        self.since, self.deadline, self.done = now, now + _IDLE_LIMIT, None
-        self.kill_reason: str | None = None  # why the running test failed, if it was stopped
-        self.stop_reason: str | None = None  # why the tests left will not run
+        self.run = Record(self.record)
+        self.since, self.deadline, self.test_limit = now, now + _IDLE_LIMIT, self.limit
+        self.kill_reason = self.stop_reason = None  # why the test running, the tests left fail
         return [f"--grade-record={self.record}", *(f"--grade-skip={t}" for t in self.results)]
 
     def read_record(self, now: float) -> None:
-        """Take in the events the running attempt has written since the last look."""
-        with contextlib.suppress(OSError), open(self.record, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-            self.offset += len(data)
-            *lines, self.pending = (self.pending + data).split(b"\n")
-            for line in lines:
-                with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-                    self._take(json.loads(line), now)
+        """Take in the attempt's new events; the deadline follows them."""
+        run = self.run
+        for kind in run.read():
+            if kind == "collected" and self.attempt == 1:
+                self.tests = run.tests
+            elif kind == "start":
+                self.since, self.test_limit = now, _seconds(run.limit) or self.limit
+                self.deadline = now + self.test_limit + stop_margin(self.test_limit)
+            elif kind == "finish":
+                self.deadline = now + _IDLE_LIMIT
+            elif kind == "done":
+                self.deadline = now + stop_margin(self.limit)
+        self.results.update(run.results)
 
-    def _take(self, event: dict, now: float) -> None:
-        kind = event.get("event")
-        if kind == "collected" and self.attempt == 1 and not self.limits:
-            self.limits = {str(t): _seconds(lim) or self.limit for t, lim in event["tests"]}
-        elif kind == "collect_error":
-            self.collect_errors.append(str(event["message"]))
-        elif kind == "start":
-            self.current, self.since, self.in_setup = str(event["nodeid"]), now, True
-            limit = self.limits.get(self.current, self.limit)
-            self.deadline = now + limit + stop_margin(limit)
-        elif kind == "setup_done":
-            self.in_setup = False
-        elif kind == "finish":
-            self.results[str(event["nodeid"])] = {
-                "kind": str(event["kind"]), "message": str(event["message"]),
-                "seconds": float(event["seconds"])}
-            self.current, self.deadline = None, now + _IDLE_LIMIT
-        elif kind == "done":
-            self.done, self.deadline = int(event["exitstatus"]), now + stop_margin(self.limit)
+    def out_of_time(self, now: float, until: tuple[float, float],
+                    stop: threading.Event) -> bool:
+        """Take in the record; True when the attempt is to be killed now, and why is set."""
+        self.read_record(now)
+        if self.kill_reason:  # killed already
+            return False
+        if now > until[0] or stop.is_set():
+            self.stop_reason = (f"grading reached its time limit of {until[1]:g} s"
+                                if now > until[0] else "grading was interrupted")
+            self.kill_reason = f"did not finish: {self.stop_reason}"
+        elif now > self.deadline:
+            self.kill_reason = (f"did not finish within {self.test_limit:g} s, so the grader "
+                                "stopped it (an endless loop the per-test alarm could not "
+                                "interrupt?)" if self.run.current else
+                                "its pytest process did not go on or exit")
+        return self.kill_reason is not None
 
     def ended(self, exit_code: int, now: float) -> bool:
         """The attempt's process has ended: True if another attempt should run the tests left,
         False when the exercise is settled (and its row filled)."""
         self.read_record(now)
-        current, in_setup = self.current, self.current is not None and self.in_setup
+        run = self.run
+        current, in_setup = run.current, run.current is not None and run.in_setup
         if current is not None:  # it fails, with the reason
             message = self.kill_reason or (
                 "the test run stopped during this test (pytest.exit or interrupted?)"
-                if self.done is not None else
+                if run.done is not None else
                 f"the test process ended during this test ({_exit_text(exit_code)}): does the "
                 "code call sys.exit() or os._exit(), or crash?")
             self.results[current] = {"kind": "failure", "seconds": now - self.since,
                                      "message": message + (_IN_SETUP if in_setup else "")}
-            self.current = None
-        left = [t for t in self.limits if t not in self.results]
+        left = [t for t in self.tests if t not in self.results]
         # a set-up that hangs or crashes (the exercise's import) would do it again every time
         if left and current is not None and not in_setup and not self.stop_reason:
             return True
         why = self.stop_reason or (
             "importing the exercise's module did not finish in an earlier test" if in_setup else
-            "the run stopped early (pytest -x?)" if self.done is not None else
+            "the run stopped early (pytest -x?)" if run.done is not None else
             f"the test process ended ({_exit_text(exit_code)})")
         for t in left:
             self.results[t] = {"kind": "failure", "message": f"did not run: {why}",
                                "seconds": 0.0}
-        if not self.limits and not self.collect_errors and self.done is None:
-            why = self.kill_reason or _exit_text(exit_code)
-            output = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+        if not self.tests and not run.collect_errors and run.done is None:
+            why, log = self.kill_reason or _exit_text(exit_code), self.log
+            output = log.read_text(errors="replace")[-3000:] if log.exists() else ""
             self.row["error"] = shown(f"not graded: {self.stop_reason}" if self.stop_reason else
                                       f"pytest stopped before running any test ({why}):\n"
                                       + output)
@@ -324,12 +296,12 @@ class _Job:
     def finish(self) -> None:
         """Fill the row: each test that counts passed, failed, or is missing from the file."""
         self.finished, row = True, self.row
-        if self.collect_errors:
+        if self.run.collect_errors:
             row["error"] = shown(f"pytest could not collect {row['file']}: "
-                                 + self.collect_errors[0])
+                                 + self.run.collect_errors[0])
         if row["error"] is not None:  # not graded: the total stays the manifest's count
             return
-        by_name = {nodeid.split("::")[-1]: nodeid for nodeid in self.limits}
+        by_name = {nodeid.split("::")[-1]: nodeid for nodeid in self.tests}
         names = list(by_name) if self.names is None else self.names
         row["total"] = len(names)
         for name in names:
@@ -347,20 +319,15 @@ class _Job:
 
 
 def _exit_text(code: int) -> str:
-    if code >= 0:
-        return f"exit code {code}"
-    try:
-        return f"killed by {signal.Signals(-code).name}"
-    except ValueError:
-        return f"killed by signal {-code}"
+    names = {s.value: s.name for s in signal.Signals}
+    return f"exit code {code}" if code >= 0 else f"killed by {names.get(-code, f'signal {-code}')}"
 
 
 def _run(jobs: list[_Job], root: Path, target: str, limit: float, timeout: float,
          extra_args: list[str]) -> None:
     """Grade the jobs, a few at a time, each in fresh pytest processes (:func:`_attempts`)."""
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",  # no __pycache__ in learner folders
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONDONTWRITEBYTECODE": "1",  # no pycache
            TIMEOUT_ENV: repr(limit), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    env.setdefault("OMP_NUM_THREADS", "1")
     plugins = ["-p", "pytest_timeout"] if importlib.util.find_spec("pytest_timeout") else []
     args = [f"--target={target}", *_PYTEST_ARGS, *plugins, *extra_args]
     until, stop = (time.monotonic() + timeout, timeout), threading.Event()
@@ -382,7 +349,7 @@ def _run(jobs: list[_Job], root: Path, target: str, limit: float, timeout: float
 def _attempts(job: _Job, tmp: Path, root: Path, env: dict, args: list[str],
               until: tuple[float, float], stop: threading.Event) -> None:
     """Grade one exercise: a new ``python -m pytest`` process per attempt, in a session of its
-    own, watched by :func:`_watch`; ``until``: (end, timeout) of the whole run."""
+    own, killed with all it started when its test or the run (``until``: end, timeout) is late."""
     try:
         while time.monotonic() < until[0] and not stop.is_set():
             options = job.start(tmp, time.monotonic())
@@ -392,11 +359,14 @@ def _attempts(job: _Job, tmp: Path, root: Path, env: dict, args: list[str],
                     env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True)
             try:
-                code = _watch(job, proc, until, stop)
+                while proc.poll() is None:
+                    time.sleep(_POLL)
+                    if job.out_of_time(time.monotonic(), until, stop):
+                        _kill_group(proc.pid)
             finally:
                 _kill_group(proc.pid)  # what its tests left running
                 proc.wait()
-            if not job.ended(code, time.monotonic()):
+            if not job.ended(proc.returncode, time.monotonic()):
                 return
         if job.attempt and not stop.is_set():  # out of time between attempts: keep results
             job.stop_reason = f"grading reached its time limit of {until[1]:g} s"
@@ -405,47 +375,19 @@ def _attempts(job: _Job, tmp: Path, root: Path, env: dict, args: list[str],
         job.row["error"] = shown(f"not graded: {type(e).__name__}: {e}")
 
 
-def _watch(job: _Job, proc: subprocess.Popen, until: tuple[float, float],
-           stop: threading.Event) -> int:
-    """Wait for an attempt's process, taking in its record; kill its process group when the
-    running test, or the whole run, is out of time. Returns the process's exit code."""
-    while (code := proc.poll()) is None:
-        time.sleep(_POLL)
-        now = time.monotonic()
-        job.read_record(now)
-        if job.kill_reason:
-            continue  # killed: it ends at once
-        if now > until[0] or stop.is_set():
-            job.stop_reason = (f"grading reached its time limit of {until[1]:g} s"
-                               if now > until[0] else "grading was interrupted")
-            job.kill_reason = f"did not finish: {job.stop_reason}"
-        elif now > job.deadline:
-            lim = job.limits.get(job.current, job.limit)
-            job.kill_reason = (f"did not finish within {lim:g} s, so the grader stopped it "
-                               "(an endless loop the per-test alarm could not interrupt?)"
-                               if job.current else "its pytest process did not go on or exit")
-        else:
-            continue
-        _kill_group(proc.pid)
-    return code
-
-
 def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, AttributeError):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    kill = getattr(os, "killpg", os.kill)  # the process and all it started, where there are groups
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        kill(pid, signal.SIGKILL)
 
 
 # ------------------------------------------------------------------ the score table and CLI
 
 
 def format_scores(rows: list[dict], failures: int = 1, width: int = 100) -> str:
-    """A score table: passed/total per exercise and a total line, with the first
-    ``failures`` failure messages under each exercise that is not complete, escaped
-    (:func:`shown`) and wrapped to ``width`` on lines marked ``|``, so no message can pass
-    for a line of the table."""
+    """A score table: passed/total per exercise and a total line, with the first ``failures``
+    failure messages under each exercise that is not complete, escaped (:func:`shown`) and
+    wrapped to ``width`` on lines marked ``|``: no message can pass for a line of the table."""
     target = rows[0]["target"] if rows else "exercises"
     lines = [f"{'#':>3}  {'exercise':<28}{'passed':>10}   grading {shown(target)}/"]
     passed = total = 0
@@ -479,9 +421,8 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
                         help="grade your exercises/ (default) or the worked solutions/")
     parser.add_argument("--root", type=Path, default=None,
                         help="the repository with exercises/ (default: here or a parent)")
-    parser.add_argument("--timeout", default="900",
-                        help="seconds for the whole run (default 900; each test also has a "
-                             f"limit, ${TIMEOUT_ENV} or {DEFAULT_TEST_LIMIT:g} s)")
+    parser.add_argument("--timeout", default="900", help="seconds for the whole run (default "
+                        f"900; each test also has a limit, ${TIMEOUT_ENV} or 20 s)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show every failure message, not only the first")
 
@@ -492,14 +433,12 @@ def run_grade_cli(args: argparse.Namespace) -> int:
         timeout = _seconds(args.timeout)
         if timeout is None:
             raise ValueError(f"--timeout must be a number of seconds > 0, got {args.timeout!r}")
-        given = args.exercise if isinstance(args.exercise, list) else (
-            [] if args.exercise is None else [args.exercise])
-        numbers = []
+        given = [g for g in (args.exercise if isinstance(args.exercise, list)
+                             else [args.exercise]) if g is not None]
         for item in given:
-            text = str(item).strip()
-            if not re.fullmatch(r"[+-]?\d+", text):
+            if not re.fullmatch(r"[+-]?\d+", str(item).strip()):
                 raise ValueError(f"the exercise must be a number such as 3, got {item!r}")
-            numbers.append(int(text))
+        numbers = [int(str(item).strip()) for item in given]
         rows = grade(numbers or None, args.target, args.root, timeout)
     except ValueError as e:
         print(f"error: {shown(e)}", file=sys.stderr)

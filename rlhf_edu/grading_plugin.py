@@ -1,11 +1,13 @@
-"""The pytest plugin of a graded run: ``rlhf-edu grade`` starts each exercise's tests as
-``python -m pytest -p rlhf_edu.grading_plugin --grade-record=FILE [--grade-skip=NODEID ...]``.
+"""The record of a graded run: written by this pytest plugin in the test process, read by the
+grader (:mod:`rlhf_edu.grading`) with :class:`Record`.
 
-It appends one JSON line per event to ``FILE`` as it happens (collected, start, setup_done,
-finish, done), so the grader (:mod:`rlhf_edu.grading`) keeps the results of a run it has to stop
-and knows which test is running and since when; it deselects the tests an earlier attempt
-settled; and it ends the process as soon as pytest is done, so a thread the learner's code left
-running cannot keep it alive. Without ``--grade-record`` it does nothing.
+``rlhf-edu grade`` starts each exercise's tests as ``python -m pytest -p rlhf_edu.grading_plugin
+--grade-record=FILE [--grade-skip=NODEID ...]``. The plugin appends one JSON line per event to
+``FILE`` as it happens (collected, start with the test's time limit, setup_done, finish, done),
+so the grader keeps the results of a run it has to stop and knows which test is running; it
+deselects the tests an earlier attempt settled; and it ends the process as soon as pytest is
+done, so a thread the learner's code left running cannot keep it alive. Without
+``--grade-record`` it does nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -57,11 +60,10 @@ class _Recorder:
             self._write(event="collect_error", message=clean(_message(report)))
 
     def pytest_collection_finish(self, session: Any) -> None:
-        self._write(event="collected",
-                    tests=[[item.nodeid, _marker_limit(item)] for item in session.items])
+        self._write(event="collected", tests=[item.nodeid for item in session.items])
 
-    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
-        self._write(event="start", nodeid=nodeid)
+    def pytest_runtest_protocol(self, item: Any, nextitem: Any) -> None:
+        self._write(event="start", nodeid=item.nodeid, limit=_marker_limit(item))
 
     def pytest_runtest_logreport(self, report: Any) -> None:
         self.reports.setdefault(report.nodeid, []).append(report)
@@ -96,6 +98,54 @@ class _Recorder:
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(self.exitstatus)
+
+
+class Record:
+    """A record as the grader reads it while it grows: the tests collected, the collection
+    errors, the outcomes so far ({"kind", "message", "seconds"} by node id), the test running
+    (being set up: ``in_setup``) and its own time limit, pytest's exit status once done."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path, self.offset, self.pending = Path(path), 0, b""
+        self.tests: list[str] = []
+        self.collect_errors: list[str] = []
+        self.results: dict[str, dict] = {}
+        self.current: str | None = None
+        self.limit: float | None = None
+        self.in_setup = False
+        self.done: int | None = None
+
+    def read(self) -> list[str]:
+        """Take in the events written since the last look; returns their kinds, in order."""
+        kinds: list[str] = []
+        with contextlib.suppress(OSError), open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+            self.offset += len(data)
+            *lines, self.pending = (self.pending + data).split(b"\n")
+            for line in lines:  # a line the test process could not finish is left out
+                with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                    kinds.append(self._take(json.loads(line)))
+        return kinds
+
+    def _take(self, event: dict) -> str:
+        kind = str(event["event"])
+        if kind == "collected":
+            self.tests = [str(t) for t in event["tests"]]
+        elif kind == "collect_error":
+            self.collect_errors.append(str(event["message"]))
+        elif kind == "start":
+            self.current, self.in_setup = str(event["nodeid"]), True
+            self.limit = event.get("limit")
+        elif kind == "setup_done":
+            self.in_setup = False
+        elif kind == "finish":
+            self.results[str(event["nodeid"])] = {"kind": str(event["kind"]), "message": str(
+                event["message"]), "seconds": float(event["seconds"])}
+            self.current = None
+        elif kind == "done":
+            self.done = int(event["exitstatus"])
+        return kind
 
 
 def clean(message: str, limit: int = 600) -> str:

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -682,7 +683,7 @@ def test_grade_cli_parses_the_exercise_number():
 
 def _attempt(tmp_path: Path, events: list[dict]) -> grading._Job:
     """A job whose first attempt wrote ``events`` to its record (no process is started)."""
-    row = grading._empty_rows({3: "ex03_gae"}, ROOT, "exercises")[3]
+    row = grading._empty_rows({3: "ex03_gae"}, ROOT, "exercises", grading.graded_tests())[3]
     job = grading._Job(row, ROOT / row["file"], 20.0)
     job.start(tmp_path, 0.0)
     with open(job.record, "a") as f:
@@ -691,8 +692,7 @@ def _attempt(tmp_path: Path, events: list[dict]) -> grading._Job:
     return job
 
 
-COLLECTED = {"event": "collected", "tests": [["t.py::test_a", 20.0], ["t.py::test_b", None],
-                                             ["t.py::test_c[1]", None]]}
+COLLECTED = {"event": "collected", "tests": ["t.py::test_a", "t.py::test_b", "t.py::test_c[1]"]}
 
 
 def _finish(name: str, outcome: str = "passed", message: str = "") -> dict:
@@ -724,6 +724,17 @@ def test_a_run_that_ends_inside_a_test_is_rerun_without_it(tmp_path):
     options = job.start(tmp_path, 3.0)  # the next attempt skips what is settled
     assert options == [f"--grade-record={job.record}", "--grade-skip=t.py::test_a",
                        "--grade-skip=t.py::test_b"] and job.id == "3.2"
+
+
+def test_a_test_with_its_own_time_limit_is_given_it(tmp_path):
+    """The watchdog reads each test's limit (its timeout marker) from the record."""
+    job = _attempt(tmp_path, [COLLECTED, {"event": "start", "nodeid": "t.py::test_a",
+                                          "limit": 60.0}])
+    job.read_record(1.0)
+    assert job.deadline == 1.0 + 60.0 + grading.stop_margin(60.0)
+    assert not job.out_of_time(60.0, (1e9, 900.0), threading.Event())
+    assert job.out_of_time(70.0, (1e9, 900.0), threading.Event())
+    assert job.kill_reason.startswith("did not finish within 60 s, so the grader stopped it")
 
 
 def test_a_crash_before_any_test_is_not_rerun(tmp_path):

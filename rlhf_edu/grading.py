@@ -378,7 +378,7 @@ def _attempts(job: _Job, tmp: Path, root: Path, env: dict, args: list[str],
 def _kill_group(pid: int) -> None:
     kill = getattr(os, "killpg", os.kill)  # the process and all it started, where there are groups
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        kill(pid, signal.SIGKILL)
+        kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows has no SIGKILL
 
 
 # ------------------------------------------------------------------ the score table and CLI

@@ -6,8 +6,10 @@ Each test builds a small course in ``tmp_path`` (copies of ``exercises/``, ``sol
 wrong one that zeroes them, global side effects (grad mode, default dtype, seeds, patched torch
 functions, the working directory), hangs the per-test alarm cannot stop, tampering with the
 comparisons (patched ``torch.allclose``/``math.isclose``/``pytest.fail``, swapped function code,
-tensor subclasses and Python objects that lie), a deleted graded test file, and bad arguments to
-``rlhf-edu grade``. The real ``exercises/`` and ``solutions/`` are never touched.
+tensor subclasses and Python objects that lie), error messages that would redraw the terminal
+(escape sequences, a forged score line), a deleted graded test file or test function, and bad
+arguments to ``rlhf-edu grade``; and that each exercise runs in a fresh process of its own. The
+real ``exercises/`` and ``solutions/`` are never touched.
 """
 
 from __future__ import annotations

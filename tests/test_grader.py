@@ -218,6 +218,9 @@ def test_format_scores():
     assert "advantages[0, 2]" not in text and "and 1 more failing test" in text
     assert re.search(r"total\s+17 / 22$", lines[-1])
     assert "advantages[0, 2] is wrong" in grading.format_scores(rows, failures=5)
+    notes = [line for line in grading.format_scores(rows, width=40).splitlines()
+             if line.startswith("     | ")]  # what the tests said: wrapped, marked as theirs
+    assert len(notes) > 2 and all(len(line) <= 40 for line in notes), notes
 
 
 def test_run_grade_cli(monkeypatch, capsys, graded_rows):

@@ -798,6 +798,7 @@ def test_learner_text_cannot_forge_the_score_table(tmp_path, monkeypatch, capsys
     root = make_course(tmp_path, (8,))
     write_exercise(root, 8, FORGED)
     monkeypatch.chdir(root)
+    monkeypatch.setenv("COLUMNS", "100")  # the table's width, whatever terminal runs the test
     assert cli.main(["grade", "-v"]) == 1
     out = capsys.readouterr().out
     assert not _RAW.search(out), repr(out)
@@ -829,7 +830,7 @@ def test_shown_writes_control_characters_out():
 # ------------------------------------------------------------------ tests deleted from a file
 
 
-def test_a_test_deleted_from_its_file_counts_as_failed(tmp_path, capsys):
+def test_a_test_deleted_from_its_file_counts_as_failed(tmp_path, capsys, monkeypatch):
     """The manifest the package ships fixes each exercise's tests: one deleted from the file
     (a function, a parametrized case) fails, named; one added to it does not count."""
     root = make_course(tmp_path, (3,))
@@ -848,6 +849,7 @@ def test_a_test_deleted_from_its_file_counts_as_failed(tmp_path, capsys):
     assert row["failures"] == [
         {"test": "test_lambda_zero_is_the_td_residual", "message": missing},
         {"test": "test_random_against_the_definition[0.5-0.5]", "message": missing}]
+    monkeypatch.setenv("COLUMNS", "100")
     assert cli.main(["grade", "3", "--target", "solutions", "--root", str(root)]) == 1
     out = capsys.readouterr().out
     assert f"test_lambda_zero_is_the_td_residual: {missing}" in out

@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import rlhf_edu
 from rlhf_edu import GPT, PPOConfig, RLHFTrainer
@@ -41,11 +43,11 @@ LAST = 10  # the recorded figures are the mean of the last LAST steps
 class Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line (``--help`` still shows the usage)."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def int_in(lo: int, hi: int):
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
     """An argparse type: an int in ``[lo, hi]``, refused in one line otherwise."""
     def parse(text: str) -> int:
         try:

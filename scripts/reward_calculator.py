@@ -45,8 +45,10 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -83,7 +85,7 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line (``--help`` still shows the usage)."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -98,7 +100,7 @@ def signed(x: float | torch.Tensor) -> str:
     return f"({text})" if text.startswith("-") else text
 
 
-def float_in(lo: float, hi: float):
+def float_in(lo: float, hi: float) -> Callable[[str], float]:
     """An argparse type: a finite number in ``[lo, hi]``, refused in one line otherwise."""
     def parse(text: str) -> float:
         try:

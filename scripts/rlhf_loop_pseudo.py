@@ -35,8 +35,10 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from tqdm.auto import tqdm
@@ -71,11 +73,12 @@ MAX_WARMUP = 1000  # about 0.2 s a step at batch 4 on one CPU core; longer: `rlh
 class Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line (``--help`` still shows the usage)."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def int_in(lo: int, hi: int, shown_hi: str | None = None, hint: str = ""):
+def int_in(lo: int, hi: int, shown_hi: str | None = None,
+           hint: str = "") -> Callable[[str], int]:
     """An argparse type: an int in ``[lo, hi]``, refused in one line otherwise (``hint`` is
     added to the message of a number above ``hi``)."""
     bounds = f"[{lo}, {shown_hi or hi}]"

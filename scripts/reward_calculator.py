@@ -73,8 +73,9 @@ HACKED = Path(rlhf_edu.__file__).resolve().parent / "weights" / "hacked.pt"
 # beta: the course's runs use 0 to 10; from 1000 on, a KL of 0.001 nats already costs a whole
 # z-normalised RM score, and beta x KL (float32) must stay finite
 BETA_MAX = 1000.0
-# the actor's temperature: below 0.05 the log-probs of all but the top token run to -1e3 and
-# beyond (k3 = exp(-d) overflows), above 20 the policy is all but uniform
+# the actor's temperature: at 0.05 the log-probs of all but the top token are already hundreds
+# of nats below 0 (k3 = exp(-d) overflows float32 beyond 88); above 20 the policy is all but
+# uniform
 TEMPERATURE_RANGE = (0.05, 20.0)
 
 
@@ -139,8 +140,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--actor-temperature", type=float_in(lo, hi), default=1.0, metavar="T",
                         help=f"score the actor's log-probs at temperature T in [{lo:g}, {hi:g}] "
                              "(the reference stays at 1), so the two differ without a second "
-                             "checkpoint; below 0.05 every token but the likeliest gets a "
-                             "log-prob of -1000 or less (default: %(default)s)")
+                             "checkpoint; at 0.05 every token but the likeliest is already "
+                             "hundreds of nats less likely (default: %(default)s)")
     return parser.parse_args(argv)
 
 

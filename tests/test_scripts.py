@@ -429,12 +429,9 @@ def test_shipped_hacked_actor_hacks_the_reward_model():
     for name, actor in (("sft", sft), ("hacked", hacked)):
         models = build_models(sft=load_pretrained("sft"), reward=load_pretrained("reward"))
         models.actor.gpt.load_state_dict(actor.state_dict())
-        trainer = RLHFTrainer(PPOConfig(seed=1, batch_size=32), models)
-        batch = trainer.rollout()  # 32 fresh samples, scored against the SFT reference
-        texts = [f"{p} {trainer.tok.decode(r)}" for p, r in zip(batch.prompts, batch.response)]
-        from rlhf_edu.task import gold_score
-        figures[name] = dict(rm=float(batch.scores.mean()), kl=float(batch.kl.sum(1).mean()),
-                             gold=sum(map(gold_score, texts)) / len(texts))
+        # the step's metrics are those of its 32 fresh samples, scored before its update
+        m = RLHFTrainer(PPOConfig(seed=1, batch_size=32), models).step()
+        figures[name] = dict(rm=m["rm_score"], gold=m["gold_score"], kl=m["kl"])
     sft_f, hacked_f = figures["sft"], figures["hacked"]
     # recorded: SFT rm ~0.1, gold ~-0.1, kl 0; hacked rm ~1.3, gold ~-1.0, kl ~60 nats
     assert hacked_f["rm"] > 1.0 and hacked_f["rm"] > sft_f["rm"] + 0.5, figures

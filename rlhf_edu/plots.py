@@ -550,7 +550,9 @@ FLOW_ARROWS = (
     ("advantages", "gae", "ppo"),
     ("returns", "gae", "ppo"),
 )
-FLOW_INSIDE = {"kl_reward": ("kl",), "ppo": ("minibatch_logprobs", "minibatch_values", "loss")}
+# the PPO update reads the rollout's old log-probs (the ratio) and old values (value clipping)
+FLOW_INSIDE = {"kl_reward": ("kl",), "ppo": ("old_logprobs", "old_values", "minibatch_logprobs",
+                                             "minibatch_values", "loss")}
 # box centres on a 12 x 8.4 canvas: the frozen models' column sits between actor and reward
 FLOW_BOXES = {  # name: (x, y, width, kind, title)
     "prompts": (1.5, 7.6, 2.0, "data", "prompts"),
@@ -559,10 +561,11 @@ FLOW_BOXES = {  # name: (x, y, width, kind, title)
     "reference": (5.4, 3.8, 2.6, "frozen", r"reference $\pi_{\mathrm{ref}}$"),
     "critic": (5.4, 1.6, 2.6, "trained", r"critic $V_\phi$"),
     "kl_reward": (9.8, 5.4, 3.4, "computation", "reward with KL"),
-    "gae": (9.8, 3.3, 2.4, "computation", r"GAE ($\gamma$, $\lambda$)"),
-    "ppo": (9.8, 0.55, 3.4, "computation", "PPO update"),
+    "gae": (9.8, 3.75, 2.4, "computation", r"GAE ($\gamma$, $\lambda$)"),
+    "ppo": (9.8, 0.95, 3.6, "computation", "PPO update"),
 }
-FLOW_NOTES = {"kl_reward": r"$R_t = -\beta\,\mathrm{kl}_t$ (+ score on the last token)"}
+FLOW_NOTES = {"kl_reward": r"$R_t = -\beta\,\mathrm{kl}_t$ (+ score on the last token)",
+              "ppo": r"ratio to old_logprobs; $V$ clipped around old_values"}
 
 
 def flow_label(name: str, shape: tuple[int, ...]) -> str:

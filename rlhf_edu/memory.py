@@ -122,6 +122,9 @@ _MAY_BE_NONE = ("n_params", "n_kv_head", "nominal_params", "frozen_gpus", "promp
                 "response_len", "dtype_bytes", "lora_fraction", "cpu_mem_gb", "rollout_batch",
                 "kv_dtype_bytes", "--gpu-mem", "--cpu-mem", "--nodes", "--gpus-per-node",
                 "--gpus")  # the CLI's: None is "not given"
+COUNT_MAX = 2**63 - 1  # what an int64 holds; with every count below it, every byte figure stays
+# finite (the largest product, the attention activations s²·b·a·L, is below 1e95), where a count
+# of 10**400 made float() overflow ("int too large to convert to float")
 BW_RANGE_GBS = (1e-3, 1e6)  # link bandwidths, GB/s: 1 MB/s (a slow WAN) to 1 PB/s, beyond any
 # link; outside it the seconds of a step mean nothing (and 1e-320 GB/s would make them inf)
 _FLAGS = ("offload", "activation_checkpointing", "generation_engine", "sequence_parallel")
@@ -134,6 +137,7 @@ def _check_numbers(**values: object) -> None:
         none_ok = name in _MAY_BE_NONE
         if name in _COUNTS:
             check_int(name, value, minimum=1, none_ok=none_ok)
+            _check_count_max(name, value)
         elif name in ("gpu_mem_gb", "cpu_mem_gb", "--gpu-mem", "--cpu-mem"):
             check_float(name, value, minimum=0, strict_min=True, none_ok=none_ok)
         elif name in ("intra_bw_gbs", "inter_bw_gbs", "--intra-bw", "--inter-bw"):
@@ -142,6 +146,7 @@ def _check_numbers(**values: object) -> None:
             check_float(name, value, minimum=0, maximum=1, strict_min=True, none_ok=True)
         elif name in ("params", "largest_layer"):  # may be fractional (a LoRA share) or 0
             check_float(name, value, minimum=0)
+            _check_count_max(name, value)
         elif name in _FLAGS:
             check_bool(name, value)
         elif name == "zero_stage":  # an int (NumPy's too), then one of the stages
@@ -150,6 +155,13 @@ def _check_numbers(**values: object) -> None:
             check_int(name, value, minimum=0)
         else:
             raise AssertionError(f"no rule for {name}")  # a programming error, not bad input
+
+
+def _check_count_max(name: str, value: object) -> None:
+    """A checked count or parameter number must be at most :data:`COUNT_MAX` (2**63 - 1)."""
+    if value is not None and value > COUNT_MAX:
+        raise ValueError(f"{name} must be below 2**63 (what an int64 counts), got "
+                         f"{shown(value)}")
 
 
 def _check_spec(name: str, spec: object, none_ok: bool = False) -> None:
@@ -215,8 +227,10 @@ class ModelSpec:
 
     @classmethod
     def from_n_params(cls, n_params: float) -> ModelSpec:
-        """A model of ``n_params`` >= 1 parameters, shaped like the preset nearest in size."""
+        """A model of ``n_params`` in [1, COUNT_MAX] parameters, shaped like the preset nearest
+        in size."""
         check_float("n_params", n_params, minimum=1)
+        _check_count_max("n_params", n_params)
         near = min(PRESETS, key=lambda k: abs(math.log(n_params / cls.preset(k).n_params)))
         return replace(cls.preset(near), name=f"{n_params:.3g} params", n_params=int(n_params),
                        nominal_params=int(n_params))
@@ -978,6 +992,9 @@ def parse_model(text: str) -> ModelSpec:
     if not 1 <= n < math.inf:
         raise ValueError(f"model must be one of {', '.join(PRESETS)} or a finite parameter "
                          f"count >= 1 (such as 7e9), got {shown(text)}")
+    if n > COUNT_MAX:
+        raise ValueError(f"model must be a parameter count below 2**63 (what an int64 counts), "
+                         f"got {shown(text)}")
     return ModelSpec.from_n_params(n)
 
 
@@ -1231,4 +1248,5 @@ __all__ = ["GB", "ITEMS", "ROLES", "CRITIC_MODES", "CRITICS", "METHODS", "ACCOUN
            "PRESETS", "ModelSpec", "RoleMemory", "MemoryBreakdown", "model_states_bytes",
            "fsdp2_chunk_rows", "fsdp2_local_bytes", "memory_breakdown", "plan", "parse_model",
            "format_breakdown", "format_plan", "add_memory_arguments", "run_memory_cli",
-           "communication", "format_communication", "INTRA_BW_GBS", "INTER_BW_GBS"]
+           "communication", "format_communication", "INTRA_BW_GBS", "INTER_BW_GBS",
+           "COUNT_MAX"]

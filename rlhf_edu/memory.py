@@ -899,22 +899,25 @@ def _collective(role: str, kind: str, phase: str, times: int, size: float, nodes
             "seconds": inter_node / (inter_bw * GB) + intra_gpu / (intra_bw * GB)}
 
 
-def _comm_models(spec: ModelSpec, critic: str, method: str) -> list[tuple[str, float, bool]]:
-    """(role, parameters, trained) of each model of one step, as :func:`memory_breakdown`
-    builds them: a critic head ("shared", "head") trains only its own parameters."""
+def _comm_models(spec: ModelSpec, critic: str, method: str) -> list[tuple[str, int, str]]:
+    """(role, parameters, "trained" | "head" | "frozen") of each model of one step, as
+    :func:`memory_breakdown` builds them: a critic head ("shared", "head") trains only its own
+    parameters, in full (never LoRA)."""
     C = spec.n_embd
-    heads = {"separate": _with_head(spec).n_params, "shared": C + 1, "head": C * C + 2 * C + 1}
-    models = [("actor", spec.n_params, True)]
-    if critic != "none":
-        models.append(("critic", heads[critic], True))
+    models = [("actor", spec.n_params, "trained")]
+    if critic == "separate":
+        models.append(("critic", _with_head(spec).n_params, "trained"))
+    elif critic != "none":
+        models.append(("critic", C + 1 if critic == "shared" else C * C + 2 * C + 1, "head"))
     if method == "online":
-        models.append(("reward", _with_head(spec).n_params, False))
-    return models + [("reference", spec.n_params, False)]
+        models.append(("reward", _with_head(spec).n_params, "frozen"))
+    return models + [("reference", spec.n_params, "frozen")]
 
 
 def communication(spec: ModelSpec, nodes: int = 1, gpus_per_node: int = 8, zero_stage: int = 3,
                   *, critic: str | None = None, method: str = "online",
                   precision: str = "mixed", updates: int = 1,
+                  lora_fraction: float | None = None,
                   intra_bw_gbs: float = INTRA_BW_GBS,
                   inter_bw_gbs: float = INTER_BW_GBS) -> list[dict]:
     """The collectives of one RLHF step, data parallel over ``nodes`` × ``gpus_per_node`` GPUs
@@ -927,6 +930,9 @@ def communication(spec: ModelSpec, nodes: int = 1, gpus_per_node: int = 8, zero_
     the rollout (the weights kept gathered through generation and scoring). A frozen model
     (reward, reference) communicates only under ZeRO-3: one all-gather for its forward. Weights
     travel in the compute dtype (2 B/param mixed, 4 fp32), gradients too (bf16 reduction).
+    With LoRA (``lora_fraction`` r of a model trained, as :func:`memory_breakdown` counts it)
+    only the adapters' gradients and updated weights travel, r·Ψ; ZeRO-3 still gathers the
+    frozen base with them, (1 + r)·Ψ.
 
     Each dict: ``role``, ``collective``, ``phase``, ``times`` per step, ``size_bytes`` S (one
     whole tensor), bytes per step ``sent_per_gpu`` (ring), ``inter_node_per_gpu``,
@@ -936,7 +942,8 @@ def communication(spec: ModelSpec, nodes: int = 1, gpus_per_node: int = 8, zero_
     """
     _check_spec("spec", spec)
     _check_numbers(nodes=nodes, gpus_per_node=gpus_per_node, zero_stage=zero_stage,
-                   updates=updates, intra_bw_gbs=intra_bw_gbs, inter_bw_gbs=inter_bw_gbs)
+                   updates=updates, intra_bw_gbs=intra_bw_gbs, inter_bw_gbs=inter_bw_gbs,
+                   lora_fraction=lora_fraction)
     check_choice("method", method, METHODS)
     critic = ("none" if method == "dpo" else "separate") if critic is None else critic
     check_choice("critic", critic, CRITICS)
@@ -946,23 +953,25 @@ def communication(spec: ModelSpec, nodes: int = 1, gpus_per_node: int = 8, zero_
     w = _BYTES[precision][0]  # weights and gradients on the wire, bytes per param
     kw = dict(nodes=nodes, per_node=gpus_per_node, intra_bw=intra_bw_gbs, inter_bw=inter_bw_gbs)
     rows = []
-    for role, params, trained in _comm_models(spec, critic, method):
-        size = w * params
-        if not trained:
+    for role, params, kind in _comm_models(spec, critic, method):
+        if kind == "frozen":
             if zero_stage == 3:
-                rows.append(_collective(role, "all-gather", "forward", 1, size, **kw))
+                rows.append(_collective(role, "all-gather", "forward", 1, w * params, **kw))
             continue
+        lora = lora_fraction if kind == "trained" else None
+        tuned = w * (round(lora * params) if lora else params)  # bytes of what is trained
+        gathered = w * params + (tuned if lora else 0)  # base and adapters
         if zero_stage == 0:
-            rows.append(_collective(role, "all-reduce", "gradients", updates, size, **kw))
+            rows.append(_collective(role, "all-reduce", "gradients", updates, tuned, **kw))
             continue
         if zero_stage == 3:
             if method == "online":
-                rows.append(_collective(role, "all-gather", "rollout", 1, size, **kw))
-            rows.append(_collective(role, "all-gather", "forward", updates, size, **kw))
-            rows.append(_collective(role, "all-gather", "backward", updates, size, **kw))
-        rows.append(_collective(role, "reduce-scatter", "gradients", updates, size, **kw))
+                rows.append(_collective(role, "all-gather", "rollout", 1, gathered, **kw))
+            rows.append(_collective(role, "all-gather", "forward", updates, gathered, **kw))
+            rows.append(_collective(role, "all-gather", "backward", updates, gathered, **kw))
+        rows.append(_collective(role, "reduce-scatter", "gradients", updates, tuned, **kw))
         if zero_stage < 3:
-            rows.append(_collective(role, "all-gather", "updated weights", updates, size, **kw))
+            rows.append(_collective(role, "all-gather", "updated weights", updates, tuned, **kw))
     return rows
 
 
@@ -1042,7 +1051,7 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     add("--nodes", type=int, default=None,
         help="nodes: with it (or --gpus-per-node) also print each node's memory and the "
              "collectives of one step, the bytes that cross the node boundary and their time "
-             "(data parallel: no --tp/--pp/--lora/--placement split/--generation-engine)")
+             "(data parallel: no --tp/--pp/--placement split/--generation-engine)")
     add("--gpus-per-node", type=int, default=None,
         help="GPUs per node (default: --gpus / --nodes, or 8)")
     add("--intra-bw", type=float, default=INTRA_BW_GBS, metavar="GB/S",
@@ -1147,11 +1156,10 @@ def _resolve_gpus(args: argparse.Namespace) -> tuple[int, int | None]:
                          f"{args.gpus}" if args.gpus_per_node else f"--gpus must be a "
                          f"multiple of --nodes={nodes}, got {args.gpus}")
     refused = [flag for flag, on in (("--tp", (args.tp or 1) > 1), ("--pp", (args.pp or 1) > 1),
-                                     ("--lora", args.lora is not None),
                                      ("--placement split", args.placement == "split"),
                                      ("--generation-engine", args.generation_engine),
                                      ("--chapter", args.chapter)) if on]
-    if refused:
+    if refused and not args.plan:  # with --plan, --nodes only sets the GPUs
         raise ValueError(f"--nodes counts the collectives of data parallelism over every GPU; "
                          f"drop {', '.join(refused)} or drop --nodes/--gpus-per-node")
     _check_numbers(updates=args.updates, **{"--intra-bw": args.intra_bw,
@@ -1166,7 +1174,7 @@ def _node_report(bd: MemoryBreakdown, spec: ModelSpec, args: argparse.Namespace,
     nodes = bd.n_gpus // per_node
     rows = communication(spec, nodes, per_node, bd.zero_stage, critic=bd.critic,
                          method=bd.method, updates=args.updates, intra_bw_gbs=args.intra_bw,
-                         inter_bw_gbs=args.inter_bw)
+                         inter_bw_gbs=args.inter_bw, lora_fraction=bd.lora_fraction)
     node_bytes, host = bd.per_gpu_bytes * per_node, bd.cpu_bytes / nodes
     text = (f"per node: {node_bytes / GB:.2f} GB ({per_node} GPUs x {bd.per_gpu_gb:.2f} GB)"
             + (f" and {host / GB:.2f} GB of host memory (offload)" if bd.offload else "")
@@ -1231,9 +1239,13 @@ def run_memory_cli(args: argparse.Namespace) -> int:
             print(json.dumps({**d, **(nodes[0] if nodes else {})}, indent=1))
     elif args.plan:
         gpu_mem = 80.0 if args.gpu_mem is None else args.gpu_mem
-        print(f"{spec.name} ({spec.n_params / 1e9:.2f}B params) on {n_gpus} x "
+        where = f"{n_gpus // per_node} nodes x {per_node}" if per_node else f"{n_gpus}"
+        print(f"{spec.name} ({spec.n_params / 1e9:.2f}B params) on {where} x "
               f"{gpu_mem:g} GB, {args.accounting} accounting: {len(rows)} configurations fit")
         print(format_plan(rows))
+        if per_node:
+            print(f"per node: GB/GPU x {per_node}; for a row's collectives across the nodes, run "
+                  "it without --plan (--zero, --offload, --checkpointing, ...) and --nodes")
     else:
         print(_describe(bd, spec.name))
         print(format_breakdown(bd))

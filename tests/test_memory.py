@@ -736,6 +736,21 @@ def test_communication_roles_follow_the_method():
     assert shared[0]["size_bytes"] == 2 * (SEVEN.n_embd + 1)
 
 
+def test_communication_with_lora_reduces_only_the_adapters():
+    psi, r = SEVEN.n_params, 0.01
+    adapters = round(r * psi)
+    rows = communication(SEVEN, 2, 8, 3, lora_fraction=r, critic="shared")
+    actor = {x["phase"]: x["size_bytes"] for x in _rows(rows, role="actor")}
+    assert actor == {"rollout": 2 * (psi + adapters), "forward": 2 * (psi + adapters),
+                     "backward": 2 * (psi + adapters), "gradients": 2 * adapters}
+    head = _rows(rows, role="critic", phase="gradients")[0]  # a head trains in full
+    assert head["size_bytes"] == 2 * (SEVEN.n_embd + 1)
+    ddp = communication(SEVEN, 2, 8, 0, lora_fraction=r)
+    assert [x["size_bytes"] for x in ddp] == [2 * adapters, 2 * round(r * (psi + 4097))]
+    with pytest.raises(ValueError, match=r"lora_fraction must be in \(0, 1\], got 2"):
+        communication(SEVEN, 2, 8, lora_fraction=2)
+
+
 def test_one_node_has_no_inter_node_traffic_and_more_nodes_send_more():
     for stage in (0, 1, 2, 3):
         one = communication(SEVEN, 1, 8, stage)
@@ -791,6 +806,14 @@ def test_cli_nodes(capsys):
     assert d["communication"] == communication(SEVEN, 2, 8, 0, updates=8, inter_bw_gbs=400)
     code, out, _ = cli(["--gpus", "16", "--zero", "3"], capsys)
     assert code == 0 and "per node" not in out  # without node flags: the breakdown alone
+    code, out, _ = cli(["--model", "llama-70b", "--nodes", "2", "--plan", "--tp", "2"], capsys)
+    assert code == 0 and "on 2 nodes x 8 x 80 GB" in out and "per node: GB/GPU x 8" in out
+    code, out, _ = cli(["--model", "llama-70b", "--nodes", "2", "--zero", "3", "--lora",
+                        "0.01", "--checkpointing", "--json"], capsys)
+    d = json.loads(out)
+    assert code == 0 and d["communication"] == communication(
+        ModelSpec.preset("llama-70b"), 2, 8, 3, lora_fraction=0.01)
+    assert d["per_node_bytes"] == 8 * d["per_gpu_bytes"] and d["per_gpu_bytes"] < 80 * GB
 
 
 CLI_NODES_BAD = [
@@ -803,7 +826,7 @@ CLI_NODES_BAD = [
     (["--nodes", "2", "--intra-bw", "nan"], "--intra-bw must be in [0.001, 1e+06], got nan"),
     (["--nodes", "2", "--updates", "0"], "updates must be a positive int, got 0"),
     (["--nodes", "2", "--tp", "2"], "drop --tp or drop --nodes/--gpus-per-node"),
-    (["--nodes", "2", "--lora", "0.1"], "drop --lora"),
+    (["--nodes", "2", "--generation-engine"], "drop --generation-engine"),
     (["--nodes", "2", "--placement", "split"], "drop --placement split"),
 ]
 

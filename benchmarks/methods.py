@@ -36,11 +36,17 @@ step: ``gold_score``, ``rm_score``, ``kl`` (per response, the method's own estim
 for the GRPOs; both are unbiased), ``well_formed``, ``repetition`` (for rejection sampling both
 are measured on the chosen samples), ``entropy`` where the method has one, ``time_step`` and
 ``seconds`` (cumulative), ``samples`` (generated so far) and ``optimizer_steps`` (actor updates so
-far), and a sample text every 10 steps; DPO's evaluations also carry ``pairs_seen``, and its
+far), ``adv_abs_mean`` (mean |advantage| per response) and, for the group methods,
+``group_std`` (the mean over a step's groups of the std of their G scores, what GRPO divides
+by), and a sample text every 10 steps; DPO's evaluations also carry ``pairs_seen``, and its
 run its training log (``loss``, ``reward_accuracy``, ``reward_margin`` every 10 steps).
 Writes ``rlhf_edu/data/methods.json`` after every run (an interrupted recording keeps what it
 finished) and prints a table: the mean of the last 10 steps, mean +- standard deviation over
 the seeds.
+
+The shipped file's ``group_std`` and ``adv_abs_mean`` (GRPO and Dr. GRPO only) come from a
+re-recording of those six runs (``--only``) that reproduced every other recorded number of
+theirs exactly; their step times were kept from the first recording, which ran at a lighter load.
 
 Time: about 15 minutes with ``--jobs 2`` on the project's 2-core VM (one thread per process):
 the first 24 runs took 785 s while other work on the machine fell from a 1-min load of ~9 to ~2,
@@ -111,7 +117,8 @@ LABELS = {"ppo": "PPO", "grpo": "GRPO", "dr_grpo": "Dr. GRPO", "rloo": "RLOO",
           "dpo": "DPO", "grpo_beta0": "GRPO, β = 0 (learned RM)",
           "grpo_gold": "GRPO, gold reward, β = 0.04", "grpo_gold_beta0": "GRPO, gold reward, β = 0"}
 STEP_KEYS = ("step", "samples", "optimizer_steps", "gold_score", "rm_score", "kl",
-             "well_formed", "repetition", "entropy", "response_len", "beta", "time_step")
+             "well_formed", "repetition", "entropy", "response_len", "beta", "time_step",
+             "group_std", "adv_abs_mean")
 TABLE_KEYS = ("gold_score", "rm_score", "kl", "well_formed", "repetition")
 
 

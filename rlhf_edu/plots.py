@@ -409,10 +409,12 @@ def seed_band(histories: list[list[dict]], key: str, x: str = "samples",
 
 def plot_seed_bands(groups: dict[str, list[list[dict]]], panels=SWEEP_PANELS,
                     x: str = "samples", window: int = 5, band: str = "range", title: str = "",
-                    xscale: str = "linear"):
+                    xscale: str = "linear", colors: dict[str, str] | None = None):
     """Each setting's mean over its seeds (line) and a band: ``"range"`` (min to max over the
     seeds) or ``"std"`` (mean ± one standard deviation); one panel per metric. ``xscale="log"``
-    shows settings whose x ends far apart (1 vs 8 optimizer steps per batch) side by side."""
+    shows settings whose x ends far apart (1 vs 8 optimizer steps per batch) side by side.
+    ``colors`` (setting -> colour) keeps one colour per setting across figures; by default
+    the settings take C0, C1, ... in order."""
     if not groups:
         raise ValueError("groups is empty")
     if band not in ("range", "std"):
@@ -423,8 +425,9 @@ def plot_seed_bands(groups: dict[str, list[list[dict]]], panels=SWEEP_PANELS,
             b = seed_band(histories, key, x, window)
             lo, hi = ((b["lo"], b["hi"]) if band == "range"
                       else (b["mean"] - b["std"], b["mean"] + b["std"]))
-            ax.plot(b["x"], b["mean"], color=f"C{i}", label=f"{name} ({len(histories)} seeds)")
-            ax.fill_between(b["x"], lo, hi, color=f"C{i}", alpha=0.2, lw=0)
+            color = (colors or {}).get(name, f"C{i}")
+            ax.plot(b["x"], b["mean"], color=color, label=f"{name} ({len(histories)} seeds)")
+            ax.fill_between(b["x"], lo, hi, color=color, alpha=0.2, lw=0)
         ax.set_title(label, fontsize=TITLE_SIZE)
         ax.set_xscale(xscale)
         ax.set_xlabel(X_LABELS[x] + (" (log scale)" if xscale == "log" else ""))
@@ -432,6 +435,52 @@ def plot_seed_bands(groups: dict[str, list[list[dict]]], panels=SWEEP_PANELS,
     _legend_below(fig, axes, ncol=min(len(groups), 3))
     what = "min to max" if band == "range" else "±1 std"
     fig.suptitle(title or f"mean over seeds, band {what} (moving average over {window} steps)",
+                 fontsize=TITLE_SIZE)
+    return fig
+
+
+def seed_bars(values: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, tuple]]:
+    """Per setting and metric, the bar and error bar of its seeds: ``values[setting][key]`` is
+    a list of per-seed numbers ``(S,)``; returns ``(mean, std)`` with the sample std over the
+    seeds (0 for one seed)."""
+    out = {}
+    for name, by_key in values.items():
+        out[name] = {}
+        for key, xs in by_key.items():
+            xs = np.asarray(xs, dtype=float)
+            if xs.size == 0:
+                raise ValueError(f"{name!r} has no value of {key!r}")
+            sd = float(xs.std(ddof=1)) if xs.size > 1 else 0.0
+            out[name][key] = (float(xs.mean()), sd)
+    return out
+
+
+def plot_seed_bars(values: dict[str, dict[str, list[float]]], panels,
+                   colors: dict[str, str] | None = None,
+                   reference: dict[str, float] | None = None, reference_label: str = "",
+                   title: str = ""):
+    """One panel per metric of ``panels`` (``(key, label)`` pairs): a bar per setting at the
+    mean over its seeds, an error bar of ± one std, and each seed as a dot.
+    ``values[setting][key]`` lists the per-seed numbers; ``reference[key]`` (optional) is drawn
+    as a dashed line (e.g. the model before any update)."""
+    bars = seed_bars(values)
+    names = list(values)
+    fig, axes = _panel_axes(len(panels), panel_size=(3.8, 3.2))
+    for ax, (key, label) in zip(axes, panels):
+        for i, name in enumerate(names):
+            color = (colors or {}).get(name, f"C{i}")
+            mean, sd = bars[name][key]
+            ax.bar(i, mean, color=color, alpha=0.75, yerr=sd, capsize=3, label=name)
+            ax.plot([i] * len(values[name][key]), values[name][key], "o", color="k", ms=2.5)
+        if reference is not None and key in reference:
+            ax.axhline(reference[key], color="k", ls="--", lw=1,
+                       label=reference_label or "reference")
+        ax.axhline(0, color="0.5", lw=0.6)
+        ax.set_xticks(range(len(names)), [""] * len(names))
+        ax.set_title(label, fontsize=TITLE_SIZE)
+        ax.grid(alpha=0.3, axis="y")
+    _legend_below(fig, axes, ncol=4)
+    fig.suptitle(title or "mean over seeds (bar), ± 1 std (error bar), each seed (dot)",
                  fontsize=TITLE_SIZE)
     return fig
 
@@ -795,3 +844,62 @@ def memory_explorer(model: str = "llama-7b"):
                                    description="accounting"),
         tp=W.SelectionSlider(options=[1, 2, 4, 8], value=1, description="tensor par."),
         pp=W.SelectionSlider(options=[1, 2, 4, 8], value=1, description="pipeline par."))
+
+
+# ------------------------------------------------------------ the judge's sharpness (notebook 8)
+
+def label_noise_at(gold_a, gold_b, sharpness: float) -> dict:
+    """The label noise a Bradley-Terry judge of ``sharpness`` s gives pairs with gold scores
+    ``gold_a``, ``gold_b`` ``(N,)``: a pair is labelled against the gold order with probability
+    ``sigmoid(-s |gold_a - gold_b|)``. Only pairs whose gold scores differ count (a tie is a fair
+    coin either way). Returns ``noise`` (the expected share of those labelled against the gold
+    order), ``ceiling`` (``1 - noise``: the accuracy against the labels that the gold score
+    itself reaches, which no reward model can beat on average), ``differ`` (the share of pairs
+    whose gold differs) and ``by_gap`` (gap in thirds 1, 2, 3+ -> (pairs, expected noise))."""
+    if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)) \
+            or not math.isfinite(sharpness) or sharpness < 0:
+        raise ValueError(f"sharpness must be a finite number >= 0, got {sharpness!r}")
+    gap = np.abs(np.asarray(gold_a, dtype=float) - np.asarray(gold_b, dtype=float))  # (N,)
+    if gap.ndim != 1 or gap.size == 0:
+        raise ValueError(f"gold_a and gold_b must be (N,) with N >= 1, got shape {gap.shape}")
+    differ = gap > 1e-9
+    if not differ.any():
+        raise ValueError("no pair has different gold scores; the noise is undefined")
+    wrong = 1.0 / (1.0 + np.exp(sharpness * gap))  # (N,) sigmoid(-s |gap|)
+    thirds = np.round(gap * 3).astype(int)
+    by_gap = {}
+    for name, rows in (("1/3", thirds == 1), ("2/3", thirds == 2), (">= 1", thirds >= 3)):
+        by_gap[name] = (int(rows.sum()), float(wrong[rows].mean()) if rows.any() else 0.0)
+    noise = float(wrong[differ].mean())
+    return {"sharpness": float(sharpness), "noise": noise, "ceiling": 1.0 - noise,
+            "differ": float(differ.mean()), "by_gap": by_gap}
+
+
+def label_noise_view(gold_a, gold_b, sharpness: float = 5.0) -> dict:
+    """Draw :func:`label_noise_at` for one sharpness (the expected noise per gold gap, and the
+    ceiling it sets) and return its dict."""
+    r = label_noise_at(gold_a, gold_b, sharpness)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2), layout="constrained")
+    names = list(r["by_gap"])
+    a.bar(names, [100 * r["by_gap"][n][1] for n in names], color="C3", alpha=0.8)
+    a.set(xlabel="|gold gap| of the pair", ylabel="labelled against gold (%)", ylim=(0, 52))
+    a.set_title(f"label noise by gap, s = {sharpness:g}", fontsize=TITLE_SIZE)
+    b.bar(["label noise", "ceiling"], [100 * r["noise"], 100 * r["ceiling"]],
+          color=["C3", "C2"], alpha=0.8)
+    b.set(ylabel="% of pairs whose gold differs", ylim=(0, 100))
+    b.set_title(f"noise {r['noise']:.0%}, ceiling on accuracy vs labels {r['ceiling']:.0%}",
+                fontsize=TITLE_SIZE)
+    for ax in (a, b):
+        ax.grid(alpha=0.3, axis="y")
+    return r
+
+
+def sharpness_explorer(gold_a, gold_b, sharpness: float = 5.0):
+    """An ``ipywidgets.interactive`` over :func:`label_noise_view`: a slider over the judge's
+    sharpness s (0.5 to 20); its ``result`` is :func:`label_noise_at`'s dict."""
+    import ipywidgets as W
+
+    return W.interactive(
+        _shows_figures(label_noise_view), gold_a=W.fixed(gold_a), gold_b=W.fixed(gold_b),
+        sharpness=W.FloatSlider(value=sharpness, min=0.5, max=20.0, step=0.5,
+                                description="sharpness s"))

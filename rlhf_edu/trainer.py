@@ -617,6 +617,7 @@ class RLHFTrainer:
             "well_formed": judged["well_formed"],
             "repetition": judged["repetition"],
             "advantage_std": float(batch.advantages[batch.mask.bool()].std()),
+            **self._advantage_scale(batch),
             **stats,
         }
         if self.world > 1:  # equal shares per rank: the mean of rank means is the global mean
@@ -635,6 +636,19 @@ class RLHFTrainer:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         return metrics
+
+    def _advantage_scale(self, batch: Rollout) -> dict[str, float]:
+        """How large the step's advantages are: ``adv_abs_mean``, the mean over responses of
+        each response's mean |advantage| over its tokens; with groups (group_size G > 1) also
+        ``group_std``, the mean over groups of the std of the G scores ``(B / G, G)`` that
+        GRPO divides by."""
+        m = batch.mask  # (B, T)
+        per_response = (batch.advantages.abs() * m).sum(1) / m.sum(1).clamp(min=1)  # (B,)
+        out = {"adv_abs_mean": float(per_response.mean())}
+        G = self.config.group_size
+        if G > 1:
+            out["group_std"] = float(batch.scores.view(-1, G).std(dim=1).mean())
+        return out
 
     def train(self, steps: int, save_every: int = 0, progress: bool = True,
               callback=None) -> list[dict]:

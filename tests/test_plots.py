@@ -2,8 +2,10 @@
 would (set a slider, read the result)."""
 
 import json
+import math
 from pathlib import Path
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -322,3 +324,41 @@ def test_overoptimisation_legend_and_runs_stay_visible(runs):
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     assert legend.get_window_extent(renderer).y1 <= fig.axes[0].get_window_extent(renderer).y0
+
+
+def test_label_noise_at_follows_the_bradley_terry_link():
+    a, b = [1 / 3, 2 / 3, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]  # gaps 1/3, 2/3, 1 and a tie
+    r = plots.label_noise_at(a, b, 5.0)
+    expect = [1 / (1 + math.exp(5.0 * g)) for g in (1 / 3, 2 / 3, 1.0)]
+    assert r["noise"] == pytest.approx(sum(expect) / 3)  # the tie does not count
+    assert r["ceiling"] == pytest.approx(1 - r["noise"])
+    assert r["differ"] == pytest.approx(0.75)
+    assert r["by_gap"]["1/3"] == (1, pytest.approx(expect[0]))
+    # a sharper judge is less noisy; s = 0 is a fair coin on every pair
+    assert plots.label_noise_at(a, b, 20.0)["noise"] < r["noise"]
+    assert plots.label_noise_at(a, b, 0.0)["noise"] == pytest.approx(0.5)
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="sharpness"):
+            plots.label_noise_at(a, b, bad)
+    with pytest.raises(ValueError, match="no pair"):
+        plots.label_noise_at([0.0], [0.0], 5.0)
+
+
+def test_sharpness_explorer_slider_drives_the_result():
+    pytest.importorskip("ipywidgets")
+    a, b = [1 / 3, 2 / 3, 1.0], [0.0, 0.0, 0.0]
+    w = plots.sharpness_explorer(a, b)
+    assert w.result == plots.label_noise_at(a, b, 5.0)
+    w.children[0].value = 1.0
+    assert w.result["noise"] == pytest.approx(plots.label_noise_at(a, b, 1.0)["noise"])
+    plt.close("all")
+
+
+def test_seed_bars_and_colors():
+    bars = plots.seed_bars({"a": {"x": [1.0, 3.0]}, "b": {"x": [2.0]}})
+    assert bars["a"]["x"] == (2.0, pytest.approx(math.sqrt(2))) and bars["b"]["x"] == (2.0, 0.0)
+    fig = plots.plot_seed_bars({"a": {"x": [1.0, 3.0]}, "b": {"x": [2.0]}}, [("x", "x")],
+                               colors={"a": "red"}, reference={"x": 0.5})
+    patches = fig.axes[0].patches
+    assert matplotlib.colors.same_color(patches[0].get_facecolor()[:3], "red")
+    plt.close(fig)

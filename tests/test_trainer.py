@@ -203,3 +203,20 @@ def test_preflight_checks_the_run_as_a_whole(tmp_path):
     assert not (tmp_path / "none").exists()
     with pytest.raises(ValueError, match="splits the models over processes"):
         RLHFTrainer(PPOConfig(batch_size=8, shard="zero2"))
+
+
+def test_advantage_scale_metrics():
+    """group_std is the mean over groups of the G scores' std (what GRPO divides by);
+    adv_abs_mean the mean over responses of each one's mean |advantage|."""
+    t = RLHFTrainer(PPOConfig(advantage_estimator="grpo", group_size=4, batch_size=8,
+                              response_len=8, seed=0))
+    batch = t.rollout()
+    got = t._advantage_scale(batch)
+    assert got["group_std"] == pytest.approx(float(batch.scores.view(2, 4).std(1).mean()))
+    # GRPO gives every token of a response the same advantage: its first token's
+    assert got["adv_abs_mean"] == pytest.approx(float(batch.advantages[:, 0].abs().mean()),
+                                                rel=1e-5)
+    m = t.step()
+    assert {"group_std", "adv_abs_mean"} <= set(m)
+    ppo = RLHFTrainer(PPOConfig(batch_size=4, response_len=8, seed=0)).step()
+    assert "adv_abs_mean" in ppo and "group_std" not in ppo

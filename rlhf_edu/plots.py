@@ -385,10 +385,12 @@ def seed_band(histories: list[list[dict]], key: str, x: str = "samples",
 
 def plot_seed_bands(groups: dict[str, list[list[dict]]], panels=SWEEP_PANELS,
                     x: str = "samples", window: int = 5, band: str = "range", title: str = "",
-                    xscale: str = "linear"):
+                    xscale: str = "linear", colors: dict[str, str] | None = None):
     """Each setting's mean over its seeds (line) and a band: ``"range"`` (min to max over the
     seeds) or ``"std"`` (mean ± one standard deviation); one panel per metric. ``xscale="log"``
-    shows settings whose x ends far apart (1 vs 8 optimizer steps per batch) side by side."""
+    shows settings whose x ends far apart (1 vs 8 optimizer steps per batch) side by side.
+    ``colors`` (setting -> matplotlib colour) keeps a method's colour across figures; the
+    settings it leaves out take ``C0``, ``C1``, ... by position."""
     if not groups:
         raise ValueError("groups is empty")
     if band not in ("range", "std"):
@@ -399,8 +401,9 @@ def plot_seed_bands(groups: dict[str, list[list[dict]]], panels=SWEEP_PANELS,
             b = seed_band(histories, key, x, window)
             lo, hi = ((b["lo"], b["hi"]) if band == "range"
                       else (b["mean"] - b["std"], b["mean"] + b["std"]))
-            ax.plot(b["x"], b["mean"], color=f"C{i}", label=f"{name} ({len(histories)} seeds)")
-            ax.fill_between(b["x"], lo, hi, color=f"C{i}", alpha=0.2, lw=0)
+            color = (colors or {}).get(name, f"C{i}")
+            ax.plot(b["x"], b["mean"], color=color, label=f"{name} ({len(histories)} seeds)")
+            ax.fill_between(b["x"], lo, hi, color=color, alpha=0.2, lw=0)
         ax.set_title(label, fontsize=TITLE_SIZE)
         ax.set_xscale(xscale)
         ax.set_xlabel(X_LABELS[x] + (" (log scale)" if xscale == "log" else ""))
@@ -684,18 +687,25 @@ ITEM_COLORS = {"weights": "C0", "gradients": "C1", "optimizer_states": "C2",
 
 
 def plot_memory_breakdown(bd, gpu_mem_gb: float | None = None, title: str = ""):
-    """Stacked bars: GB per GPU of each role by item; a line at the GPU's memory if given."""
+    """Stacked bars: GB per GPU of each role by item, then what one GPU of each group holds
+    (all its roles together); the GPU's memory, if given, is drawn over those last bars."""
     roles = list(bd.roles.values())
+    groups = list(bd.group_bytes())  # "all", or "trained" and "frozen"
+    labels = ([f"{r.role}\n({r.group})" if r.group != "all" else r.role for r in roles]
+              + [f"one GPU\n({g})" if g != "all" else "one GPU\n(all roles)" for g in groups])
     fig, ax = plt.subplots(figsize=(7.0, 3.6))
-    bottom = np.zeros(len(roles))
+    bottom = np.zeros(len(labels))
     for item in ITEMS:
-        vals = np.array([getattr(r, item) / GB for r in roles])
+        vals = np.array([getattr(r, item) / GB for r in roles] + [
+            sum(getattr(r, item) for r in roles if r.group == g) / GB for g in groups])
         if vals.any():
-            ax.bar([f"{r.role}\n({r.group})" if r.group != "all" else r.role for r in roles],
-                   vals, bottom=bottom, label=item.replace("_", " "), color=ITEM_COLORS[item])
+            ax.bar(labels, vals, bottom=bottom, label=item.replace("_", " "),
+                   color=ITEM_COLORS[item])
             bottom += vals
-    if gpu_mem_gb is not None:
-        ax.axhline(gpu_mem_gb, color="k", ls="--", lw=1, label=f"{gpu_mem_gb:g} GB GPU")
+    if gpu_mem_gb is not None:  # against what one GPU holds, not against a single role
+        ax.axvline(len(roles) - 0.5, color="0.5", lw=0.8)
+        ax.hlines(gpu_mem_gb, len(roles) - 0.5, len(labels) - 0.5, color="k", ls="--", lw=1,
+                  label=f"{gpu_mem_gb:g} GB GPU")
     ax.set_ylabel("GB per GPU (1e9 B)")
     ax.set_title(title or f"per GPU: {bd.per_gpu_gb:.1f} GB", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))

@@ -704,7 +704,8 @@ def plot_memory_breakdown(bd, gpu_mem_gb: float | None = None, title: str = ""):
             bottom += vals
     if gpu_mem_gb is not None:  # against what one GPU holds, not against a single role
         ax.axvline(len(roles) - 0.5, color="0.5", lw=0.8)
-        ax.hlines(gpu_mem_gb, len(roles) - 0.5, len(labels) - 0.5, color="k", ls="--", lw=1,
+        ax.hlines(gpu_mem_gb, len(roles) - 0.5, len(labels) - 0.5, color="k", ls="--", lw=1.2,
+                  zorder=3,
                   label=f"{gpu_mem_gb:g} GB GPU")
     ax.set_ylabel("GB per GPU (1e9 B)")
     ax.set_title(title or f"per GPU: {bd.per_gpu_gb:.1f} GB", fontsize=10)

@@ -413,8 +413,8 @@ def plot_seed_bands(groups: dict[str, list[list[dict]]], panels=SWEEP_PANELS,
     """Each setting's mean over its seeds (line) and a band: ``"range"`` (min to max over the
     seeds) or ``"std"`` (mean ± one standard deviation); one panel per metric. ``xscale="log"``
     shows settings whose x ends far apart (1 vs 8 optimizer steps per batch) side by side.
-    ``colors`` (setting -> colour) keeps one colour per setting across figures; by default
-    the settings take C0, C1, ... in order."""
+    ``colors`` (setting -> matplotlib colour) keeps a method's colour across figures; the
+    settings it leaves out take ``C0``, ``C1``, ... by position."""
     if not groups:
         raise ValueError("groups is empty")
     if band not in ("range", "std"):
@@ -761,20 +761,27 @@ ITEM_COLORS = {"weights": "C0", "gradients": "C1", "optimizer_states": "C2",
 
 
 def plot_memory_breakdown(bd, gpu_mem_gb: float | None = None, title: str = ""):
-    """Stacked bars: GB per GPU of each role by item; a line at the GPU's memory (GB > 0) if
-    given."""
+    """Stacked bars: GB per GPU of each role by item, then what one GPU of each group holds
+    (all its roles together); the GPU's memory, if given, is drawn over those last bars."""
     check_float("gpu_mem_gb", gpu_mem_gb, minimum=0, strict_min=True, none_ok=True)
     roles = list(bd.roles.values())
+    groups = list(bd.group_bytes())  # "all", or "trained" and "frozen"
+    labels = ([f"{r.role}\n({r.group})" if r.group != "all" else r.role for r in roles]
+              + [f"one GPU\n({g})" if g != "all" else "one GPU\n(all roles)" for g in groups])
     fig, ax = plt.subplots(figsize=(7.0, 3.6))
-    bottom = np.zeros(len(roles))
+    bottom = np.zeros(len(labels))
     for item in ITEMS:
-        vals = np.array([getattr(r, item) / GB for r in roles])
+        vals = np.array([getattr(r, item) / GB for r in roles] + [
+            sum(getattr(r, item) for r in roles if r.group == g) / GB for g in groups])
         if vals.any():
-            ax.bar([f"{r.role}\n({r.group})" if r.group != "all" else r.role for r in roles],
-                   vals, bottom=bottom, label=item.replace("_", " "), color=ITEM_COLORS[item])
+            ax.bar(labels, vals, bottom=bottom, label=item.replace("_", " "),
+                   color=ITEM_COLORS[item])
             bottom += vals
-    if gpu_mem_gb is not None:
-        ax.axhline(gpu_mem_gb, color="k", ls="--", lw=1, label=f"{gpu_mem_gb:g} GB GPU")
+    if gpu_mem_gb is not None:  # against what one GPU holds, not against a single role
+        ax.axvline(len(roles) - 0.5, color="0.5", lw=0.8)
+        ax.hlines(gpu_mem_gb, len(roles) - 0.5, len(labels) - 0.5, color="k", ls="--", lw=1.2,
+                  zorder=3,
+                  label=f"{gpu_mem_gb:g} GB GPU")
     ax.set_ylabel("GB per GPU (1e9 B)")
     ax.set_title(title or f"per GPU: {bd.per_gpu_gb:.1f} GB", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))

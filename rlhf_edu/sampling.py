@@ -11,6 +11,7 @@ the two can also be compared per gradient step.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -22,8 +23,10 @@ from .rewards import kl_penalty
 from .task import Tokenizer, review_texts, sample_prompts, text_metrics
 from .validate import (
     check_float,
+    check_floating,
     check_instance,
     check_int,
+    check_same_shape,
     check_seed,
     derived_seed,
     shown,
@@ -170,3 +173,64 @@ def rejection_sampling(models: Models, steps: int, prompts_per_step: int = 16, n
         if callback is not None:
             callback(metrics)
     return history
+
+
+# ---------------------------------------------------------------- what best-of-n buys and costs
+
+
+def expected_best_of_n(scores: torch.Tensor, n: int) -> float:
+    """E[max of ``n`` draws] from the empirical distribution of ``scores`` ``(m,)``.
+
+    Draws are with replacement, each sample equally likely: the k-th smallest of m
+    (k = 1..m) is the maximum with probability (k/m)^n - ((k-1)/m)^n (order statistics).
+    ``n = 1`` gives the mean; ties need nothing special (equal values, equal maxima).
+    """
+    check_int("n", n, minimum=1)
+    check_floating("scores", scores)
+    if scores.ndim != 1 or not scores.numel():
+        raise ValueError(f"scores must be a non-empty (m,) tensor, got {tuple(scores.shape)}")
+    m = scores.numel()
+    x = scores.double().sort().values  # (m,) ascending
+    cdf = torch.arange(m + 1, dtype=torch.float64, device=x.device) / m  # (m + 1,) 0..1
+    weights = cdf[1:] ** n - cdf[:-1] ** n  # (m,) P(the maximum is x[k])
+    return float((weights * x).sum())
+
+
+def best_of_n_probs(probs: torch.Tensor, rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """The best-of-``n`` policy over K outcomes: ``(K,)`` probabilities from the policy's
+    ``probs`` ``(K,)`` and the outcomes' distinct ``rewards`` ``(K,)`` (any order).
+
+    With F the policy's reward CDF, outcome i is the best of n draws with probability
+    F(r_i)^n - F(r_i^-)^n, where F(r_i^-) is the mass of the outcomes rewarded below r_i.
+    """
+    check_int("n", n, minimum=1)
+    check_floating("probs", probs)
+    check_floating("rewards", rewards)
+    check_same_shape("probs", probs, "rewards", rewards)
+    if probs.ndim != 1 or (probs < 0).any() or abs(float(probs.sum()) - 1) > 1e-6:
+        raise ValueError("probs must be a (K,) probability vector: non-negative, summing to 1")
+    if rewards.unique().numel() != rewards.numel():
+        raise ValueError("rewards must be distinct: a tie leaves the best-of-n choice open")
+    order = rewards.argsort()  # (K,) ascending reward
+    above = probs.double()[order].cumsum(0)  # (K,) F(r), outcomes in reward order
+    below = above - probs.double()[order]  # (K,) F(r^-)
+    out = torch.empty_like(above)
+    out[order] = above ** n - below.clamp(min=0) ** n
+    return out.to(probs.dtype)
+
+
+def best_of_n_kl(probs: torch.Tensor, rewards: torch.Tensor, n: int) -> float:
+    """KL(best-of-``n`` || policy) in nats, exactly, over K outcomes (see
+    :func:`best_of_n_probs`). At most :func:`best_of_n_kl_bound` (Beirami et al. 2024), and
+    close to it only when no single outcome is likely."""
+    q = best_of_n_probs(probs, rewards, n).double()  # (K,)
+    p = probs.double()
+    keep = q > 0
+    return float((q[keep] * (q[keep] / p[keep]).log()).sum())
+
+
+def best_of_n_kl_bound(n: int) -> float:
+    """log n - (n - 1) / n nats: KL(best-of-``n`` || policy) when no two responses tie (a
+    continuous reward; Stiennon et al. 2020), and an upper bound on it otherwise."""
+    check_int("n", n, minimum=1)
+    return math.log(n) - (n - 1) / n

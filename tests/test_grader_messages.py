@@ -172,3 +172,69 @@ def test_bool_mask_test_names_a_response_token_that_lost_its_advantage(ex08):
                    SimpleNamespace(spread_over_tokens=inverted))
     assert text.startswith("spread_over_tokens[0, 0] is 0 but should be 1.5"), text
     assert "position (0, 0) is a response token" in text, text
+
+
+# ------------------------------------------------------------------ Exercises 9 and 10
+
+ex09_best_of_n = graded("ex09_best_of_n", ROOT / "solutions")
+ex10_communication = graded("ex10_communication", ROOT / "solutions")
+
+
+@pytest.fixture(scope="module")
+def ex09():
+    return graded("test_ex09_best_of_n")
+
+
+@pytest.fixture(scope="module")
+def ex10():
+    return graded("test_ex10_communication")
+
+
+def test_the_mean_instead_of_the_maximum_is_named(ex09):
+    wrong = SimpleNamespace(expected_best_of_n=lambda scores, n: float(scores.mean()))
+    text = failure(ex09.test_expected_best_of_2_of_four_scores, wrong)
+    assert text.startswith("expected_best_of_n(scores=[0.0, 1.0, 2.0, 3.0], n=2) is 1.5"), text
+    assert "that is the mean of the scores" in text, text
+    ex09.test_expected_best_of_2_of_four_scores(ex09_best_of_n)
+
+
+def test_log_n_without_its_correction_and_a_flipped_sign_are_named(ex09):
+    import math
+
+    text = failure(ex09.test_kl_formula, SimpleNamespace(best_of_n_kl_bound=math.log), 4)
+    assert "log n alone" in text and "sign" not in text, text
+    flipped = SimpleNamespace(best_of_n_kl_bound=lambda n: math.log(n) + (n - 1) / n)
+    text = failure(ex09.test_kl_formula, flipped, 4)
+    assert "the correction's sign is flipped" in text, text
+
+
+def test_kls_added_over_rounds_are_named(ex09):
+    wrong = SimpleNamespace(
+        compounded_kl_bound=lambda n, rounds: rounds * ex09_best_of_n.best_of_n_kl_bound(n))
+    text = failure(ex09.test_rounds_compound, wrong, 4, 2)
+    assert "best-of-4 of best-of-4 is best-of-16" in text, text
+
+
+def test_ids_without_the_prompt_are_named(ex10):
+    def response_only(B, P, T, placement):
+        out = ex10_communication.frozen_model_bytes(B, P, T, placement)
+        return {k: B * T * 9 if k.startswith("to_") and v else v for k, v in out.items()}
+
+    text = failure(ex10.test_the_chapters_batch_split_over_two_gpus,
+                   SimpleNamespace(frozen_model_bytes=response_only))
+    assert "['to_reward'] is 3,600 but should be 3,744" in text, text
+    assert "the frozen models read the prompt too" in text, text
+
+
+def test_one_allreduce_per_step_is_named(ex10):
+    def once(*args, optimizer_steps=1, **kwargs):
+        return ex10_communication.step_bytes(*args, **kwargs)
+
+    text = failure(ex10.test_a_7b_step_on_eight_gpus, SimpleNamespace(step_bytes=once))
+    assert "['gradient_allreduce']" in text and "one per optimizer step" in text, text
+
+
+def test_the_reduce_scatter_alone_is_named(ex10):
+    wrong = SimpleNamespace(ring_allreduce_bytes=lambda g, n: (n - 1) / n * g)
+    text = failure(ex10.test_ring_allreduce_simulated, wrong, 3)
+    assert "GPU 0 sent 80 numbers" in text and "the reduce-scatter alone" in text, text

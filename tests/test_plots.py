@@ -167,10 +167,20 @@ def test_memory_plot_and_view_match_the_calculator():
     bd = memory_breakdown(ModelSpec.preset("llama-7b"), assumptions="chapter")
     fig = plots.plot_memory_breakdown(bd, gpu_mem_gb=80)
     heights = {}
-    for p in fig.axes[0].patches:  # stacked bars: sum each role's segments
+    for p in fig.axes[0].patches:  # stacked bars: sum each bar's segments
         x = round(p.get_x(), 3)
         heights[x] = heights.get(x, 0) + p.get_height()
-    assert sum(heights.values()) == pytest.approx(bd.total_gb)
+    bars = [heights[x] for x in sorted(heights)]  # the four roles, then one GPU
+    assert sum(bars[:4]) == pytest.approx(bd.total_gb)
+    assert bars[4:] == pytest.approx([bd.per_gpu_gb])
+    # the GPU's line spans only the per-GPU bar, the one it is to be compared with
+    (line,) = [c for c in fig.axes[0].collections if c.get_label() == "80 GB GPU"]
+    (segment,) = line.get_segments()
+    assert segment[0][0] > 3 and segment[:, 1].tolist() == [80, 80]
+    split = memory_breakdown(ModelSpec.preset("llama-7b"), 8, 3, placement="split")
+    fig = plots.plot_memory_breakdown(split, gpu_mem_gb=80)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels[-2:] == ["one GPU\n(trained)", "one GPU\n(frozen)"]
     out = plots.memory_view(7.0, n_gpus=8, zero_stage=3, gpu_mem_gb=80)
     ref = memory_breakdown(ModelSpec.from_n_params(7e9), 8, 3)
     assert out["per_gpu_gb"] == round(ref.per_gpu_gb, 2) and out["fits"]

@@ -44,3 +44,31 @@ def test_bad_inputs(models):
         best_of_n(models, ["the food"], n=0)
     with pytest.raises(ValueError, match="prompts is empty"):
         best_of_n(models, [], n=2)
+
+
+def test_expected_best_of_n_and_its_kl_against_enumeration():
+    import itertools
+    import math
+
+    from rlhf_edu.sampling import (
+        best_of_n_kl,
+        best_of_n_kl_bound,
+        best_of_n_probs,
+        expected_best_of_n,
+    )
+
+    scores = torch.tensor([0.3, -1.0, 2.0, 0.3, 0.5])
+    for n in (1, 2, 3):
+        draws = list(itertools.product(scores.tolist(), repeat=n))
+        assert expected_best_of_n(scores, n) == pytest.approx(
+            sum(max(d) for d in draws) / len(draws))
+    probs, rewards = torch.tensor([0.2, 0.5, 0.3]), torch.tensor([2.0, 0.0, 1.0])
+    torch.testing.assert_close(best_of_n_probs(probs, rewards, 2),
+                               torch.tensor([0.36, 0.25, 0.39]))
+    uniform = torch.full((500,), 1 / 500, dtype=torch.float64)
+    exact = best_of_n_kl(uniform, torch.arange(500.0, dtype=torch.float64), 4)
+    assert best_of_n_kl_bound(4) == pytest.approx(math.log(4) - 0.75)
+    assert exact < best_of_n_kl_bound(4) and exact == pytest.approx(best_of_n_kl_bound(4),
+                                                                    abs=0.01)
+    with pytest.raises(ValueError, match="rewards must be distinct"):
+        best_of_n_probs(probs, torch.tensor([1.0, 1.0, 0.0]), 2)

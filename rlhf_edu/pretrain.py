@@ -9,9 +9,14 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .interrupt import DeferredInterrupt, TrainingInterrupted
 from .model import GPT, GPTConfig
 from .task import Tokenizer, parse, sample_corpus, text_metrics
 from .validate import (
+    COUNT,
+    EPOCHS,
+    LR,
+    TEMPERATURE,
     check_bool,
     check_float,
     check_instance,
@@ -61,11 +66,14 @@ def lm_loss(model: GPT, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def pretrain(config: GPTConfig | None = None, n_reviews: int = 30_000, epochs: int = 4,
              batch_size: int = 64, lr: float = 2e-3, seed: int = 0, progress: bool = True) -> GPT:
-    """Train a GPT on ``n_reviews`` grammar samples (AdamW, cosine decay); eval mode on return."""
-    for name, value in (("n_reviews", n_reviews), ("epochs", epochs),
-                        ("batch_size", batch_size)):
-        check_int(name, value, minimum=1)
-    check_float("lr", lr, minimum=0, strict_min=True)
+    """Train a GPT on ``n_reviews`` grammar samples (AdamW, cosine decay); eval mode on return.
+
+    Ctrl-C ends the running step and raises
+    :class:`~rlhf_edu.interrupt.TrainingInterrupted`, which holds the model trained so far."""
+    check_int("n_reviews", n_reviews, **COUNT)
+    check_int("epochs", epochs, **EPOCHS)
+    check_int("batch_size", batch_size, **COUNT)
+    check_float("lr", lr, **LR)
     check_seed("seed", seed)
     check_bool("progress", progress)
     check_instance("config", config, GPTConfig, none_ok=True)
@@ -83,16 +91,23 @@ def pretrain(config: GPTConfig | None = None, n_reviews: int = 30_000, epochs: i
     g = torch.Generator().manual_seed(seed)
     model.train()
     bar = tqdm(total=steps, desc="pretrain (SFT)", disable=not progress)
-    for _ in range(epochs):
-        for idx in torch.randperm(n_reviews, generator=g).split(batch_size):
-            loss = lm_loss(model, ids[idx], valid[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    step = 0
+    with DeferredInterrupt() as interrupt:
+        for epoch in range(epochs):
+            for idx in torch.randperm(n_reviews, generator=g).split(batch_size):
+                loss = lm_loss(model, ids[idx], valid[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                step += 1
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                if interrupt.requested:
+                    bar.close()
+                    raise TrainingInterrupted("pretraining", model.eval(), step, steps,
+                                              epoch + 1)
     bar.close()
     return model.eval()
 
@@ -101,10 +116,10 @@ def sample_texts(model: GPT, n: int, seed: int = 0, temperature: float = 1.0,
                  batch_size: int = 250) -> tuple[list[str], list[bool]]:
     """``n`` unconditional samples (from ``<bos>``) as text, and whether each reached ``<eos>``."""
     check_instance("model", model, GPT)
-    check_int("n", n, minimum=1)
+    check_int("n", n, **COUNT)
     check_seed("seed", seed)
-    check_float("temperature", temperature, minimum=0, strict_min=True)
-    check_int("batch_size", batch_size, minimum=1)
+    check_float("temperature", temperature, **TEMPERATURE)
+    check_int("batch_size", batch_size, **COUNT)
     tok = Tokenizer()
     g = torch.Generator().manual_seed(seed)
     texts, finished = [], []
@@ -134,7 +149,7 @@ def sentiment_mix(texts: list[str]) -> dict[str, float]:
 
 def evaluate_lm(model: GPT, n: int = 500, seed: int = 0, temperature: float = 1.0) -> dict:
     """The SFT acceptance figures on ``n`` samples: well-formed, repeats, sentiment vs corpus."""
-    check_int("n", n, minimum=1)
+    check_int("n", n, **COUNT)
     check_seed("seed", seed)
     texts, finished = sample_texts(model, n, seed, temperature)
     corpus = sample_corpus(n, derived_seed(seed, 1))

@@ -21,6 +21,10 @@ from .models import Models
 from .rewards import kl_penalty
 from .task import Tokenizer, review_texts, sample_prompts, text_metrics
 from .validate import (
+    COEF_MAX,
+    COUNT,
+    EPOCHS,
+    LR,
     check_float,
     check_instance,
     check_int,
@@ -50,14 +54,14 @@ def best_of_n(models: Models, prompts: list[str], n: int, response_len: int = 20
               generator: torch.Generator | None = None,
               missing_eos_penalty: float = 1.0) -> BestOfN:
     """Sample ``n`` responses per prompt from the actor and keep the highest-scoring one."""
-    check_int("n", n, minimum=1)
+    check_int("n", n, **COUNT)
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
         raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__} "
                          f"{shown(prompts)}")
     if not prompts:
         raise ValueError("prompts is empty")
     check_int("response_len", response_len, minimum=1)
-    check_float("missing_eos_penalty", missing_eos_penalty, minimum=0)
+    check_float("missing_eos_penalty", missing_eos_penalty, minimum=0, maximum=COEF_MAX)
     check_instance("models", models, Models, hint="from build_models")
     tok = Tokenizer()
     dev = next(models.actor.parameters()).device
@@ -103,14 +107,16 @@ def rejection_sampling(models: Models, steps: int, prompts_per_step: int = 16, n
     step, recorded (cumulative) as ``optimizer_steps`` beside ``samples``. ``kl`` is measured
     on every candidate (the current policy's samples, like PPO's), ``best_kl`` on the winners.
     """
-    for name, value in (("steps", steps), ("prompts_per_step", prompts_per_step), ("n", n),
-                        ("response_len", response_len), ("epochs", epochs),
+    for name, value in (("steps", steps), ("response_len", response_len),
                         ("minibatches", minibatches)):
         check_int(name, value, minimum=1)
+    for name, value in (("prompts_per_step", prompts_per_step), ("n", n)):
+        check_int(name, value, **COUNT)
+    check_int("epochs", epochs, **EPOCHS)
     if prompts_per_step % minibatches:
         raise ValueError(f"prompts_per_step ({prompts_per_step}) must be divisible by "
                          f"minibatches ({minibatches}): each minibatch takes as many winners")
-    check_float("lr", lr, minimum=0, strict_min=True)
+    check_float("lr", lr, **LR)
     check_seed("seed", seed)
     check_instance("models", models, Models, hint="from build_models")
     if callback is not None and not callable(callback):

@@ -316,8 +316,10 @@ def grpo_advantages(scores: Tensor, group_size: int, scale: bool = True,
     check_bool("scale", scale)
     check_float("eps", eps, minimum=0, maximum=EPS_MAX)
     adv = groups - groups.mean(dim=1, keepdim=True)  # (B / G, G)
-    if scale:
-        adv = adv / (groups.std(dim=1, keepdim=True) + eps)
+    if scale:  # an overflowing std would silently divide every advantage down to 0
+        std = check_result("the groups' std", groups.std(dim=1, keepdim=True), lambda: (
+            _too_large("scores", scores, torch.ones_like(scores, dtype=torch.bool))))
+        adv = adv / (std + eps)
     adv = _zero_equal_groups(adv, groups).reshape(-1).to(scores.dtype)
     return check_result("grpo_advantages", adv, lambda: _too_large(
         "scores", scores, torch.ones_like(scores, dtype=torch.bool)))

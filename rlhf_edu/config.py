@@ -30,9 +30,12 @@ from .validate import (
     COUNT_MAX,
     DPO_BETA_MIN,
     EPOCHS,
+    GRAD_NORM_MIN,
+    LAYERS_MAX,
     LR,
     SEED,
     TEMPERATURE,
+    WIDTH_MAX,
     check_field,
     check_fields,
     meta,
@@ -176,7 +179,7 @@ class PPOConfig:
     critic_lr: float = field(default=3e-4, metadata=meta(
         "Adam learning rate of the critic (its head, in shared and head modes)", **LR))
     max_grad_norm: float = field(default=1.0, metadata=meta(
-        "gradient clipping per optimiser", minimum=0, strict_min=True))
+        "gradient clipping per optimiser", minimum=GRAD_NORM_MIN))
     critic_mode: str = field(default="auto", metadata=meta(
         "critic mode: separate (own network), shared (a value head on a shared backbone), head "
         "(a value head on the actor), none; auto: separate with gae, none for the critic-free "
@@ -299,9 +302,12 @@ class PretrainConfig:
     reviews: int = field(default=30_000, metadata=meta(
         "reviews sampled from the grammar to train on", **COUNT))
     epochs: int = field(default=4, metadata=meta("passes over the reviews", **EPOCHS))
-    n_layer: int = field(default=3, metadata=meta("transformer blocks", minimum=1))
-    n_head: int = field(default=4, metadata=meta("attention heads", minimum=1))
-    n_embd: int = field(default=128, metadata=meta("width of the residual stream", minimum=1))
+    n_layer: int = field(default=3, metadata=meta("transformer blocks", minimum=1,
+                                                  maximum=LAYERS_MAX))
+    n_head: int = field(default=4, metadata=meta("attention heads", minimum=1,
+                                                 maximum=WIDTH_MAX))
+    n_embd: int = field(default=128, metadata=meta("width of the residual stream", minimum=1,
+                                                   maximum=WIDTH_MAX))
     eval_samples: int = field(default=500, metadata=meta(
         "samples drawn to measure the SFT model afterwards", **COUNT))
     seed: int = field(default=0, metadata=meta(

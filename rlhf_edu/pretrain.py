@@ -17,6 +17,7 @@ from .validate import (
     EPOCHS,
     LR,
     TEMPERATURE,
+    TOKEN_ID_MAX,
     check_bool,
     check_float,
     check_instance,
@@ -32,7 +33,7 @@ def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     """Id lists to right-padded ids ``(N, L)`` and their valid mask ``(N, L)``."""
     if not rows or not any(len(r) for r in rows):
         raise ValueError(f"rows must hold at least one non-empty list of ids, got {shown(rows)}")
-    check_int("pad_id", pad_id, minimum=0)
+    check_int("pad_id", pad_id, minimum=0, maximum=TOKEN_ID_MAX)
     ids = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)

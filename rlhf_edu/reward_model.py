@@ -33,6 +33,7 @@ from .models import RewardModel
 from .pretrain import encode_texts, pad_right
 from .task import Tokenizer, gold_score, review_texts, sample_prompts
 from .validate import (
+    BINS_MAX,
     COEF_MAX,
     COUNT,
     COUNT_MAX,
@@ -45,6 +46,7 @@ from .validate import (
     check_floating,
     check_instance,
     check_int,
+    check_result,
     check_same_shape,
     check_seed,
     derived_seed,
@@ -61,7 +63,10 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
     if r_chosen.numel() == 0:
         raise ValueError("r_chosen and r_rejected are empty; the mean loss needs at least one "
                          "pair")
-    return -F.logsigmoid(r_chosen - r_rejected).mean()
+    diff = r_chosen - r_rejected
+    return check_result("the Bradley-Terry loss", -F.logsigmoid(diff).mean(), lambda: (
+        f"r_chosen - r_rejected reaches {diff.detach().abs().max().item():g} in "
+        f"{diff.dtype}; the rewards are too large (a diverged reward model?)"))
 
 
 @dataclass
@@ -311,7 +316,7 @@ def reliability_bins(r_chosen: torch.Tensor, r_rejected: torch.Tensor, bins: int
             raise ValueError(f"{name} must have shape (N,) with N >= 1, got {tuple(r.shape)}")
     check_same_shape("r_chosen", r_chosen, "r_rejected", r_rejected)
     check_finite({"r_chosen": r_chosen, "r_rejected": r_rejected})
-    check_int("bins", bins, minimum=1)
+    check_int("bins", bins, minimum=1, maximum=BINS_MAX)
     d = (r_chosen - r_rejected).detach().double()
     p = torch.cat([torch.sigmoid(d), torch.sigmoid(-d)])  # (2N,)
     outcome = torch.cat([torch.ones_like(d), torch.zeros_like(d)])  # (2N,)

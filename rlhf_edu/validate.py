@@ -72,6 +72,11 @@ __all__ = [
     "COUNT_MAX",
     "COUNT",
     "EPOCHS",
+    "LAYERS_MAX",
+    "WIDTH_MAX",
+    "GRAD_NORM_MIN",
+    "BINS_MAX",
+    "TOKEN_ID_MAX",
     "check_same_device",
     "check_result",
     "check_output_file",
@@ -126,6 +131,19 @@ COUNT = dict(minimum=1, maximum=COUNT_MAX)
 EPOCHS = dict(minimum=1, maximum=10_000)
 """the bounds of a number of passes over data: the course's runs take 1-4; 10 000 passes over
 even a single batch is hours of CPU, and beyond, a run that never ends"""
+LAYERS_MAX, WIDTH_MAX = 128, 8192
+"""the largest model the settings describe: 128 blocks of width 8192 is 100B parameters,
+1.6 TB with Adam, beyond any machine (GPT-3 is 96 x 12288; the course's actor 3 x 128), and
+far beyond what a 53-word grammar needs; a larger number only fails later, out of memory"""
+GRAD_NORM_MIN = 1e-4
+"""the smallest gradient-clipping threshold: Adam divides by sqrt(v) + eps (eps 1e-5 in the
+trainer), so a gradient clipped below a total norm of 1e-4 (under 1e-6 per weight for the
+toy models) falls under eps and the step shrinks towards nothing, silently"""
+BINS_MAX = 10_000
+"""the most bins of a reliability diagram: 10 000 bins need millions of pairs to fill; the
+course reads 5-20"""
+TOKEN_ID_MAX = 2**31 - 1
+"""the largest token id: GPTConfig's sizes (vocab_size included) are below 2**31"""
 
 
 def _show(value: object) -> str:

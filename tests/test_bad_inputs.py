@@ -1,8 +1,11 @@
 """Bad input gets a clear error, raised early, naming the value and what was expected."""
 
+import json
+import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -24,8 +27,11 @@ from rlhf_edu import (
     whiten,
 )
 from rlhf_edu.cli import main
+from rlhf_edu.config import DPOConfig
+from rlhf_edu.dpo import run_dpo
 from rlhf_edu.models import RewardModel, weights_path
 from rlhf_edu.reward_model import bradley_terry_loss
+from rlhf_edu.trainer import UNDEFINED, defined_metrics, metrics_line
 
 Z = torch.zeros(2, 4)
 ONES = torch.ones(2, 4)
@@ -339,3 +345,94 @@ def test_a_full_disk_loses_nothing_and_says_so_in_one_line(tmp_path, monkeypatch
     assert "could not write" in err and "checkpoint.pt" in err and "full disk?" in err
     assert (run / "checkpoint.pt").read_bytes() == before  # the previous checkpoint survived
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# ------------------------------------------------------------------ issue 24: late failures
+
+
+def test_load_of_an_incomplete_run_checkpoint_names_the_file_and_what_is_missing(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"kind": "rlhf-run"}, path)
+    trainer = RLHFTrainer(PPOConfig(batch_size=8))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} is an incomplete RLHF run "
+                                         r"checkpoint: it has no 'step', 'config', .*'actor'"):
+        trainer.load(path)
+
+
+def _strict(line: str) -> dict:
+    def refuse(name):
+        raise AssertionError(f"not strict JSON: {name} in {line!r}")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_metrics_jsonl_is_strict_json_and_an_undefined_std_is_null_with_its_reason(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--batch", "1", "--response-len", "1", "--steps", "2",
+                 "--minibatches", "1", "--ppo-epochs", "1", "--quiet", "--run-dir",
+                 str(run)]) == 0
+    lines = [_strict(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2
+    for m in lines:
+        assert m["advantage_std"] is None
+        assert m["undefined"] == {"advantage_std": UNDEFINED["advantage_std"]}
+        assert "one value" in m["undefined"]["advantage_std"]
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        metrics_line({"loss": float("nan")})  # a NaN that slipped through is never written
+    assert _strict(metrics_line(defined_metrics({"loss": float("inf")}))) == {
+        "loss": None, "undefined": {"loss": "not finite (inf)"}}
+
+
+def _unwritable(path, monkeypatch):
+    """Make the folder ``path`` unwritable: by its mode, or (root writes anywhere) by what
+    os.access reports for it."""
+    path.chmod(0o555)
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False
+                            if os.path.abspath(p) == str(path) else real(p, mode, *a, **k))
+
+
+OUT_COMMANDS = {
+    "pretrain": ["pretrain", "--reviews", "50", "--epochs", "1"],
+    "train-rm": ["train-rm", "--pairs", "8", "--heldout", "4", "--epochs", "1"],
+    "dpo": ["dpo", "--pairs", "8", "--epochs", "1", "--quiet"],
+}
+OUT_CASES = {
+    "file as parent": ("{tmp}/file.txt/model.pt", "'{tmp}/file.txt' in '{tmp}/file.txt/model.pt' "
+                                                  "is a file, not a folder"),
+    "missing parent": ("{tmp}/missing/model.pt", "the folder '{tmp}/missing' of "
+                                                 "'{tmp}/missing/model.pt' does not exist"),
+    "read-only folder": ("{tmp}/locked/model.pt", "the folder '{tmp}/locked' is not writable"),
+    "existing folder": ("{tmp}/folder", "must name a file to write, got '{tmp}/folder' "
+                                        "(a directory)"),
+}
+
+
+@pytest.mark.parametrize("case", OUT_CASES)
+@pytest.mark.parametrize("command", OUT_COMMANDS)
+def test_every_training_command_checks_its_out_path_before_any_work(tmp_path, capsys,
+                                                                    monkeypatch, command, case):
+    (tmp_path / "file.txt").write_text("a file")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "locked").mkdir()
+    _unwritable(tmp_path / "locked", monkeypatch)
+    out, message = (x.format(tmp=tmp_path) for x in OUT_CASES[case])
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as e:
+        main([*OUT_COMMANDS[command], "--out", out])
+    assert time.perf_counter() - start < 2.0  # refused before any work
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"argument --out: {message}" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder", "locked"]
+    assert list((tmp_path / "locked").iterdir()) == []
+
+
+def test_run_dpo_checks_out_before_loading_anything(tmp_path):
+    (tmp_path / "f").write_text("a file")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"^out: '.*/f' in '.*/f/dpo.pt' is a file, not a "
+                                         r"folder$"):
+        run_dpo(DPOConfig(pairs=8), tmp_path / "f" / "dpo.pt")
+    assert time.perf_counter() - start < 2.0

@@ -31,17 +31,27 @@ from rlhf_edu import (
     total_loss,
     whiten,
 )
-from rlhf_edu.advantages import masked_mean, masked_var
+from rlhf_edu.advantages import (
+    grpo_advantages,
+    masked_mean,
+    masked_var,
+    reinforce_pp_advantages,
+    rloo_advantages,
+    token_advantages,
+)
 from rlhf_edu.checkpoint import check_model_checkpoint, model_checkpoint, safe_load
 from rlhf_edu.cli import main
+from rlhf_edu.config import DPOConfig, PPOConfig, PretrainConfig, RewardModelConfig
+from rlhf_edu.dpo import dpo_loss
 from rlhf_edu.memory import parse_model
 from rlhf_edu.model import left_pad
 from rlhf_edu.models import Actor, Critic, RewardModel
-from rlhf_edu.pretrain import encode_texts, pretrain, sample_texts
+from rlhf_edu.pretrain import encode_texts, pad_right, pretrain, sample_texts
 from rlhf_edu.reward_model import (
     bradley_terry_loss,
     make_preference_pairs,
     normalise,
+    reliability_bins,
     train_reward_model,
 )
 from rlhf_edu.sampling import best_of_n, rejection_sampling
@@ -278,11 +288,12 @@ CASES = [
     ("no samples", lambda: sample_texts(_gpt(), 0), r"n must be an int in \[1, 10\*\*8\], got 0"),
     ("eos flags that do not match", lambda: encode_texts(["the food"], Tokenizer(), [True, True]),
      r"eos has 2 entries but texts has 1; they must match"),
-    ("best-of-0", lambda: best_of_n(None, ["the food"], 0), r"n must be a positive int, got 0"),
+    ("best-of-0", lambda: best_of_n(None, ["the food"], 0),
+     r"n must be an int in \[1, 10\*\*8\], got 0"),
     ("best-of-n of a string", lambda: best_of_n(None, "the food", 2),
      r"prompts must be a list of strings, got str 'the food'"),
     ("rejection sampling with 0 epochs", lambda: rejection_sampling(None, 1, epochs=0),
-     r"epochs must be a positive int, got 0"),
+     r"epochs must be an int in \[1, 10000\], got 0"),
     ("rejection sampling with a huge seed", lambda: rejection_sampling(None, 1, seed=2**63),
      r"seed must be an int in \[0, 2\*\*63\), got 9223372036854775808"),
     # -- memory (class 11)
@@ -313,6 +324,129 @@ CASES = [
     ("NaN model", lambda: parse_model("nan"),
      r"model must be one of toy, gpt2, .* or a finite parameter count >= 1 \(such as 7e9\), "
      r"got 'nan'"),
+    # -- domains: extreme but legal-looking numbers are refused, naming the input (issue 24)
+    ("beta 1e39 in compute_rewards", lambda: compute_rewards(torch.zeros(2), Z, Z, ONES, 1e39),
+     r"^beta must be in \[0, 10000\], got 1e\+39$"),
+    ("whiten eps 0", lambda: whiten(ONES, ONES, eps=0), r"^eps must be in \[1e-12, 1\], got 0$"),
+    ("whiten eps 1e308", lambda: whiten(ONES, ONES, eps=1e308),
+     r"^eps must be in \[1e-12, 1\], got 1e\+308$"),
+    ("grpo eps 1e308", lambda: grpo_advantages(torch.tensor([0.0, 1.0]), 2, eps=1e308),
+     r"^eps must be in \[0, 1\], got 1e\+308$"),
+    ("IPO beta 1e-30", lambda: dpo_loss(*torch.zeros(4, 2), beta=1e-30, loss="ipo"),
+     r"^beta must be in \[0.0001, 10000\], got 1e-30$"),
+    ("DPO beta 1e30", lambda: dpo_loss(*torch.zeros(4, 2), beta=1e30),
+     r"^beta must be in \[0.0001, 10000\], got 1e\+30$"),
+    ("temperature 1e-45", lambda: PPOConfig(temperature=1e-45),
+     r"^PPOConfig.temperature must be in \[0.01, 100\], got 1e-45$"),
+    ("temperature 1e308", lambda: PPOConfig(temperature=1e308),
+     r"^PPOConfig.temperature must be in \[0.01, 100\], got 1e\+308$"),
+    ("actor_lr 1e308", lambda: PPOConfig(actor_lr=1e308),
+     r"^PPOConfig.actor_lr must be in \[1e-08, 1\], got 1e\+308$"),
+    ("critic_lr 1e-45", lambda: PPOConfig(critic_lr=1e-45),
+     r"^PPOConfig.critic_lr must be in \[1e-08, 1\], got 1e-45$"),
+    ("max_grad_norm 1e-45", lambda: PPOConfig(max_grad_norm=1e-45),
+     r"^PPOConfig.max_grad_norm must be >= 0.0001, got 1e-45$"),
+    ("batch 10**30", lambda: PPOConfig(batch_size=10**30),
+     r"^PPOConfig.batch_size must be an int in \[1, 10\*\*8\], got 10{30}$"),
+    ("ppo_epochs 10**30", lambda: PPOConfig(ppo_epochs=10**30),
+     r"^PPOConfig.ppo_epochs must be an int in \[1, 10000\], got 10{30}$"),
+    ("missing_eos_penalty 1e308", lambda: PPOConfig(missing_eos_penalty=1e308),
+     r"^PPOConfig.missing_eos_penalty must be in \[0, 10000\], got 1e\+308$"),
+    ("vf_coef inf", lambda: PPOConfig(vf_coef=float("inf")),
+     r"^PPOConfig.vf_coef must be in \[0, 10000\], got inf$"),
+    ("ent_coef 1e308", lambda: PPOConfig(ent_coef=1e308),
+     r"^PPOConfig.ent_coef must be in \[0, 10000\], got 1e\+308$"),
+    ("DPOConfig beta 1e30", lambda: DPOConfig(beta=1e30),
+     r"^DPOConfig.beta must be in \[0.0001, 10000\], got 1e\+30$"),
+    ("DPOConfig lr 1e-45", lambda: DPOConfig(lr=1e-45),
+     r"^DPOConfig.lr must be in \[1e-08, 1\], got 1e-45$"),
+    ("DPOConfig pairs 10**30", lambda: DPOConfig(pairs=10**30),
+     r"^DPOConfig.pairs must be an int in \[1, 10\*\*8\], got 10{30}$"),
+    ("DPOConfig epochs 10**30", lambda: DPOConfig(epochs=10**30),
+     r"^DPOConfig.epochs must be an int in \[1, 10000\], got 10{30}$"),
+    ("PretrainConfig reviews 10**30", lambda: PretrainConfig(reviews=10**30),
+     r"^PretrainConfig.reviews must be an int in \[1, 10\*\*8\], got 10{30}$"),
+    ("PretrainConfig n_embd 10**30", lambda: PretrainConfig(n_embd=10**30),
+     r"^PretrainConfig.n_embd must be an int in \[1, 8192\], got 10{30}$"),
+    ("PretrainConfig n_layer 10**30", lambda: PretrainConfig(n_layer=10**30),
+     r"^PretrainConfig.n_layer must be an int in \[1, 128\], got 10{30}$"),
+    ("RewardModelConfig heldout 10**30", lambda: RewardModelConfig(heldout=10**30),
+     r"^RewardModelConfig.heldout must be an int in \[1, 10\*\*8\], got 10{30}$"),
+    ("sample_prompts 10**30", lambda: sample_prompts(10**30),
+     r"^n must be an int in \[0, 10\*\*8\], got 10{30}$"),
+    ("sample_corpus 10**30", lambda: sample_corpus(10**30),
+     r"^n must be an int in \[0, 10\*\*8\], got 10{30}$"),
+    ("pretrain lr 1e308", lambda: pretrain(lr=1e308), r"^lr must be in \[1e-08, 1\], got 1e\+308$"),
+    ("sample_texts temperature 1e-45", lambda: sample_texts(_gpt(), 2, temperature=1e-45),
+     r"^temperature must be in \[0.01, 100\], got 1e-45$"),
+    ("sharpness 1e308", lambda: make_preference_pairs(_gpt(), 4, sharpness=1e308),
+     r"^sharpness must be in \[0, 10000\], got 1e\+308$"),
+    ("best-of-n penalty 1e308", lambda: best_of_n(None, ["the food"], 2,
+                                                  missing_eos_penalty=1e308),
+     r"^missing_eos_penalty must be in \[0, 10000\], got 1e\+308$"),
+    ("rejection sampling lr 1e-45", lambda: rejection_sampling(None, 1, lr=1e-45),
+     r"^lr must be in \[1e-08, 1\], got 1e-45$"),
+    ("reliability bins 10**30", lambda: reliability_bins(torch.zeros(2), torch.ones(2), 10**30),
+     r"^bins must be an int in \[1, 10000\], got 10{30}$"),
+    ("pad_id 10**30", lambda: pad_right([[1, 2]], 10**30),
+     r"^pad_id must be an int in \[0, 2147483647\], got 10{30}$"),
+    # -- results that overflow from finite inputs name the input that made them overflow
+    ("k3 of log-probs 200 nats apart", lambda: kl_penalty(torch.full((1, 2), -200.0),
+                                                          torch.zeros(1, 2), "k3"),
+     r"^the KL estimate overflowed to inf at index \(0, 0\) from finite inputs: logprobs - "
+     r"ref_logprobs = -200 there, and k3 = exp\(-d\) overflows torch.float32"),
+    ("rewards that overflow", lambda: compute_rewards(
+        torch.tensor([3e38, 0.0]), torch.full((2, 4), 3e38), torch.zeros(2, 4), ONES, 1e4),
+     r"^rewards overflowed to -inf at index \(0, 0\) from finite inputs: beta \(10000\) x "
+     r"KL \(largest 3e\+38\)"),
+    ("whitening values whose squares overflow", lambda: whiten(
+        torch.tensor([[1e20, -1e20, 0.0, 1.0]]), torch.ones(1, 4)),
+     r"^whiten: the sum of squares of x overflowed from finite inputs: x's values \(largest "
+     r"\|x\| = 1e\+20\) are too large to sum in torch.float32"),
+    ("GAE returns that overflow", lambda: gae(torch.full((2, 4), 3e38), Z, ONES),
+     r"^the GAE returns overflowed to inf at index \(0, 0\) from finite inputs"),
+    ("GRPO std that overflows", lambda: grpo_advantages(torch.tensor([3e38, -3e38]), 2),
+     r"^the groups' std overflowed to inf at index \(0, 0\) from finite inputs: scores's "
+     r"values \(largest \|scores\| = 3e\+38\)"),
+    ("RLOO that overflows", lambda: rloo_advantages(torch.tensor([3e38, -3e38]), 2),
+     r"^rloo_advantages overflowed to inf at index 0 from finite inputs"),
+    ("masked_mean that overflows", lambda: masked_mean(torch.full((2, 4), 3e38), ONES),
+     r"^masked_mean overflowed to inf from finite inputs"),
+    ("DPO loss that overflows", lambda: dpo_loss(torch.tensor([-1e38]), torch.tensor([1e38]),
+                                                 torch.zeros(1), torch.zeros(1), beta=1e4),
+     r"^the DPO loss overflowed to inf from finite inputs: the log-prob margins \(largest "
+     r"\|h\| = 2e\+38\) are too large for beta 10000"),
+    ("Bradley-Terry loss that overflows", lambda: bradley_terry_loss(
+        torch.tensor([-3e38]), torch.tensor([3e38])),
+     r"^the Bradley-Terry loss overflowed to inf from finite inputs"),
+    # -- devices: every tensor input on one device, named in one line (issue 24, item 5)
+    ("kl_penalty on cpu and meta", lambda: kl_penalty(Z, torch.zeros(2, 4, device="meta")),
+     r"^logprobs is on cpu but ref_logprobs is on meta; all tensor inputs must be on one "
+     r"device"),
+    ("compute_rewards scores on meta", lambda: compute_rewards(
+        torch.zeros(2, device="meta"), Z, Z, ONES, 0.1),
+     r"^scores is on meta but logprobs is on cpu"),
+    ("gae values on meta", lambda: gae(Z, torch.zeros(2, 4, device="meta"), ONES),
+     r"^rewards is on cpu but values is on meta"),
+    ("whiten mask on meta", lambda: whiten(Z, torch.ones(2, 4, device="meta")),
+     r"^x is on cpu but mask is on meta"),
+    ("dpo_loss on cpu and meta", lambda: dpo_loss(
+        torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.zeros(2, device="meta")),
+     r"^policy_chosen is on cpu but ref_rejected is on meta"),
+    ("grpo scores on meta", lambda: grpo_advantages(torch.zeros(4, device="meta"), 2),
+     r"^scores is on the meta device \(a shape without data\)"),
+    ("reinforce++ mask on meta", lambda: reinforce_pp_advantages(
+        Z, torch.ones(2, 4, device="meta")), r"^rewards is on cpu but mask is on meta"),
+    ("token_advantages mask on meta", lambda: token_advantages(
+        torch.zeros(2), torch.ones(2, 4, device="meta")),
+     r"^advantages is on cpu but mask is on meta"),
+    # -- special tokens typed into text are refused, naming the token and its position
+    ("<pad> typed into a prompt", lambda: Tokenizer().encode_batch(["the <pad> food"]),
+     r"^texts\[0\] contains the special token '<pad>' at position 1 of 'the <pad> food'"),
+    ("<eos> typed into a prompt", lambda: Tokenizer().encode_batch(["the food", "the <eos>"]),
+     r"^texts\[1\] contains the special token '<eos>' at position 1 of 'the <eos>'"),
+    ("<bos> typed into a text", lambda: Tokenizer().encode("<bos> the food"),
+     r"^text contains the special token '<bos>' at position 0 of '<bos> the food'"),
     # -- the helpers themselves
     ("check_int str", lambda: check_int("batch_size", "64", minimum=1),
      r"batch_size must be a positive int, got '64' \(str\)"),

@@ -162,10 +162,12 @@ def test_cli_runs_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--beta", "0"], "argument --beta: must be a finite number > 0, got '0'"),
+    (["--beta", "0"], "argument --beta: must be a finite number in [0.0001, 10000], got '0'"),
+    (["--beta", "1e30"], "argument --beta: must be a finite number in [0.0001, 10000], got "
+                         "'1e30'"),
     (["--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
-    (["--pairs", "0"], "argument --pairs: must be an integer >= 1, got '0'"),
-    (["--lr", "nan"], "argument --lr: must be a finite number > 0, got 'nan'"),
+    (["--pairs", "0"], "argument --pairs: must be an integer in [1, 10**8], got '0'"),
+    (["--lr", "nan"], "argument --lr: must be a finite number in [1e-08, 1], got 'nan'"),
     (["--out", "{tmp}"], "argument --out: must name a file to write"),
 ])
 def test_cli_rejects_bad_input_in_one_line(tmp_path, capsys, argv, message):

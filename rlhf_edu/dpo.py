@@ -131,7 +131,8 @@ def sequence_logprobs(model: GPT | Actor, tokens: Tensor, valid: Tensor,
                              f"got {shown(prompt_len)}")
         starts = prompt_len.to(tokens.device)
     else:
-        starts = torch.full((B,), check_int("prompt_len", prompt_len), device=tokens.device)
+        check_int("prompt_len", prompt_len, minimum=1, maximum=max(L - 1, 1))
+        starts = torch.full((B,), prompt_len, device=tokens.device)
     if bool(((starts < 1) | (starts >= L)).any()):
         raise ValueError(f"prompt_len must be in [1, {L - 1}] for sequences of length {L} (a "
                          f"prompt with <bos> and room for a response), got {shown(prompt_len)}")

@@ -107,12 +107,10 @@ def rejection_sampling(models: Models, steps: int, prompts_per_step: int = 16, n
     step, recorded (cumulative) as ``optimizer_steps`` beside ``samples``. ``kl`` is measured
     on every candidate (the current policy's samples, like PPO's), ``best_kl`` on the winners.
     """
-    for name, value in (("steps", steps), ("response_len", response_len),
-                        ("minibatches", minibatches)):
-        check_int(name, value, minimum=1)
-    for name, value in (("prompts_per_step", prompts_per_step), ("n", n)):
-        check_int(name, value, **COUNT)
-    check_int("epochs", epochs, **EPOCHS)
+    for name, value, bounds in (("steps", steps, {}), ("prompts_per_step", prompts_per_step,
+                                COUNT), ("n", n, COUNT), ("response_len", response_len, {}),
+                                ("epochs", epochs, EPOCHS), ("minibatches", minibatches, {})):
+        check_int(name, value, **{"minimum": 1, **bounds})
     if prompts_per_step % minibatches:
         raise ValueError(f"prompts_per_step ({prompts_per_step}) must be divisible by "
                          f"minibatches ({minibatches}): each minibatch takes as many winners")

@@ -336,20 +336,28 @@ class RLHFTrainer:
         """Why a value a trained model computed is not finite. "Diverged" only if the weights
         really are NaN or inf; otherwise the settings made a finite model's numbers overflow,
         and those at the far end of their range are named."""
-        cfg = self.config
         rates = ", ".join(f"{role}_lr={lr:g}" for role, _, lr in self._optimizers())
-        edges = [text for far, text in (
-            (cfg.temperature < 0.1, f"temperature={cfg.temperature:g} (the logits are "
-                                    f"multiplied by {1 / cfg.temperature:g})"),
-            (cfg.beta > 100, f"beta={cfg.beta:g}"),
-            (max(lr for _, _, lr in self._optimizers()) > 1e-2, rates)) if far]
-        edge = "; settings far out in their range: " + ", ".join(edges) if edges else ""
+        edge = self._far_settings()
         weights_ok = self.sharded is None and all(  # a sharded check is a collective: skip
             bool(sharding.all_finite(self._trained(opt))) for _, opt, _ in self._optimizers())
         if weights_ok:
             return (f" (the weights are finite, so the numbers of this step overflowed{edge}; "
                     f"or lower the learning rates, {rates})")
         return f" (training diverged: lower the learning rates, {rates}{edge})"
+
+    def _far_settings(self) -> str:
+        """"; settings far out in their range: ..." naming those that can make a finite
+        model's numbers overflow (a low temperature, a large beta, a large learning rate), or
+        "" if none is."""
+        cfg = self.config
+        opts = self._optimizers()
+        edges = [text for far, text in (
+            (cfg.temperature < 0.1, f"temperature={cfg.temperature:g} (the logits are "
+                                    f"multiplied by {1 / cfg.temperature:g})"),
+            (cfg.beta > 100, f"beta={cfg.beta:g}"),
+            (max(lr for _, _, lr in opts) > 1e-2,
+             ", ".join(f"{role}_lr={lr:g}" for role, _, lr in opts))) if far]
+        return "; settings far out in their range: " + ", ".join(edges) if edges else ""
 
     def _phase_timer(self, times: dict[str, float]):
         clock, current = time.perf_counter(), ""
@@ -396,7 +404,8 @@ class RLHFTrainer:
             ref_logprobs = self.models.reference(tokens.to(fdev), valid.to(fdev), P,
                                                  cfg.temperature).logprobs.float().to(self.device)
         self._check_finite("reference log-probs", ref_logprobs)  # (B, T)
-        kl = kl_penalty(gen.logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, T)
+        # the mask keeps the padding out: its log-probs mean nothing and may overflow k3
+        kl = kl_penalty(gen.logprobs, ref_logprobs, cfg.kl_estimator, mask=mask)  # (B, T)
         beta = self.kl_ctl.value
         # the KL goes into the reward or (GRPO) into the loss, never both
         rewards = compute_rewards(scores, gen.logprobs, ref_logprobs, mask,
@@ -584,19 +593,20 @@ class RLHFTrainer:
         host = torch.cat([torch.stack(finite).to(table), ratio_dev_first.reshape(1).to(table),
                           table.flatten()]).tolist()
         oks, ratio_dev, table = host[:len(opts)], host[len(opts)], host[len(opts) + 1:]
+        n = len(table) // len(keys)
+        means = {k: sum(table[i * n:(i + 1) * n]) / n for i, k in enumerate(keys)}
+        for role, _, _ in opts:  # first: an inf norm scales the update to 0 (or inf x 0, NaN)
+            norm = means.get(f"{role}_grad_norm", 0.0)
+            if not math.isfinite(norm):
+                raise FloatingPointError(
+                    f"step {self.step_count + 1}: the {role}'s gradient norm is {norm} while "
+                    f"the loss is finite: its gradient overflows float32, and clipping cannot "
+                    f"scale an inf{self._far_settings()}")
         for ok, (role, _, lr) in zip(oks, opts):
             if not ok:
                 raise FloatingPointError(
                     f"step {self.step_count + 1}: the PPO update made the {role}'s weights NaN "
                     f"or inf (training diverged); lower its learning rate (now {lr:g})")
-        n = len(table) // len(keys)
-        means = {k: sum(table[i * n:(i + 1) * n]) / n for i, k in enumerate(keys)}
-        for role, _, _ in opts:  # an inf norm: clipping silently scaled the update to 0
-            norm = means.get(f"{role}_grad_norm", 0.0)
-            if not math.isfinite(norm):
-                raise FloatingPointError(
-                    f"step {self.step_count + 1}: the {role}'s gradient norm is {norm} while "
-                    f"the loss is finite, so clipping made the update 0{self._diverged()}")
         return {**means, "ratio_dev_first": ratio_dev}
 
     @torch.no_grad()

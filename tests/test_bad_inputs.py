@@ -436,3 +436,17 @@ def test_run_dpo_checks_out_before_loading_anything(tmp_path):
                                          r"folder$"):
         run_dpo(DPOConfig(pairs=8), tmp_path / "f" / "dpo.pt")
     assert time.perf_counter() - start < 2.0
+
+
+def test_an_overflowing_gradient_norm_stops_ppo_instead_of_a_zero_update(monkeypatch):
+    """Clipping an inf gradient norm scales the update to 0 or, inf x 0, to NaN weights that
+    would be blamed on the learning rate; the step stops instead, naming the gradient."""
+    from rlhf_edu import trainer as trainer_module
+
+    real = trainer_module.total_loss
+    monkeypatch.setattr(trainer_module, "total_loss", lambda *a, **k: real(*a, **k) * 3e38)
+    trainer = RLHFTrainer(PPOConfig(batch_size=8, response_len=8, ppo_epochs=1, minibatches=1))
+    with pytest.raises(FloatingPointError, match=r"^step 1: the (actor|critic)'s gradient norm "
+                                                 r"is (inf|nan) while the loss is finite: its "
+                                                 r"gradient overflows float32"):
+        trainer.step()

@@ -178,3 +178,32 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_overflowing_gradient_stops_dpo_instead_of_clipping_every_update_to_zero(
+        sft, pairs, monkeypatch):
+    """`rlhf-edu dpo --beta 1e30` used to exit 0 with unchanged weights: the gradient norm was
+    inf and clipping scaled each update to 0. Such a beta is now refused; a gradient that still
+    overflows stops training with the settings to change."""
+    from rlhf_edu import dpo
+
+    real = dpo.dpo_loss
+
+    def loud(*args, **kwargs):
+        value, chosen, rejected = real(*args, **kwargs)
+        return value * 3e38, chosen, rejected
+
+    monkeypatch.setattr(dpo, "dpo_loss", loud)
+    with pytest.raises(FloatingPointError, match=r"^DPO step 1: the gradient norm is inf .*"
+                                                 r"lower beta$"):
+        train_dpo(sft, pairs, steps=2, batch_size=8)
+
+
+def test_dpo_loss_refuses_beta_outside_its_domain():
+    for beta in (1e-30, 1e30, 1e308, 0.0, -0.0):
+        with pytest.raises(ValueError, match=r"^beta must be in \[0.0001, 10000\]"):
+            dpo_loss(PC, PR, RC, RR, beta=beta, loss="ipo")
+    loss, _, _ = dpo_loss(PC, PR, RC, RR, beta=1e-4, loss="ipo")  # the edges are finite
+    assert math.isfinite(loss.item())
+    loss, _, _ = dpo_loss(PC, PR, RC, RR, beta=1e4)
+    assert math.isfinite(loss.item())

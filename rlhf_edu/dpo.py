@@ -51,6 +51,7 @@ from .validate import (
     check_int,
     check_output_file,
     check_result,
+    check_same_device,
     check_seed,
     check_tensor,
     shown,
@@ -123,6 +124,8 @@ def sequence_logprobs(model: GPT | Actor, tokens: Tensor, valid: Tensor,
     if valid.shape != tokens.shape:
         raise ValueError(f"valid has shape {tuple(valid.shape)} but tokens has shape "
                          f"{tuple(tokens.shape)}; they must match")
+    check_same_device({"model": next(gpt.parameters()), "tokens": tokens,
+                       "valid": valid})
     B, L = tokens.shape
     if isinstance(prompt_len, Tensor):
         check_tensor("prompt_len", prompt_len, ndim=1, shape="(B,)")

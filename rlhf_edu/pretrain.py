@@ -22,6 +22,7 @@ from .validate import (
     check_float,
     check_instance,
     check_int,
+    check_same_device,
     check_seed,
     check_tensor,
     derived_seed,
@@ -59,6 +60,8 @@ def lm_loss(model: GPT, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     if valid.shape != ids.shape or ids.size(1) < 2:
         raise ValueError(f"ids {tuple(ids.shape)} and valid {tuple(valid.shape)} must have the "
                          "same shape (B, L) with L >= 2 (a token and its next)")
+    check_same_device({"model": next(model.parameters()), "ids": ids,
+                       "valid": valid})
     logits = model(ids[:, :-1])  # right padding needs no attention mask
     targets = ids[:, 1:].masked_fill(~valid[:, 1:], -100)
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),

@@ -42,11 +42,11 @@ from rlhf_edu.advantages import (
 from rlhf_edu.checkpoint import check_model_checkpoint, model_checkpoint, safe_load
 from rlhf_edu.cli import main
 from rlhf_edu.config import DPOConfig, PPOConfig, PretrainConfig, RewardModelConfig
-from rlhf_edu.dpo import dpo_loss
+from rlhf_edu.dpo import dpo_loss, sequence_logprobs
 from rlhf_edu.memory import parse_model
 from rlhf_edu.model import left_pad
 from rlhf_edu.models import Actor, Critic, RewardModel
-from rlhf_edu.pretrain import encode_texts, pad_right, pretrain, sample_texts
+from rlhf_edu.pretrain import encode_texts, lm_loss, pad_right, pretrain, sample_texts
 from rlhf_edu.reward_model import (
     bradley_terry_loss,
     make_preference_pairs,
@@ -440,6 +440,15 @@ CASES = [
     ("token_advantages mask on meta", lambda: token_advantages(
         torch.zeros(2), torch.ones(2, 4, device="meta")),
      r"^advantages is on cpu but mask is on meta"),
+    ("sequence_logprobs tokens on meta", lambda: sequence_logprobs(
+        _gpt(), torch.ones(2, 5, dtype=torch.long, device="meta"), torch.ones(2, 5).bool(), 2),
+     r"^model is on cpu but tokens is on meta"),
+    ("lm_loss valid on meta", lambda: lm_loss(_gpt(), torch.ones(2, 5, dtype=torch.long),
+                                              torch.ones(2, 5, dtype=torch.bool, device="meta")),
+     r"^model is on cpu but valid is on meta"),
+    ("sequence_logprobs prompt_len 10**30", lambda: sequence_logprobs(
+        _gpt(), torch.ones(2, 5, dtype=torch.long), torch.ones(2, 5).bool(), 10**30),
+     r"^prompt_len must be an int in \[1, 4\], got 10{30}$"),
     # -- special tokens typed into text are refused, naming the token and its position
     ("<pad> typed into a prompt", lambda: Tokenizer().encode_batch(["the <pad> food"]),
      r"^texts\[0\] contains the special token '<pad>' at position 1 of 'the <pad> food'"),

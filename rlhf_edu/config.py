@@ -25,6 +25,7 @@ from .models import CRITIC_MODES, NO_CRITIC
 from .rewards import token_estimators
 from .rundir import RunDir, check
 from .validate import (
+    CLIP_MIN,
     COEF_MAX,
     COUNT,
     COUNT_MAX,
@@ -167,7 +168,7 @@ class PPOConfig:
         "recompute the old log-probs with the actor under the training numerics before the "
         "PPO epochs (generation and training kernels differ, in bf16 by up to ~0.03 nats)"))
     clip: float = field(default=0.2, metadata=meta(
-        "PPO ratio clip epsilon", minimum=0, strict_min=True))
+        "PPO ratio clip epsilon", minimum=CLIP_MIN))
     vf_clip: float = field(default=0.2, metadata=meta(
         "value clip range around the old values (0: no value clipping)", minimum=0))
     vf_coef: float = field(default=0.1, metadata=meta(

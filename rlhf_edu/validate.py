@@ -76,6 +76,7 @@ __all__ = [
     "WIDTH_MAX",
     "GRAD_NORM_MIN",
     "BINS_MAX",
+    "CLIP_MIN",
     "TOKEN_ID_MAX",
     "check_same_device",
     "check_result",
@@ -139,6 +140,9 @@ GRAD_NORM_MIN = 1e-4
 """the smallest gradient-clipping threshold: Adam divides by sqrt(v) + eps (eps 1e-5 in the
 trainer), so a gradient clipped below a total norm of 1e-4 (under 1e-6 per weight for the
 toy models) falls under eps and the step shrinks towards nothing, silently"""
+CLIP_MIN = 1e-6
+"""the smallest PPO ratio clip: float32 tells 1 + eps from 1 only above 1.2e-7, so a smaller
+clip rounds the clip range [1 - eps, 1 + eps] to [1, 1] and every ratio is clipped"""
 BINS_MAX = 10_000
 """the most bins of a reliability diagram: 10 000 bins need millions of pairs to fill; the
 course reads 5-20"""

@@ -346,6 +346,8 @@ CASES = [
      r"^PPOConfig.critic_lr must be in \[1e-08, 1\], got 1e-45$"),
     ("max_grad_norm 1e-45", lambda: PPOConfig(max_grad_norm=1e-45),
      r"^PPOConfig.max_grad_norm must be >= 0.0001, got 1e-45$"),
+    ("clip 1e-45", lambda: PPOConfig(clip=1e-45),
+     r"^PPOConfig.clip must be >= 1e-06, got 1e-45$"),
     ("batch 10**30", lambda: PPOConfig(batch_size=10**30),
      r"^PPOConfig.batch_size must be an int in \[1, 10\*\*8\], got 10{30}$"),
     ("ppo_epochs 10**30", lambda: PPOConfig(ppo_epochs=10**30),

@@ -15,6 +15,16 @@ choices and the command-line flag: :func:`check_fields` validates a config from 
 :func:`parse_int` / :func:`parse_float` build the command line's readers from the same bounds
 (``argument --steps: must be an integer >= 1, got '0'``).
 
+Each number has a domain in which results are finite and mean something, written once as a
+named bound here (:data:`COEF_MAX` for beta and the loss weights, :data:`TEMPERATURE`,
+:data:`LR`, :data:`WHITEN_EPS`, :data:`COUNT` and :data:`EPOCHS`, ...), each with its reason,
+and used by the config fields' metadata and the API functions alike: ``PPOConfig.temperature
+must be in [0.01, 100], got 1e-45``. A result that can still overflow from finite inputs is
+checked (:func:`check_result`) and the message names the input that made it overflow; the
+tensor inputs of a function must share one device (:func:`check_same_device`, also part of
+:func:`check_mask` and :func:`check_finite`); a file a command will write is checked before
+any work (:func:`check_output_file`).
+
 Tensors follow one policy for padding: a value at a masked-out position (``mask`` 0) never
 changes a result or a gradient, whatever it is (NaN included), and a NaN or inf in data at a
 real position (``mask`` 1) is refused, naming the argument and the index (``ppo_losses`` leaves

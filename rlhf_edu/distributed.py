@@ -8,19 +8,43 @@ import random
 import numpy as np
 import torch
 
+from .validate import check_int, check_seed, shown
+
+# One OpenMP thread per core at most is useful; 1024 is above the hardware threads of any single
+# machine (two 192-core EPYCs: 768), and a million threads crash the interpreter at exit.
+THREADS_MAX = 1024
+
+
+def env_int(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+    """The environment variable ``name`` as an int in ``[minimum, maximum]`` (``default`` when
+    unset); ``ValueError`` naming the variable, its value and the range otherwise (``int()``'s
+    own message, "invalid literal for int()", names neither)."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    expect = f"an int in [{minimum}, {maximum}]" if maximum is not None else f"an int >= {minimum}"
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"${name} must be {expect}, got {shown(text)}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"${name} must be {expect}, got {shown(text)}")
+    return value
+
 
 def configure_threads(n: int | None = None) -> int:
-    """Set torch's intra-op threads (default: ``$RLHF_EDU_THREADS`` or 1) and return the number.
+    """Set torch's intra-op threads (default: ``$RLHF_EDU_THREADS`` or 1) and return the number,
+    an int in ``[1, THREADS_MAX]``.
 
     The toy models are too small to gain from a second thread, and OpenMP's spin-waiting makes a
     step 10-50x slower whenever another process is busy on a 2-core machine, so one thread is the
     default. Benchmarks print this value with their tables.
     """
-    n = n if n is not None else int(os.environ.get("RLHF_EDU_THREADS", "1"))
-    if n <= 0:
-        raise ValueError(f"threads must be positive, got {n}")
-    torch.set_num_threads(n)
-    return n
+    if n is None:
+        n = env_int("RLHF_EDU_THREADS", 1, minimum=1, maximum=THREADS_MAX)
+    check_int("threads", n, minimum=1, maximum=THREADS_MAX)
+    torch.set_num_threads(int(n))
+    return int(n)
 
 
 def select_device(device: str = "auto") -> torch.device:
@@ -49,9 +73,12 @@ def select_device(device: str = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
+    """Seed Python, NumPy and torch (all devices) with ``seed`` in ``[0, 2**63)``, the range of
+    every seed of the package. NumPy's global generator takes 32 bits: a seed below 2**32 seeds it
+    as itself, a larger one as its two 32-bit halves (NumPy alone refuses it)."""
+    check_seed("seed", seed)
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed if seed < 2**32 else [seed % 2**32, seed >> 32])
     torch.manual_seed(seed)
 
 
@@ -91,9 +118,9 @@ def init_from_env(device: str = "auto") -> tuple[int, int]:
     """
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_int("WORLD_SIZE", 1, minimum=1)
     if world > 1 and not dist.is_initialized():
-        check_nproc(int(os.environ.get("LOCAL_WORLD_SIZE", world)), device)
+        check_nproc(env_int("LOCAL_WORLD_SIZE", world, minimum=1), device)
         backend = "nccl" if local_device(device).type == "cuda" else "gloo"
         dist.init_process_group(backend)
     return rank_and_world()
@@ -104,7 +131,7 @@ def check_process_group(requested: str, device: torch.device) -> None:
     CUDA, gloo for CPU, one GPU per local process."""
     import torch.distributed as dist
 
-    check_nproc(int(os.environ.get("LOCAL_WORLD_SIZE", rank_and_world()[1])), requested)
+    check_nproc(env_int("LOCAL_WORLD_SIZE", rank_and_world()[1], minimum=1), requested)
     backend = dist.get_backend()
     if (backend == "nccl") != (device.type == "cuda"):
         raise ValueError(f"the process group uses {backend} but this rank computes on {device}; "
@@ -153,7 +180,7 @@ def local_device(device: str = "auto") -> torch.device:
     dev = select_device(device)
     if dev.type == "cuda":
         if device in ("auto", "cuda") and "LOCAL_RANK" in os.environ:
-            dev = select_device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+            dev = select_device(f"cuda:{env_int('LOCAL_RANK', 0)}")
         torch.cuda.set_device(dev)
     return dev
 

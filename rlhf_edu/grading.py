@@ -1,32 +1,26 @@
 """Grade the exercises: run their graded tests and report a score per exercise.
 
 ``exercises/exNN_topic.py`` holds the learner's code, ``solutions/exNN_topic.py`` the worked
-solution, and ``tests/exercises/test_exNN_topic.py`` the graded tests, which import one or the
-other through a fixture that reads ``--target``. :func:`grade` returns one row per exercise of
-the course (every ``exNN_*.py`` in ``exercises/`` or ``solutions/``):
+solution, ``tests/exercises/test_exNN_topic.py`` the graded tests (a fixture imports one or the
+other, per ``--target``). :func:`grade` returns a row per exercise of the course:
+``{"exercise": 3, "name": "ex03_gae", "file": "tests/exercises/test_ex03_gae.py", "target":
+"exercises", "passed": 4, "total": 9, "seconds": 0.8, "failures": [{"test": "test_padding",
+"message": "returns[1, 3] is 0.3 but should be 0: ..."}, ...], "error": None}``, ``error``
+saying why an exercise could not be graded (its graded test file is missing, ...).
 
-``{"exercise": 3, "name": "ex03_gae", "file": "tests/exercises/test_ex03_gae.py",
-"target": "exercises", "passed": 4, "total": 9, "seconds": 0.8,
-"failures": [{"test": "test_padding_is_zero_and_not_bootstrapped", "message": "returns[1, 3]
-is 0.3 but should be 0: that position is padding, ..."}, ...], "error": None}``
+Besides the harness (``tests/exercises/conftest.py``: pristine inputs, plain results, restored
+global state), a run is kept honest thus:
 
-``error`` is set when the exercise could not be graded at all (its graded test file is
-missing, pytest could not collect it, the overall time limit ran out before it started).
-
-How a run is kept honest (the graded tests' harness, ``tests/exercises/conftest.py``, does the
-rest: pristine copies of the inputs, plain results, restored global state):
-
-* each exercise runs in its own pytest process, forked from a helper process that has already
-  imported torch (a fresh interpreter per exercise where ``fork`` is not available), so one
-  exercise's side effects cannot change another's grade;
-* each test appends its outcome to a record file as it finishes, so results survive a run that
-  has to be stopped;
-* a watchdog gives every test its per-test limit (``RLHF_EDU_GRADE_TIMEOUT``, default 20 s)
-  plus :func:`stop_margin`: pytest-timeout's alarm is the first line of defence, and a test it
-  cannot stop (SIGALRM ignored, a long C call) has its process group killed; the test fails
-  with "did not finish within 20 s" and the exercise's remaining tests run in a new process.
-
-``rlhf-edu grade [N] [--target solutions]`` prints :func:`format_scores` of the rows.
+* each exercise runs in a fresh ``python -m pytest`` process in a session (process group) of
+  its own, never in the grader's process, and records each test's start and outcome as they
+  happen (:mod:`rlhf_edu.grading_plugin`), so results survive a run that has to be stopped;
+* a watchdog gives each test its limit (``RLHF_EDU_GRADE_TIMEOUT``, default 20 s, at most 3600)
+  plus :func:`stop_margin`: pytest-timeout's alarm comes first; a test it cannot stop (SIGALRM
+  ignored, a long C call) has its process group killed and fails ("did not finish within
+  20 s"), and the tests left run in a new process;
+* the tests that count are the manifest's (``data/graded_tests.json``): one deleted from its
+  file fails ("test_x: missing from tests/exercises/test_ex03_gae.py");
+* text from the test process is shown with control characters written out (:func:`shown`).
 """
 
 from __future__ import annotations
@@ -35,60 +29,56 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import math
 import os
 import re
-import select
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
-import xml.etree.ElementTree as ET
-from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from .grading_plugin import Record
+from .validate import check_float
 
 TARGETS = ("exercises", "solutions")
 GRADED_DIR = Path("tests") / "exercises"
 TIMEOUT_ENV = "RLHF_EDU_GRADE_TIMEOUT"
 DEFAULT_TEST_LIMIT = 20.0  # seconds per graded test
+MAX_TEST_LIMIT = 3600.0  # pytest-timeout overflows on huge limits (1e10 s)
+MANIFEST = Path(__file__).resolve().parent / "data" / "graded_tests.json"
 _TEST_FILE = re.compile(r"^test_(ex(\d+)_\w+)\.py$")
 _MODULE_FILE = re.compile(r"^(ex(\d+)_\w+)\.py$")
-_IN_NAME = re.compile(r"test_(ex(\d+)_\w+)")
-_POLL = 0.05  # seconds between looks at the running exercises
+_POLL = 0.05  # seconds between looks at a running exercise
 _IDLE_LIMIT = 120.0  # seconds for a pytest process to start and collect (no learner code runs)
 _MAX_WORKERS = 4
-# fork a process that has imported torch once (Linux); elsewhere start a fresh interpreter
-_USE_FORK = hasattr(os, "fork") and sys.platform.startswith("linux")
-# Graded runs load only the plugin they use, pytest-timeout, when it is installed: not the
-# project's addopts (nbval's options) nor every installed plugin (nbval and hypothesis take
-# seconds to import), nor pytest's end-of-run garbage collection.
+# Only the plugins a graded run uses: not the project's addopts (nbval's), nor every installed
+# plugin (nbval and hypothesis take seconds to import), nor pytest's end-of-run gc.
 _PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "-p", "no:unraisableexception",
-                "-o", "addopts="]
+                "-o", "addopts=", "-p", "rlhf_edu.grading_plugin"]
+# What a terminal acts on rather than shows: C0 but newline, DEL, C1, bidi and other invisible
+# format characters, line separators; lone surrogates, which cannot be printed.
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e"
+                      "\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]")
+_IN_SETUP = " [while setting the test up: importing the exercise's module]"
 
-__all__ = ["TARGETS", "DEFAULT_TEST_LIMIT", "find_root", "course_exercises", "graded_files",
-           "per_test_limit", "stop_margin", "grade", "read_report", "format_scores",
-           "add_grade_arguments", "run_grade_cli"]
+__all__ = ["TARGETS", "DEFAULT_TEST_LIMIT", "MAX_TEST_LIMIT", "TIMEOUT_ENV", "find_root",
+           "course_exercises", "graded_files", "graded_tests", "per_test_limit", "stop_margin",
+           "grade", "shown", "format_scores", "add_grade_arguments", "run_grade_cli"]
 
 
 def find_root(root: str | Path | None = None) -> Path:
-    """The repository that holds ``exercises/`` and ``tests/exercises/``.
-
-    ``root`` given: that directory, which must hold both. ``None``: the current directory or
-    the nearest parent that does (so grading from ``notebooks/`` works too).
-    """
-    if root is not None:
-        path = Path(root)
-        if not path.exists():
-            raise ValueError(f"root {str(root)!r} does not exist")
-        if not path.is_dir():
-            raise ValueError(f"root {str(root)!r} is a file, not a folder")
-        candidates = [path]
-    else:
-        cwd = Path.cwd()
-        candidates = [cwd, *cwd.parents]
+    """The repository that holds ``exercises/`` and ``tests/exercises/``: ``root``, which must
+    hold both, or (None) the current directory or its nearest parent that does (notebooks/)."""
+    if root is not None and not Path(root).is_dir():
+        raise ValueError(f"root {str(root)!r} " + ("is a file, not a folder"
+                                                   if Path(root).exists() else "does not exist"))
+    candidates = [Path(root)] if root is not None else [Path.cwd(), *Path.cwd().parents]
     for d in candidates:
         if (d / "exercises").is_dir() and (d / GRADED_DIR).is_dir():
             return d.resolve()
@@ -100,45 +90,43 @@ def find_root(root: str | Path | None = None) -> Path:
 
 def graded_files(root: str | Path | None = None) -> dict[int, Path]:
     """Exercise number -> its graded test file, ``tests/exercises/test_exNN_topic.py``."""
-    base = find_root(root) / GRADED_DIR
-    files = {}
-    for path in sorted(base.glob("test_ex*.py")):
-        m = _TEST_FILE.match(path.name)
-        if m:
-            files[int(m.group(2))] = path
-    return files
+    paths = sorted((find_root(root) / GRADED_DIR).glob("test_ex*.py"))
+    return {int(m.group(2)): p for p in paths if (m := _TEST_FILE.match(p.name))}
 
 
 def course_exercises(root: str | Path | None = None) -> dict[int, str]:
     """Exercise number -> name (``ex03_gae``): every ``exNN_*.py`` in ``exercises/`` or
     ``solutions/`` and every graded test file, so a deleted file cannot drop an exercise."""
     root = find_root(root)
-    course: dict[int, str] = {}
-    for number, path in graded_files(root).items():
-        course[number] = _TEST_FILE.match(path.name).group(1)
+    course = {n: _TEST_FILE.match(p.name).group(1) for n, p in graded_files(root).items()}
     for folder in ("solutions", "exercises"):
         for path in sorted((root / folder).glob("ex*.py")):
-            m = _MODULE_FILE.match(path.name)
-            if m:
+            if m := _MODULE_FILE.match(path.name):
                 course.setdefault(int(m.group(2)), m.group(1))
     return dict(sorted(course.items()))
+
+
+def graded_tests() -> dict[str, list[str]]:
+    """The graded tests the package ships with: exercise name (``ex03_gae``) -> the names of
+    its tests as pytest collects them (``test_grpo_random_groups[True]``)."""
+    return json.loads(MANIFEST.read_text())
 
 
 def per_test_limit(value: str | float | None = None) -> float:
     """Seconds each graded test may run: ``value``, else ``$RLHF_EDU_GRADE_TIMEOUT``, else 20.
 
-    Unset or blank means the default; 0, negative, non-finite or non-numeric values are
-    refused (a limit of 0 would mean no limit at all) with a one-line ``ValueError``.
+    Unset or blank means the default; anything but a number in (0, 3600] is refused (0 would
+    mean no limit at all) with a one-line ``ValueError`` naming the variable and the range.
     """
-    if value is None:
-        value = os.environ.get(TIMEOUT_ENV)
+    value = os.environ.get(TIMEOUT_ENV) if value is None else value
     if value is None or not str(value).strip():
         return DEFAULT_TEST_LIMIT
-    seconds = _seconds(value)
-    if seconds is None:
-        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds > 0 (default "
-                         f"{DEFAULT_TEST_LIMIT:g}), got {value!r}")
-    return seconds
+    try:  # float() refuses what is not a number, check_float what is out of range
+        return check_float(TIMEOUT_ENV, float(str(value).strip()), minimum=0.0,
+                           maximum=MAX_TEST_LIMIT, strict_min=True)
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds in (0, {MAX_TEST_LIMIT:g}]"
+                         f" (default {DEFAULT_TEST_LIMIT:g}), got {value!r}") from None
 
 
 def stop_margin(limit: float) -> float:
@@ -148,79 +136,43 @@ def stop_margin(limit: float) -> float:
 
 
 def _seconds(value: Any) -> float | None:
-    """``value`` as a finite number of seconds > 0, or None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if math.isfinite(seconds) and seconds > 0 else None
+    """``value`` (a number or its text) as a finite number of seconds > 0, or None."""
+    with contextlib.suppress(TypeError, ValueError):
+        return check_float("seconds", float(value) if isinstance(value, str) else value,
+                           minimum=0.0, strict_min=True)
+    return None
 
 
-def _clean(message: str, limit: int = 600) -> str:
-    """A failure message as a learner should read it: no "Failed: " prefix, bounded length."""
-    message = message.strip()
-    m = re.fullmatch(r'failed on (?:setup|teardown) with "(.*)"', message, re.DOTALL)
-    if m:  # a fixture failed, e.g. the exercise file does not import
-        message = m.group(1)
-    for prefix in ("Failed: ", "Skipped: "):
-        if message.startswith(prefix):
-            message = message[len(prefix):]
-    return message if len(message) <= limit else message[:limit] + " ..."
-
-
-def _exercise_of(testcase: ET.Element) -> tuple[int, str] | None:
-    m = _IN_NAME.search(testcase.get("classname", "") + " " + testcase.get("name", ""))
-    return (int(m.group(2)), m.group(1)) if m else None
-
-
-def _tail(path: Path, n: int = 3000) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return text[-n:]
+def shown(text: object) -> str:
+    """``text`` as a terminal shows it literally: control characters (ESC, BEL, NUL, CR, C1,
+    bidi overrides, ...) written out as ``\\x1b``, ``\\u202e``; newlines kept. Idempotent."""
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], str(text))
 
 
 def grade(exercise: int | list[int] | None = None, target: str = "exercises",
           root: str | Path | None = None, timeout: float = 900.0,
           extra_args: list[str] | None = None) -> list[dict]:
-    """Run the graded tests of some exercises (or all) against ``target``; a row per exercise.
-
-    Args:
-        exercise: an exercise number (3 grades ``tests/exercises/test_ex03_*.py``), a list of
-            them ([2, 3, 4]), or None: all.
-        target: "exercises" (the learner's code) or "solutions".
-        root: the repository (see :func:`find_root`); None: the current directory or a parent.
-        timeout: seconds for the whole grading run; what finished before it ran out is kept.
-            Each test also has its own limit (:func:`per_test_limit`), so one endless loop
-            fails one test, not the run.
-        extra_args: more pytest arguments (e.g. ``["-x"]``).
-
-    Returns:
-        Rows as described in the module docstring, sorted by exercise number; an exercise
-        whose graded test file is missing has a row with ``error`` set.
-    """
+    """Rows (see the module docstring) for some exercises (a number, a list, None: all),
+    sorted by number, from their graded tests run against ``target`` ("exercises", the
+    learner's code, or "solutions"). ``root``: see :func:`find_root`. ``timeout``: seconds for
+    the whole run, what finished before it ran out is kept (each test also has its own limit,
+    :func:`per_test_limit`). ``extra_args``: more pytest arguments (``["-x"]``)."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     if _seconds(timeout) is None:
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
     limit = per_test_limit()
     root = find_root(root)
-    rows = _empty_rows(_select(root, exercise), root, target)
-    jobs = [_Job(row, root / row["file"], limit) for row in rows.values() if row["error"] is None]
+    manifest = graded_tests()
+    rows = _empty_rows(_select(root, exercise), root, target, manifest)
+    jobs = [_Job(row, root / row["file"], limit, manifest.get(row["name"]))
+            for row in rows.values() if row["error"] is None]
     if jobs:
         _run(jobs, root, target, limit, float(timeout), list(extra_args or []))
     return [rows[n] for n in sorted(rows)]
 
 
-def read_report(report: str | Path, target: str = "exercises", root: str | Path | None = None,
-                exercise: int | None = None) -> list[dict]:
-    """The rows of :func:`grade` from a JUnit XML ``report`` of a pytest run of the graded
-    tests (``pytest tests/exercises --target=... --junitxml=report.xml``)."""
-    root = find_root(root)
-    return _fill(report, list(_empty_rows(_select(root, exercise), root, target).values()))
-
-
-def _select(root: Path, exercise: int | None) -> dict[int, str]:
+def _select(root: Path, exercise: int | list[int] | None) -> dict[int, str]:
     course = course_exercises(root)
     if not course:
         raise ValueError(f"no exercises (exNN_*.py) in {str(root / 'exercises')!r}")
@@ -236,38 +188,15 @@ def _select(root: Path, exercise: int | None) -> dict[int, str]:
     return {n: course[n] for n in sorted(set(numbers))}
 
 
-def _fill(report: Path, rows: list[dict]) -> list[dict]:
-    """Count passed/total/seconds and collect failures per exercise from the XML report."""
-    by_number = {row["exercise"]: row for row in rows}
-    for case in ET.parse(report).getroot().iter("testcase"):
-        found = _exercise_of(case)
-        if found is None or found[0] not in by_number or by_number[found[0]]["error"]:
-            continue
-        row = by_number[found[0]]
-        row["total"] += 1
-        row["seconds"] += float(case.get("time") or 0.0)
-        problems = [c for c in case if c.tag in ("failure", "error", "skipped")]
-        if not problems:
-            row["passed"] += 1
-            continue
-        p = problems[0]
-        text = p.get("message") or (p.text or "").strip() or p.tag
-        prefix = {"error": "error: ", "skipped": "skipped: "}.get(p.tag, "")
-        row["failures"].append({"test": case.get("name", "?"), "message": prefix + _clean(text)})
-    for row in rows:
-        if row["total"] == 0 and row["error"] is None:
-            row["error"] = "no graded test ran"
-    return sorted(rows, key=lambda r: r["exercise"])
-
-
-def _empty_rows(course: dict[int, str], root: Path, target: str) -> dict[int, dict]:
-    files = graded_files(root)
-    rows = {}
+def _empty_rows(course: dict[int, str], root: Path, target: str,
+                manifest: dict[str, list[str]]) -> dict[int, dict]:
+    """A row per exercise before grading, its total the manifest's count of its tests."""
+    files, rows = graded_files(root), {}
     for n, name in course.items():
         path = files.get(n, root / GRADED_DIR / f"test_{name}.py")
         file = path.relative_to(root).as_posix()
         rows[n] = {"exercise": n, "name": name, "file": file, "target": target, "passed": 0,
-                   "total": 0, "seconds": 0.0, "failures": [],
+                   "total": len(manifest.get(name, [])), "seconds": 0.0, "failures": [],
                    "error": None if path.exists() else
                    f"{file} is missing, so exercise {n} cannot be graded (restore the file)"}
     return rows
@@ -277,458 +206,206 @@ def _empty_rows(course: dict[int, str], root: Path, target: str) -> dict[int, di
 
 
 class _Job:
-    """One exercise's graded tests: one pytest process per attempt, a new attempt after a
-    hang or a crash, until every collected test has an outcome."""
+    """One exercise's graded tests: a pytest process per attempt, a new one for the tests left
+    after a run that ended inside a test (a hang it was stopped for, a crash, an interrupt);
+    ``names``: the tests that count (the manifest's), None: all."""
 
-    def __init__(self, row: dict, path: Path, limit: float) -> None:
-        self.row, self.path, self.limit = row, path, limit
-        self.number = row["exercise"]
+    def __init__(self, row: dict, path: Path, limit: float, names: list | None = None) -> None:
+        self.row, self.path, self.limit, self.names = row, path, limit, names
         self.tests: list[str] = []  # node ids, as the first attempt collected them
-        self.limits: dict[str, float] = {}
         self.results: dict[str, dict] = {}  # node id -> {"kind", "message", "seconds"}
-        self.collect_errors: list[str] = []
-        self.attempt = 0
-        self.finished = False
+        self.attempt, self.finished = 0, False
 
-    def start(self, tmp: Path, now: float) -> dict:
-        """The request for the next attempt (what the runner needs to start it)."""
+    def start(self, tmp: Path, now: float) -> list[str]:
+        """Begin the next attempt; returns its pytest options (its record, what to skip)."""
         self.attempt += 1
-        self.id = f"{self.number}.{self.attempt}"
-        self.record = tmp / f"record-{self.id}.jsonl"
-        self.log = tmp / f"pytest-{self.id}.log"
+        self.id = f"{self.row['exercise']}.{self.attempt}"
+        self.record, self.log = tmp / f"record-{self.id}.jsonl", tmp / f"pytest-{self.id}.log"
         self.record.touch()
-        self.offset, self.pending = 0, b""
-        self.current: str | None = None
-        self.current_since = now
-        self.in_setup = False  # the current test is being set up (the exercise imported)
-        self.deadline = now + _IDLE_LIMIT
-        self.done: int | None = None
-        self.progress = False
-        self.kill_reason: str | None = None  # why the running test failed, if it was stopped
-        self.stop_reason: str | None = None  # why the tests left will not run
-        return {"op": "run", "job": self.id, "record": str(self.record), "log": str(self.log),
-                "skip": list(self.results)}
+        self.run = Record(self.record)
+        self.since, self.deadline, self.test_limit = now, now + _IDLE_LIMIT, self.limit
+        self.kill_reason = self.stop_reason = None  # why the test running, the tests left fail
+        return [f"--grade-record={self.record}", *(f"--grade-skip={t}" for t in self.results)]
 
     def read_record(self, now: float) -> None:
-        """Take in the events the running attempt has written since the last look."""
-        try:
-            with open(self.record, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except OSError:  # gone: the process's end settles the attempt
-            return
-        self.offset += len(data)
-        *lines, self.pending = (self.pending + data).split(b"\n")
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            kind = event.get("event")
-            if kind == "collected" and not self.tests and self.attempt == 1:
-                self.tests = [nodeid for nodeid, _ in event["tests"]]
-                self.limits = {nodeid: lim or self.limit for nodeid, lim in event["tests"]}
-            elif kind == "collect_error":
-                self.collect_errors.append(event["message"])
+        """Take in the attempt's new events; the deadline follows them."""
+        run = self.run
+        for kind in run.read():
+            if kind == "collected" and self.attempt == 1:
+                self.tests = run.tests
             elif kind == "start":
-                self.current, self.current_since = event["nodeid"], now
-                self.in_setup = True
-                limit = self.limits.get(self.current, self.limit)
-                self.deadline = now + limit + stop_margin(limit)
-            elif kind == "setup_done":
-                self.in_setup = False
+                self.since, self.test_limit = now, _seconds(run.limit) or self.limit
+                self.deadline = now + self.test_limit + stop_margin(self.test_limit)
             elif kind == "finish":
-                self.results[event["nodeid"]] = {"kind": event["outcome"],
-                                                  "message": event["message"],
-                                                  "seconds": event["seconds"]}
-                self.current, self.progress = None, True
                 self.deadline = now + _IDLE_LIMIT
             elif kind == "done":
-                self.done = int(event["exitstatus"])
                 self.deadline = now + stop_margin(self.limit)
+        self.results.update(run.results)
+
+    def out_of_time(self, now: float, until: tuple[float, float],
+                    stop: threading.Event) -> bool:
+        """Take in the record; True when the attempt is to be killed now, and why is set."""
+        self.read_record(now)
+        if self.kill_reason:  # killed already
+            return False
+        if now > until[0] or stop.is_set():
+            self.stop_reason = (f"grading reached its time limit of {until[1]:g} s"
+                                if now > until[0] else "grading was interrupted")
+            self.kill_reason = f"did not finish: {self.stop_reason}"
+        elif now > self.deadline:
+            self.kill_reason = (f"did not finish within {self.test_limit:g} s, so the grader "
+                                "stopped it (an endless loop the per-test alarm could not "
+                                "interrupt?)" if self.run.current else
+                                "its pytest process did not go on or exit")
+        return self.kill_reason is not None
 
     def ended(self, exit_code: int, now: float) -> bool:
-        """The attempt's process has ended; True if another attempt should run the tests
-        left (the run ended inside a test: a hang it was stopped for, a crash, an interrupt,
-        ``pytest.exit``), False when the exercise is settled."""
+        """The attempt's process has ended: True if another attempt should run the tests left,
+        False when the exercise is settled (and its row filled)."""
         self.read_record(now)
-        in_test, in_setup = self.current is not None, self.current is not None and self.in_setup
-        if in_test:  # it fails, with the reason
-            if self.kill_reason:
-                message = self.kill_reason
-            elif self.done is not None:
-                message = "the test run stopped during this test (pytest.exit or interrupted?)"
-            else:
-                message = (f"the test process ended during this test ({_exit_text(exit_code)}):"
-                           " does the code call sys.exit() or os._exit(), or crash?")
-            if in_setup:
-                message += " [while setting the test up: importing the exercise's module]"
-            self.results[self.current] = {"kind": "failure", "message": message,
-                                          "seconds": now - self.current_since}
-            self.current, self.progress = None, True
+        run = self.run
+        current, in_setup = run.current, run.current is not None and run.in_setup
+        if current is not None:  # it fails, with the reason
+            message = self.kill_reason or (
+                "the test run stopped during this test (pytest.exit or interrupted?)"
+                if run.done is not None else
+                f"the test process ended during this test ({_exit_text(exit_code)}): does the "
+                "code call sys.exit() or os._exit(), or crash?")
+            self.results[current] = {"kind": "failure", "seconds": now - self.since,
+                                     "message": message + (_IN_SETUP if in_setup else "")}
         left = [t for t in self.tests if t not in self.results]
-        # pytest ended the session between tests by itself: -x, --maxfail
-        stopped_early = self.done is not None and not in_test and not self.kill_reason
         # a set-up that hangs or crashes (the exercise's import) would do it again every time
-        if (left and self.progress and not stopped_early and not in_setup
-                and not self.collect_errors and not self.stop_reason):
+        if left and current is not None and not in_setup and not self.stop_reason:
             return True
         why = self.stop_reason or (
-            "the run stopped early (pytest -x?)" if stopped_early else
             "importing the exercise's module did not finish in an earlier test" if in_setup else
+            "the run stopped early (pytest -x?)" if run.done is not None else
             f"the test process ended ({_exit_text(exit_code)})")
         for t in left:
             self.results[t] = {"kind": "failure", "message": f"did not run: {why}",
                                "seconds": 0.0}
-        if not self.tests and not self.collect_errors and self.done is None:
-            self.row["error"] = (f"not graded: {self.stop_reason}" if self.stop_reason else
-                                 f"pytest stopped before running any test "
-                                 f"({self.kill_reason or _exit_text(exit_code)}):\n"
-                                 f"{_tail(self.log)}")
+        if not self.tests and not run.collect_errors and run.done is None:
+            why, log = self.kill_reason or _exit_text(exit_code), self.log
+            output = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            self.row["error"] = shown(f"not graded: {self.stop_reason}" if self.stop_reason else
+                                      f"pytest stopped before running any test ({why}):\n"
+                                      + output)
         self.finish()
         return False
 
     def finish(self) -> None:
-        """Fill the row from the results."""
-        self.finished = True
-        row = self.row
-        if self.collect_errors:
-            row["error"] = (f"pytest could not collect {row['file']}: "
-                            + _clean(self.collect_errors[0]))
+        """Fill the row: each test that counts passed, failed, or is missing from the file."""
+        self.finished, row = True, self.row
+        if self.run.collect_errors:
+            row["error"] = shown(f"pytest could not collect {row['file']}: "
+                                 + self.run.collect_errors[0])
+        if row["error"] is not None:  # not graded: the total stays the manifest's count
             return
-        row["total"] = len(self.tests)
-        for nodeid in self.tests:
-            result = self.results[nodeid]
+        by_name = {nodeid.split("::")[-1]: nodeid for nodeid in self.tests}
+        names = list(by_name) if self.names is None else self.names
+        row["total"] = len(names)
+        for name in names:
+            result = self.results.get(by_name.get(name, ""), {
+                "kind": "failure", "message": f"missing from {row['file']}", "seconds": 0.0})
             row["seconds"] += result["seconds"]
             if result["kind"] == "passed":
                 row["passed"] += 1
                 continue
             prefix = {"error": "error: ", "skipped": "skipped: "}.get(result["kind"], "")
-            row["failures"].append({"test": nodeid.split("::")[-1],
-                                    "message": prefix + result["message"]})
-        if row["error"] is None and row["total"] == 0:
+            row["failures"].append({"test": shown(name),
+                                    "message": shown(prefix + result["message"])})
+        if not names:
             row["error"] = "no graded test ran"
 
 
 def _exit_text(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
+    names = {s.value: s.name for s in signal.Signals}
+    return f"exit code {code}" if code >= 0 else f"killed by {names.get(-code, f'signal {-code}')}"
 
 
 def _run(jobs: list[_Job], root: Path, target: str, limit: float, timeout: float,
          extra_args: list[str]) -> None:
-    """Run the jobs, a few at a time, through one runner process (see :func:`_serve`)."""
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # leave no __pycache__ in the learner's folders
-    env[TIMEOUT_ENV] = repr(limit)
-    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    """Grade the jobs, a few at a time, each in fresh pytest processes (:func:`_attempts`)."""
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONDONTWRITEBYTECODE": "1",  # no pycache
+           TIMEOUT_ENV: repr(limit), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    plugins = ["-p", "pytest_timeout"] if importlib.util.find_spec("pytest_timeout") else []
+    args = [f"--target={target}", *_PYTEST_ARGS, *plugins, *extra_args]
+    until, stop = (time.monotonic() + timeout, timeout), threading.Event()
     workers = max(1, min(len(jobs), os.cpu_count() or 1, _MAX_WORKERS))
-    start = time.monotonic()
-    end = start + timeout
-    with tempfile.TemporaryDirectory(prefix="rlhf-edu-grade-") as tmp_name:
-        tmp = Path(tmp_name)
-        runner_log = open(tmp / "runner.log", "wb")
-        runner = subprocess.Popen(
-            [sys.executable, "-c", "from rlhf_edu.grading import _serve; _serve()",
-             "fork" if _USE_FORK else "spawn"],
-            cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=runner_log, start_new_session=True)
-        queue, running = deque(jobs), {}
-        pending = b""
-
-        def send(request: dict) -> None:
-            try:
-                runner.stdin.write((json.dumps(request) + "\n").encode())
-                runner.stdin.flush()
-            except OSError as e:
-                raise RuntimeError(f"the grading runner stopped ({e}):\n"
-                                   + _tail(tmp / "runner.log")) from None
-
-        plugins = ["-p", "pytest_timeout"] if importlib.util.find_spec("pytest_timeout") else []
-
-        def args_for(job: _Job) -> list[str]:
-            return [str(job.path), f"--target={target}", *_PYTEST_ARGS, *plugins, *extra_args]
-
+    with (tempfile.TemporaryDirectory(prefix="rlhf-edu-grade-") as tmp,
+          ThreadPoolExecutor(workers) as pool):
+        futures = [pool.submit(_attempts, job, Path(tmp), root, env, args, until, stop)
+                   for job in jobs]
         try:
-            while queue or running:
-                now = time.monotonic()
-                while queue and len(running) < workers and now < end:
-                    job = queue.popleft()
-                    request = job.start(tmp, now)
-                    request.update(args=args_for(job), root=str(root))
-                    send(request)
-                    running[job.id] = job
-                if not running:
-                    break  # out of time with jobs still queued
-                if now > end + 60:  # killed processes are reported within a second
-                    raise RuntimeError("the grading runner did not report its processes' end")
-                ready, _, _ = select.select([runner.stdout], [], [], _POLL)
-                if ready:
-                    chunk = os.read(runner.stdout.fileno(), 1 << 16)
-                    if not chunk:
-                        raise RuntimeError("the grading runner stopped:\n"
-                                           + _tail(tmp / "runner.log"))
-                    *lines, pending = (pending + chunk).split(b"\n")
-                    for line in lines:
-                        message = json.loads(line)
-                        job = running.pop(message["job"])
-                        if job.ended(message["exit"], time.monotonic()):
-                            queue.appendleft(job)
-                now = time.monotonic()
-                for job in running.values():
-                    job.read_record(now)
-                    if job.kill_reason:
-                        continue
-                    if now > end:
-                        job.stop_reason = f"grading reached its time limit of {timeout:g} s"
-                        job.kill_reason = f"did not finish: {job.stop_reason}"
-                    elif now > job.deadline:
-                        lim = job.limits.get(job.current, limit)
-                        job.kill_reason = (
-                            f"did not finish within {lim:g} s, so the grader stopped it "
-                            "(an endless loop the per-test alarm could not interrupt?)"
-                            if job.current else "its pytest process did not go on or exit")
-                    else:
-                        continue
-                    send({"op": "kill", "job": job.id})
-        except RuntimeError as e:  # the runner is gone: what did not finish is not graded
-            for job in jobs:
-                if not job.finished and job.row["error"] is None:
-                    job.row["error"] = str(e)
-        finally:
-            with contextlib.suppress(OSError):
-                runner.stdin.close()
-            try:
-                runner.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                _kill_group(runner.pid)
-                runner.wait()
-            runner.stdout.close()
-            runner_log.close()
+            for future in futures:
+                future.result()
+        finally:  # an interrupted grader (Ctrl-C) stops every test process it started
+            stop.set()
     for job in jobs:
         if not job.finished and job.row["error"] is None:
             job.row["error"] = f"not graded: grading reached its time limit of {timeout:g} s"
 
 
-def _kill_group(pid: int) -> None:
+def _attempts(job: _Job, tmp: Path, root: Path, env: dict, args: list[str],
+              until: tuple[float, float], stop: threading.Event) -> None:
+    """Grade one exercise: a new ``python -m pytest`` process per attempt, in a session of its
+    own, killed with all it started when its test or the run (``until``: end, timeout) is late."""
     try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, AttributeError):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _serve() -> None:
-    """The grader's runner process: reads requests (JSON lines) on stdin, starts one pytest
-    process per "run" request in its own process group, kills one on "kill", and reports each
-    one's exit on stdout. With "fork" it imports torch and pytest once and forks each run."""
-    mode = sys.argv[1] if len(sys.argv) > 1 else "spawn"
-    if mode == "fork":
-        _preload()
-    children: dict[str, Any] = {}  # job id -> pid (fork) or Popen (spawn)
-    pending, reading, warm = b"", True, mode != "fork"
-    try:
-        while reading or children:
-            if reading:
-                ready, _, _ = select.select([0], [], [], _POLL)
-                chunk = os.read(0, 1 << 16) if ready else b""
-                if ready and not chunk:
-                    break  # the grader is done (or gone): stop what still runs
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    request = json.loads(line)
-                    if request["op"] == "run":
-                        children[request["job"]] = _spawn(request, mode)
-                    elif request["job"] in children:
-                        child = children[request["job"]]
-                        _kill_group(child if isinstance(child, int) else child.pid)
-            if children and not warm:  # while the first runs go on, for the runs after them
-                _warm_up()
-                warm = True
-            for job_id, child in list(children.items()):
-                code = _poll(child)
-                if code is not None:
-                    del children[job_id]
-                    _kill_group(child if isinstance(child, int) else child.pid)  # leftovers
-                    sys.stdout.write(json.dumps({"job": job_id, "exit": code}) + "\n")
-                    sys.stdout.flush()
-    finally:
-        for child in children.values():
-            _kill_group(child if isinstance(child, int) else child.pid)
-
-
-def _preload() -> None:
-    """Import what every graded run needs, once, before forking (torch alone takes seconds)."""
-    import pytest  # noqa: F401
-
-    import rlhf_edu  # noqa: F401
-
-
-def _warm_up() -> None:
-    """Take torch's lazy imports that graded tests meet (the first optimizer imports
-    torch._dynamo, a second or more) once, in the runner, for the processes forked later."""
-    import torch
-
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-
-
-def _spawn(request: dict, mode: str) -> Any:
-    if mode == "fork":
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            code = 70
+        while time.monotonic() < until[0] and not stop.is_set():
+            options = job.start(tmp, time.monotonic())
+            with open(job.log, "wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "pytest", str(job.path), *args, *options], cwd=root,
+                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True)
             try:
-                os.setsid()
-                _child_main(request)
+                while proc.poll() is None:
+                    time.sleep(_POLL)
+                    if job.out_of_time(time.monotonic(), until, stop):
+                        _kill_group(proc.pid)
             finally:
-                os._exit(code)
-        return pid
-    with open(request["log"], "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-c", "import json, sys; from rlhf_edu.grading import "
-             "_child_main; _child_main(json.loads(sys.argv[1]))", json.dumps(request)],
-            cwd=request["root"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+                _kill_group(proc.pid)  # what its tests left running
+                proc.wait()
+            if not job.ended(proc.returncode, time.monotonic()):
+                return
+        if job.attempt and not stop.is_set():  # out of time between attempts: keep results
+            job.stop_reason = f"grading reached its time limit of {until[1]:g} s"
+            job.ended(0, time.monotonic())
+    except Exception as e:  # e.g. a process that cannot be started: not graded, and why
+        job.row["error"] = shown(f"not graded: {type(e).__name__}: {e}")
 
 
-def _poll(child: Any) -> int | None:
-    if not isinstance(child, int):
-        return child.poll()
-    pid, status = os.waitpid(child, os.WNOHANG)
-    return None if pid == 0 else os.waitstatus_to_exitcode(status)
-
-
-def _child_main(request: dict) -> None:
-    """One pytest run of one exercise (in its own process); ends the process when done, so a
-    thread the learner's code left running cannot keep it alive."""
-    code = 70
-    try:
-        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.chdir(request["root"])
-        import pytest
-
-        recorder = _Recorder(request["record"], set(request["skip"]))
-        code = int(pytest.main(request["args"], plugins=[recorder]))
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
-
-
-class _Recorder:
-    """pytest plugin of a graded run: one JSON line per event, written as it happens, so the
-    grader keeps the results of a run it has to stop. Also deselects the tests an earlier
-    attempt already settled."""
-
-    def __init__(self, path: str, skip: set[str]) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self.skip = skip
-        self.reports: dict[str, list] = {}
-
-    def _write(self, **event: Any) -> None:
-        os.write(self.fd, (json.dumps(event) + "\n").encode())
-
-    def pytest_collection_modifyitems(self, session: Any, config: Any, items: list) -> None:
-        dropped = [item for item in items if item.nodeid in self.skip]
-        if dropped:
-            items[:] = [item for item in items if item.nodeid not in self.skip]
-            config.hook.pytest_deselected(items=dropped)
-
-    def pytest_collectreport(self, report: Any) -> None:
-        if report.failed:
-            self._write(event="collect_error", nodeid=report.nodeid,
-                        message=_report_message(report))
-
-    def pytest_collection_finish(self, session: Any) -> None:
-        self._write(event="collected",
-                    tests=[[item.nodeid, _marker_limit(item)] for item in session.items])
-
-    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
-        self._write(event="start", nodeid=nodeid)
-
-    def pytest_runtest_logreport(self, report: Any) -> None:
-        self.reports.setdefault(report.nodeid, []).append(report)
-        if report.when == "setup":
-            self._write(event="setup_done", nodeid=report.nodeid)
-
-    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
-        reports = self.reports.pop(nodeid, [])
-        kind, message = "error", "the test did not run"
-        for report in reports:  # setup, call, teardown
-            if report.failed:
-                kind = "failure" if report.when == "call" else "error"
-                message = _clean(_report_message(report))
-                break
-        else:
-            if any(r.skipped for r in reports):
-                skipped = next(r for r in reports if r.skipped)
-                kind, message = "skipped", _clean(_report_message(skipped))
-                if hasattr(skipped, "wasxfail"):
-                    message = f"expected to fail {skipped.wasxfail}".strip()
-            elif any(r.when == "call" and r.passed for r in reports):
-                kind, message = "passed", ""
-        self._write(event="finish", nodeid=nodeid, outcome=kind, message=message,
-                    seconds=sum(r.duration for r in reports))
-
-    def pytest_sessionfinish(self, session: Any, exitstatus: int) -> None:
-        self._write(event="done", exitstatus=int(exitstatus))
-
-
-def _report_message(report: Any) -> str:
-    """What JUnit XML would give as the message: the crash line, or the skip reason."""
-    longrepr = report.longrepr
-    if isinstance(longrepr, tuple) and len(longrepr) == 3:
-        return str(longrepr[2])
-    crash = getattr(longrepr, "reprcrash", None)
-    return crash.message if crash is not None else str(longrepr)
-
-
-def _marker_limit(item: Any) -> float | None:
-    marker = item.get_closest_marker("timeout")
-    if marker is None:
-        return None
-    value = marker.args[0] if marker.args else marker.kwargs.get("timeout")
-    return _seconds(value)
+def _kill_group(pid: int) -> None:
+    kill = getattr(os, "killpg", os.kill)  # the process and all it started, where there are groups
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows has no SIGKILL
 
 
 # ------------------------------------------------------------------ the score table and CLI
 
 
 def format_scores(rows: list[dict], failures: int = 1, width: int = 100) -> str:
-    """A score table: passed/total per exercise and a total line, with the first
-    ``failures`` failure messages under each exercise that is not complete."""
+    """A score table: passed/total per exercise and a total line, with the first ``failures``
+    failure messages under each exercise that is not complete, escaped (:func:`shown`) and
+    wrapped to ``width`` on lines marked ``|``: no message can pass for a line of the table."""
     target = rows[0]["target"] if rows else "exercises"
-    lines = [f"{'#':>3}  {'exercise':<28}{'passed':>10}   grading {target}/"]
+    lines = [f"{'#':>3}  {'exercise':<28}{'passed':>10}   grading {shown(target)}/"]
     passed = total = 0
     for row in rows:
         passed, total = passed + row["passed"], total + row["total"]
         done = row["error"] is None and row["passed"] == row["total"]
         status = "done" if done else ("error" if row["error"] else "")
-        lines.append(f"{row['exercise']:>3}  {row['name']:<28}"
+        lines.append(f"{row['exercise']:>3}  {shown(row['name']):<28}"
                      f"{row['passed']:>5} / {row['total']:<3} {status}".rstrip())
-        notes = ([f"{row['error']}"] if row["error"] else
+        notes = ([row["error"]] if row["error"] else
                  [f"{f['test']}: {f['message']}" for f in row["failures"][:failures]])
         for note in notes:
-            wrapped = textwrap.wrap(" ".join(note.split()), width - 5) or [""]
-            lines.extend("     " + w for w in wrapped[:6])
+            wrapped = textwrap.wrap(" ".join(shown(note).split()), max(width - 7, 20)) or [""]
+            lines.extend("     | " + w for w in wrapped[:6])
         hidden = len(row["failures"]) - failures
         if not row["error"] and hidden > 0:
             lines.append(f"     (and {hidden} more failing test{'s' if hidden > 1 else ''}; "
-                         f"pytest {row['file']} shows all)")
+                         f"pytest {shown(row['file'])} shows all)")
     ungraded = [str(r["exercise"]) for r in rows if r["error"]]
     note = (f"   (not graded: exercise{'s' if len(ungraded) > 1 else ''} "
             f"{', '.join(ungraded)})" if ungraded else "")
@@ -744,9 +421,8 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
                         help="grade your exercises/ (default) or the worked solutions/")
     parser.add_argument("--root", type=Path, default=None,
                         help="the repository with exercises/ (default: here or a parent)")
-    parser.add_argument("--timeout", default="900",
-                        help="seconds for the whole run (default 900; each test also has a "
-                             f"limit, ${TIMEOUT_ENV} or {DEFAULT_TEST_LIMIT:g} s)")
+    parser.add_argument("--timeout", default="900", help="seconds for the whole run (default "
+                        f"900; each test also has a limit, ${TIMEOUT_ENV} or 20 s)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show every failure message, not only the first")
 
@@ -757,18 +433,16 @@ def run_grade_cli(args: argparse.Namespace) -> int:
         timeout = _seconds(args.timeout)
         if timeout is None:
             raise ValueError(f"--timeout must be a number of seconds > 0, got {args.timeout!r}")
-        given = args.exercise if isinstance(args.exercise, list) else (
-            [] if args.exercise is None else [args.exercise])
-        numbers = []
+        given = [g for g in (args.exercise if isinstance(args.exercise, list)
+                             else [args.exercise]) if g is not None]
         for item in given:
-            text = str(item).strip()
-            if not re.fullmatch(r"[+-]?\d+", text):
+            if not re.fullmatch(r"[+-]?\d+", str(item).strip()):
                 raise ValueError(f"the exercise must be a number such as 3, got {item!r}")
-            numbers.append(int(text))
+        numbers = [int(str(item).strip()) for item in given]
         rows = grade(numbers or None, args.target, args.root, timeout)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {shown(e)}", file=sys.stderr)
         return 2
-    print(format_scores(rows, failures=10**6 if args.verbose else 1))
-    ok = all(r["error"] is None and r["passed"] == r["total"] for r in rows)
-    return 0 if ok else 1
+    width = min(100, shutil.get_terminal_size((100, 24)).columns)
+    print(format_scores(rows, failures=10**6 if args.verbose else 1, width=width))
+    return 0 if all(r["error"] is None and r["passed"] == r["total"] for r in rows) else 1

@@ -71,6 +71,13 @@ parameters, and the round size in the model's name ("7B" = 7e9 params): 14·4 + 
   critic (``critic="none"``: three); ``method="dpo"`` trains a policy (the "actor") against a
   frozen reference on preference pairs (two models, no generation, 2 sequences per pair).
 
+Communication (:func:`communication`, ``rlhf-edu memory --nodes 2 --gpus-per-node 8``): the
+collectives of one step of data parallelism over nodes × GPUs, per trained model the DDP
+all-reduce of the gradients (ZeRO-0), their reduce-scatter and the all-gather of the updated
+weights (ZeRO-1/2), or the forward and backward all-gathers and the reduce-scatter (ZeRO-3, with
+one all-gather of each frozen model too): bytes each GPU sends (ring), bytes that leave each
+node (hierarchical) and the seconds at the given intra- and inter-node bandwidths.
+
 Everything is added up as if resident at once, an upper bound: in a sequential RLHF step the KV
 cache is freed before the training forward. ``plan()`` enumerates ZeRO stage, offload, LoRA,
 critic sharing, placement ("colocate": all models on every GPU; "split": reward and reference on
@@ -109,10 +116,17 @@ ZERO_STAGES = (0, 1, 2, 3)
 # is refused, even 2.0); sizes in GB are finite floats > 0; None passes where it means a default.
 _COUNTS = ("n_layer", "n_embd", "n_head", "vocab_size", "block_size", "n_params", "n_kv_head",
            "nominal_params", "n_gpus", "frozen_gpus", "batch", "micro_batch", "prompt_len",
-           "response_len", "dtype_bytes", "tp", "pp", "rollout_batch", "kv_dtype_bytes")
+           "response_len", "dtype_bytes", "tp", "pp", "rollout_batch", "kv_dtype_bytes",
+           "nodes", "gpus_per_node", "updates", "--nodes", "--gpus-per-node", "--gpus")
 _MAY_BE_NONE = ("n_params", "n_kv_head", "nominal_params", "frozen_gpus", "prompt_len",
                 "response_len", "dtype_bytes", "lora_fraction", "cpu_mem_gb", "rollout_batch",
-                "kv_dtype_bytes", "--gpu-mem", "--cpu-mem")  # the CLI's: None is "not given"
+                "kv_dtype_bytes", "--gpu-mem", "--cpu-mem", "--nodes", "--gpus-per-node",
+                "--gpus")  # the CLI's: None is "not given"
+COUNT_MAX = 2**63 - 1  # what an int64 holds; with every count below it, every byte figure stays
+# finite (the largest product, the attention activations s²·b·a·L, is below 1e95), where a count
+# of 10**400 made float() overflow ("int too large to convert to float")
+BW_RANGE_GBS = (1e-3, 1e6)  # link bandwidths, GB/s: 1 MB/s (a slow WAN) to 1 PB/s, beyond any
+# link; outside it the seconds of a step mean nothing (and 1e-320 GB/s would make them inf)
 _FLAGS = ("offload", "activation_checkpointing", "generation_engine", "sequence_parallel")
 
 
@@ -123,12 +137,16 @@ def _check_numbers(**values: object) -> None:
         none_ok = name in _MAY_BE_NONE
         if name in _COUNTS:
             check_int(name, value, minimum=1, none_ok=none_ok)
+            _check_count_max(name, value)
         elif name in ("gpu_mem_gb", "cpu_mem_gb", "--gpu-mem", "--cpu-mem"):
             check_float(name, value, minimum=0, strict_min=True, none_ok=none_ok)
+        elif name in ("intra_bw_gbs", "inter_bw_gbs", "--intra-bw", "--inter-bw"):
+            check_float(name, value, minimum=BW_RANGE_GBS[0], maximum=BW_RANGE_GBS[1])
         elif name == "lora_fraction":
             check_float(name, value, minimum=0, maximum=1, strict_min=True, none_ok=True)
         elif name in ("params", "largest_layer"):  # may be fractional (a LoRA share) or 0
             check_float(name, value, minimum=0)
+            _check_count_max(name, value)
         elif name in _FLAGS:
             check_bool(name, value)
         elif name == "zero_stage":  # an int (NumPy's too), then one of the stages
@@ -137,6 +155,13 @@ def _check_numbers(**values: object) -> None:
             check_int(name, value, minimum=0)
         else:
             raise AssertionError(f"no rule for {name}")  # a programming error, not bad input
+
+
+def _check_count_max(name: str, value: object) -> None:
+    """A checked count or parameter number must be at most :data:`COUNT_MAX` (2**63 - 1)."""
+    if value is not None and value > COUNT_MAX:
+        raise ValueError(f"{name} must be below 2**63 (what an int64 counts), got "
+                         f"{shown(value)}")
 
 
 def _check_spec(name: str, spec: object, none_ok: bool = False) -> None:
@@ -202,8 +227,10 @@ class ModelSpec:
 
     @classmethod
     def from_n_params(cls, n_params: float) -> ModelSpec:
-        """A model of ``n_params`` >= 1 parameters, shaped like the preset nearest in size."""
+        """A model of ``n_params`` in [1, COUNT_MAX] parameters, shaped like the preset nearest
+        in size."""
         check_float("n_params", n_params, minimum=1)
+        _check_count_max("n_params", n_params)
         near = min(PRESETS, key=lambda k: abs(math.log(n_params / cls.preset(k).n_params)))
         return replace(cls.preset(near), name=f"{n_params:.3g} params", n_params=int(n_params),
                        nominal_params=int(n_params))
@@ -840,6 +867,129 @@ def plan(spec: ModelSpec, n_gpus: int = 8, gpu_mem_gb: float = 80.0, *,
                                        b.per_gpu_bytes))
 
 
+# ---------------------------------------------------------------- communication across nodes
+
+# Default link speeds, GB/s (1e9 bytes) in one direction. Intra-node: NVLink 4 of an H100 SXM,
+# 900 GB/s per GPU in both directions together (NVIDIA's H100 datasheet), 450 each way.
+# Inter-node: one 400 Gb/s NIC per node (InfiniBand NDR or 400 GbE), 400 / 8 = 50 GB/s; a DGX
+# H100 has eight of them, one per GPU (400 GB/s per node): pass inter_bw_gbs=400 for that.
+INTRA_BW_GBS = 450.0
+INTER_BW_GBS = 50.0
+_RING = {"all-reduce": 2, "all-gather": 1, "reduce-scatter": 1}  # ring: f·(N−1)/N·S per GPU
+
+
+def _collective(role: str, kind: str, phase: str, times: int, size: float, nodes: int,
+                per_node: int, intra_bw: float, inter_bw: float) -> dict:
+    """One collective of ``size`` bytes (the whole tensor, S), run ``times`` per step over
+    ``nodes`` × ``per_node`` GPUs: bytes per GPU and per node, and seconds at the bandwidths.
+
+    Ring: each GPU sends f·(N−1)/N·S (f = 2 for all-reduce, 1 for all-gather or reduce-scatter).
+    Hierarchical (how NCCL spreads it over a node's links): the GPUs of one local rank run the
+    collective across nodes on their S/g share, f·(n−1)/n·S/g each, f·(n−1)/n·S per node over
+    its NIC(s); the rest, f·(g−1)/g·S per GPU, stays on NVLink. The two add up to the ring's
+    figure; seconds = per-node inter bytes / inter_bw + per-GPU intra bytes / intra_bw.
+    """
+    f, n, g = _RING[kind], nodes, per_node
+    inter_node = times * f * (n - 1) / n * size  # bytes leaving one node per step
+    intra_gpu = times * f * (g - 1) / g * size  # bytes one GPU sends over NVLink per step
+    return {"role": role, "collective": kind, "phase": phase, "times": times, "size_bytes": size,
+            "sent_per_gpu": times * f * (n * g - 1) / (n * g) * size,
+            "inter_node_per_gpu": inter_node / g, "inter_node_per_node": inter_node,
+            "intra_node_per_gpu": intra_gpu,
+            "seconds": inter_node / (inter_bw * GB) + intra_gpu / (intra_bw * GB)}
+
+
+def _comm_models(spec: ModelSpec, critic: str, method: str) -> list[tuple[str, int, str]]:
+    """(role, parameters, "trained" | "head" | "frozen") of each model of one step, as
+    :func:`memory_breakdown` builds them: a critic head ("shared", "head") trains only its own
+    parameters, in full (never LoRA)."""
+    C = spec.n_embd
+    models = [("actor", spec.n_params, "trained")]
+    if critic == "separate":
+        models.append(("critic", _with_head(spec).n_params, "trained"))
+    elif critic != "none":
+        models.append(("critic", C + 1 if critic == "shared" else C * C + 2 * C + 1, "head"))
+    if method == "online":
+        models.append(("reward", _with_head(spec).n_params, "frozen"))
+    return models + [("reference", spec.n_params, "frozen")]
+
+
+def communication(spec: ModelSpec, nodes: int = 1, gpus_per_node: int = 8, zero_stage: int = 3,
+                  *, critic: str | None = None, method: str = "online",
+                  precision: str = "mixed", updates: int = 1,
+                  lora_fraction: float | None = None,
+                  intra_bw_gbs: float = INTRA_BW_GBS,
+                  inter_bw_gbs: float = INTER_BW_GBS) -> list[dict]:
+    """The collectives of one RLHF step, data parallel over ``nodes`` × ``gpus_per_node`` GPUs
+    (N = nodes·gpus_per_node; every model on every GPU, no tp/pp), one dict per collective.
+
+    Per trained model (actor, critic) and optimizer step (``updates`` per RLHF step: PPO epochs
+    × minibatches): ZeRO-0 (DDP) all-reduces the gradients; ZeRO-1/2 reduce-scatter them and
+    all-gather the updated weights after the step; ZeRO-3 (FSDP2) all-gathers the weights in the
+    forward and again in the backward and reduce-scatters the gradients, plus one all-gather for
+    the rollout (the weights kept gathered through generation and scoring). A frozen model
+    (reward, reference) communicates only under ZeRO-3: one all-gather for its forward. Weights
+    travel in the compute dtype (2 B/param mixed, 4 fp32), gradients too (bf16 reduction).
+    With LoRA (``lora_fraction`` r of a model trained, as :func:`memory_breakdown` counts it)
+    only the adapters' gradients and updated weights travel, r·Ψ; ZeRO-3 still gathers the
+    frozen base with them, (1 + r)·Ψ.
+
+    Each dict: ``role``, ``collective``, ``phase``, ``times`` per step, ``size_bytes`` S (one
+    whole tensor), bytes per step ``sent_per_gpu`` (ring), ``inter_node_per_gpu``,
+    ``inter_node_per_node`` (hierarchical: what crosses the node boundary), ``intra_node_per_gpu``
+    and ``seconds`` at ``intra_bw_gbs`` (GB/s per GPU, one direction) and ``inter_bw_gbs``
+    (GB/s per node); see :func:`_collective`. One node: no inter-node bytes.
+    """
+    _check_spec("spec", spec)
+    _check_numbers(nodes=nodes, gpus_per_node=gpus_per_node, zero_stage=zero_stage,
+                   updates=updates, intra_bw_gbs=intra_bw_gbs, inter_bw_gbs=inter_bw_gbs,
+                   lora_fraction=lora_fraction)
+    check_choice("method", method, METHODS)
+    critic = ("none" if method == "dpo" else "separate") if critic is None else critic
+    check_choice("critic", critic, CRITICS)
+    check_choice("precision", precision, tuple(_BYTES))
+    if method == "dpo" and critic != "none":
+        raise ValueError(f"method='dpo' trains no critic: critic must be 'none', got {critic!r}")
+    w = _BYTES[precision][0]  # weights and gradients on the wire, bytes per param
+    kw = dict(nodes=nodes, per_node=gpus_per_node, intra_bw=intra_bw_gbs, inter_bw=inter_bw_gbs)
+    rows = []
+    for role, params, kind in _comm_models(spec, critic, method):
+        if kind == "frozen":
+            if zero_stage == 3:
+                rows.append(_collective(role, "all-gather", "forward", 1, w * params, **kw))
+            continue
+        lora = lora_fraction if kind == "trained" else None
+        tuned = w * (round(lora * params) if lora else params)  # bytes of what is trained
+        gathered = w * params + (tuned if lora else 0)  # base and adapters
+        if zero_stage == 0:
+            rows.append(_collective(role, "all-reduce", "gradients", updates, tuned, **kw))
+            continue
+        if zero_stage == 3:
+            if method == "online":
+                rows.append(_collective(role, "all-gather", "rollout", 1, gathered, **kw))
+            rows.append(_collective(role, "all-gather", "forward", updates, gathered, **kw))
+            rows.append(_collective(role, "all-gather", "backward", updates, gathered, **kw))
+        rows.append(_collective(role, "reduce-scatter", "gradients", updates, tuned, **kw))
+        if zero_stage < 3:
+            rows.append(_collective(role, "all-gather", "updated weights", updates, tuned, **kw))
+    return rows
+
+
+def format_communication(rows: list[dict]) -> str:
+    """:func:`communication`'s rows as a table (GB = 1e9 bytes, seconds), and their total."""
+    lines = [f"{'role':<10} {'collective':<15} {'phase':<16} {'x':>3} {'S GB':>8} "
+             f"{'sent/GPU':>9} {'inter/node':>10} {'seconds':>8}"]
+    for r in rows:
+        lines.append(f"{r['role']:<10} {r['collective']:<15} {r['phase']:<16} {r['times']:>3} "
+                     f"{r['size_bytes'] / GB:>8.2f} {r['sent_per_gpu'] / GB:>9.2f} "
+                     f"{r['inter_node_per_node'] / GB:>10.2f} {r['seconds']:>8.3f}")
+    total = {k: sum(r[k] for r in rows) for k in ("sent_per_gpu", "inter_node_per_node",
+                                                   "seconds")}
+    lines.append(f"{'per step':<50} {total['sent_per_gpu'] / GB:>9.2f} "
+                 f"{total['inter_node_per_node'] / GB:>10.2f} {total['seconds']:>8.3f}")
+    return "\n".join(lines)
+
+
 def parse_model(text: str) -> ModelSpec:
     """A preset name ("llama-7b") or a parameter count ("7e9")."""
     if isinstance(text, str) and text in PRESETS:
@@ -851,6 +1001,9 @@ def parse_model(text: str) -> ModelSpec:
     if not 1 <= n < math.inf:
         raise ValueError(f"model must be one of {', '.join(PRESETS)} or a finite parameter "
                          f"count >= 1 (such as 7e9), got {shown(text)}")
+    if n > COUNT_MAX:
+        raise ValueError(f"model must be a parameter count below 2**63 (what an int64 counts), "
+                         f"got {shown(text)}")
     return ModelSpec.from_n_params(n)
 
 
@@ -893,7 +1046,23 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``rlhf-edu memory``."""
     add = parser.add_argument
     add("--model", default="llama-7b", help=f"{', '.join(PRESETS)} or a parameter count (7e9)")
-    add("--gpus", type=int, default=1, help="number of GPUs")
+    add("--gpus", type=int, default=None,
+        help="number of GPUs in all (default: nodes x gpus-per-node, or 1)")
+    add("--nodes", type=int, default=None,
+        help="nodes: with it (or --gpus-per-node) also print each node's memory and the "
+             "collectives of one step, the bytes that cross the node boundary and their time "
+             "(data parallel: no --tp/--pp/--placement split/--generation-engine)")
+    add("--gpus-per-node", type=int, default=None,
+        help="GPUs per node (default: --gpus / --nodes, or 8)")
+    add("--intra-bw", type=float, default=INTRA_BW_GBS, metavar="GB/S",
+        help="intra-node bandwidth per GPU, one direction, GB/s (default %(default)g: NVLink 4 "
+             "of an H100 SXM, 900 GB/s both ways, NVIDIA's datasheet)")
+    add("--inter-bw", type=float, default=INTER_BW_GBS, metavar="GB/S",
+        help="inter-node bandwidth per node, one direction, GB/s (default %(default)g: one "
+             "400 Gb/s InfiniBand NDR NIC; a DGX H100 has eight, 400)")
+    add("--updates", type=int, default=1,
+        help="optimizer steps per RLHF step (PPO epochs x minibatches) for the collectives "
+             "(default 1)")
     add("--gpu-mem", type=float, default=None,
         help="memory per GPU in GB (1e9 bytes): the limit of --plan (default 80); without "
              "--plan, say whether the breakdown fits in it")
@@ -973,6 +1142,49 @@ def _describe(bd: MemoryBreakdown, name: str) -> str:
             + (", generation engine" if bd.generation_engine else ""))
 
 
+def _resolve_gpus(args: argparse.Namespace) -> tuple[int, int | None]:
+    """(GPUs in all, GPUs per node or None) from ``--gpus``, ``--nodes``, ``--gpus-per-node``;
+    ``ValueError`` when they disagree or ask for communication the table cannot count."""
+    if args.nodes is None and args.gpus_per_node is None:  # memory_breakdown checks n_gpus
+        return (1 if args.gpus is None else args.gpus), None
+    _check_numbers(**{"--gpus": args.gpus, "--nodes": args.nodes,
+                      "--gpus-per-node": args.gpus_per_node})
+    nodes = args.nodes or 1
+    per_node = args.gpus_per_node or (8 if args.gpus is None else max(args.gpus // nodes, 1))
+    if args.gpus is not None and args.gpus != nodes * per_node:
+        raise ValueError(f"--gpus must be --nodes x --gpus-per-node = {nodes * per_node}, got "
+                         f"{args.gpus}" if args.gpus_per_node else f"--gpus must be a "
+                         f"multiple of --nodes={nodes}, got {args.gpus}")
+    refused = [flag for flag, on in (("--tp", (args.tp or 1) > 1), ("--pp", (args.pp or 1) > 1),
+                                     ("--placement split", args.placement == "split"),
+                                     ("--generation-engine", args.generation_engine),
+                                     ("--chapter", args.chapter)) if on]
+    if refused and not args.plan:  # with --plan, --nodes only sets the GPUs
+        raise ValueError(f"--nodes counts the collectives of data parallelism over every GPU; "
+                         f"drop {', '.join(refused)} or drop --nodes/--gpus-per-node")
+    _check_numbers(updates=args.updates, **{"--intra-bw": args.intra_bw,
+                                           "--inter-bw": args.inter_bw})
+    return nodes * per_node, per_node
+
+
+def _node_report(bd: MemoryBreakdown, spec: ModelSpec, args: argparse.Namespace,
+                 per_node: int) -> tuple[dict, str]:
+    """Each node's memory and :func:`communication`'s rows for ``bd``: as a dict for
+    ``--json`` and as text."""
+    nodes = bd.n_gpus // per_node
+    rows = communication(spec, nodes, per_node, bd.zero_stage, critic=bd.critic,
+                         method=bd.method, updates=args.updates, intra_bw_gbs=args.intra_bw,
+                         inter_bw_gbs=args.inter_bw, lora_fraction=bd.lora_fraction)
+    node_bytes, host = bd.per_gpu_bytes * per_node, bd.cpu_bytes / nodes
+    text = (f"per node: {node_bytes / GB:.2f} GB ({per_node} GPUs x {bd.per_gpu_gb:.2f} GB)"
+            + (f" and {host / GB:.2f} GB of host memory (offload)" if bd.offload else "")
+            + f"; {nodes} node(s), intra-node {args.intra_bw:g} GB/s per GPU, inter-node "
+            f"{args.inter_bw:g} GB/s per node, {args.updates} update(s) per step\n"
+            + (format_communication(rows) if rows else "no collectives (one GPU)"))
+    return {"nodes": nodes, "gpus_per_node": per_node, "per_node_bytes": node_bytes,
+            "per_node_cpu_bytes": host, "communication": rows}, text
+
+
 def run_memory_cli(args: argparse.Namespace) -> int:
     """Print the breakdown (or the plan) the parsed ``args`` ask for; 2 on bad input.
 
@@ -989,6 +1201,7 @@ def run_memory_cli(args: argparse.Namespace) -> int:
                    method=args.method, generation_engine=args.generation_engine)
     try:
         _check_numbers(**{"--gpu-mem": args.gpu_mem, "--cpu-mem": args.cpu_mem})
+        n_gpus, per_node = _resolve_gpus(args)
         spec = parse_model(args.model)
         if args.plan:
             given = [k for k, default in _PLAN_TRIES.items() if getattr(args, k) != default
@@ -997,19 +1210,20 @@ def run_memory_cli(args: argparse.Namespace) -> int:
                 flags = ", ".join("--" + k.replace("_", "-") for k in given)
                 raise ValueError(f"{flags} cannot be used with --plan, which tries every "
                                  "setting itself; drop them or drop --plan")
-            rows = plan(spec, args.gpus, 80.0 if args.gpu_mem is None else args.gpu_mem,
+            rows = plan(spec, n_gpus, 80.0 if args.gpu_mem is None else args.gpu_mem,
                         cpu_mem_gb=args.cpu_mem, tp=args.tp, pp=args.pp,
                         critic_modes=("none",) if args.critic == "none" else None,
                         **options, **workload,
                         **({"lora_fraction": args.lora} if args.lora is not None else {}))
         else:
-            bd = memory_breakdown(spec, args.gpus, args.zero, offload=args.offload,
+            bd = memory_breakdown(spec, n_gpus, args.zero, offload=args.offload,
                                   lora_fraction=args.lora, critic=args.critic,
                                   placement=args.placement, frozen_gpus=args.frozen_gpus,
                                   activation_checkpointing=args.checkpointing,
                                   assumptions="chapter" if args.chapter else "precise",
                                   tp=1 if args.tp is None else args.tp,
                                   pp=1 if args.pp is None else args.pp, **options, **workload)
+        nodes = _node_report(bd, spec, args, per_node) if per_node and not args.plan else None
     except ValueError as e:
         print(f"rlhf-edu memory: error: {e}", file=sys.stderr)
         return 2
@@ -1022,21 +1236,29 @@ def run_memory_cli(args: argparse.Namespace) -> int:
                 d.update(gpu_mem_gb=args.gpu_mem, fits=bd.per_gpu_bytes <= args.gpu_mem * GB)
             if args.cpu_mem is not None:
                 d.update(cpu_mem_gb=args.cpu_mem, cpu_fits=bd.cpu_bytes <= args.cpu_mem * GB)
-            print(json.dumps(d, indent=1))
+            print(json.dumps({**d, **(nodes[0] if nodes else {})}, indent=1))
     elif args.plan:
         gpu_mem = 80.0 if args.gpu_mem is None else args.gpu_mem
-        print(f"{spec.name} ({spec.n_params / 1e9:.2f}B params) on {args.gpus} x "
+        where = f"{n_gpus // per_node} nodes x {per_node}" if per_node else f"{n_gpus}"
+        print(f"{spec.name} ({spec.n_params / 1e9:.2f}B params) on {where} x "
               f"{gpu_mem:g} GB, {args.accounting} accounting: {len(rows)} configurations fit")
         print(format_plan(rows))
+        if per_node:
+            print(f"per node: GB/GPU x {per_node}; for a row's collectives across the nodes, run "
+                  "it without --plan (--zero, --offload, --checkpointing, ...) and --nodes")
     else:
         print(_describe(bd, spec.name))
         print(format_breakdown(bd))
         for line in _fit_lines(bd, args.gpu_mem, args.cpu_mem):
             print(line)
+        if nodes:
+            print(nodes[1])
     return 0
 
 
 __all__ = ["GB", "ITEMS", "ROLES", "CRITIC_MODES", "CRITICS", "METHODS", "ACCOUNTINGS",
            "PRESETS", "ModelSpec", "RoleMemory", "MemoryBreakdown", "model_states_bytes",
            "fsdp2_chunk_rows", "fsdp2_local_bytes", "memory_breakdown", "plan", "parse_model",
-           "format_breakdown", "format_plan", "add_memory_arguments", "run_memory_cli"]
+           "format_breakdown", "format_plan", "add_memory_arguments", "run_memory_cli",
+           "communication", "format_communication", "INTRA_BW_GBS", "INTER_BW_GBS",
+           "COUNT_MAX"]

@@ -23,6 +23,29 @@ from torch.nn import functional as F
 
 from .validate import check_bool, check_float, check_floating, check_int, check_tensor, shown
 
+# Sampling temperatures, where logits / T stay finite and the distribution means something:
+# below 1e-2 sampling is greedy already (a logit gap of 0.1 becomes e^-10), and 1e-45 makes
+# logits / T overflow fp32 (NaN log-probs); above 1e2 every token of the toy vocabulary is about
+# equally likely (the log-probs differ from uniform's in the 3rd decimal).
+TEMPERATURE_RANGE = (1e-2, 1e2)
+# The largest model GPT builds: 2**31 parameters, 8.6 GB in fp32 (34 GB with AdamW and
+# gradients), beyond GPT-2 XL's 1.5e9. A larger config asked the allocator for terabytes and got
+# "DefaultCPUAllocator: can't allocate memory" (or, below the machine's RAM but above what is
+# free, the out-of-memory killer) instead of a message naming the config.
+MAX_PARAMS = 2**31
+
+
+def check_temperature(temperature: object) -> float:
+    """``temperature`` as a float if it is in :data:`TEMPERATURE_RANGE`, else a one-line
+    ``ValueError`` naming it."""
+    t = check_float("temperature", temperature, minimum=0, strict_min=True)
+    lo, hi = TEMPERATURE_RANGE
+    if not lo <= t <= hi:
+        raise ValueError(f"temperature must be in [{lo:g}, {hi:g}] (below, logits / temperature "
+                         f"overflow and sampling is greedy anyway; above, it is uniform), "
+                         f"got {t:g}")
+    return t
+
 
 @dataclass
 class GPTConfig:
@@ -43,6 +66,12 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by "
                              f"n_head ({self.n_head})")
         check_float("GPTConfig.dropout", self.dropout, minimum=0, maximum=1, strict_max=True)
+        C, L = self.n_embd, self.n_layer
+        n = self.vocab_size * C + self.block_size * C + L * (12 * C * C + 13 * C) + 2 * C
+        if n > MAX_PARAMS:
+            raise ValueError(f"GPTConfig(n_layer={L}, n_embd={C}, vocab_size={self.vocab_size}, "
+                             f"block_size={self.block_size}) has {n:.3g} parameters; at most "
+                             f"2**31 (model.MAX_PARAMS, 8.6 GB in fp32)")
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> GPTConfig:
@@ -308,7 +337,8 @@ class GPT(nn.Module):
         its real tokens; ``padding_side`` says where the padding is ("right"-padded prompts are
         moved to the left first). Sampling continues each row from its last column, so a prompt
         padded on the other side, or with holes, is refused (it would sample after padding).
-        ``max_new_tokens`` >= 1, ``temperature`` > 0, ``top_k`` >= 1 or None. Rows stop at
+        ``max_new_tokens`` >= 1, ``temperature`` in [0.01, 100] (:data:`TEMPERATURE_RANGE`),
+        ``top_k`` >= 1 or None. Rows stop at
         ``eos_id`` and are padded with ``pad_id`` after it. ``use_cache=False`` recomputes the
         whole sequence every step (slow; it exists to check the cache). The returned log-probs
         are those of the temperature-scaled distribution *before* top-k truncation, i.e. of the
@@ -336,7 +366,7 @@ class GPT(nn.Module):
         if P + max_new_tokens > self.config.block_size:
             raise ValueError(f"prompt width {P} + max_new_tokens {max_new_tokens} exceeds the "
                              f"model's context block_size={self.config.block_size}")
-        check_float("temperature", temperature, minimum=0, strict_min=True)
+        check_temperature(temperature)
         if top_k is not None:
             check_int("top_k", top_k, minimum=1, none_ok=True)
         for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):

@@ -35,9 +35,8 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import check_model_checkpoint, safe_load
-from .model import GPT, GPTConfig, entropy_from_logits, token_logprobs
+from .model import GPT, GPTConfig, check_temperature, entropy_from_logits, token_logprobs
 from .validate import (
-    check_float,
     check_instance,
     check_int,
     check_path,
@@ -71,9 +70,10 @@ class Actor(nn.Module):
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor, prompt_len: int,
                 temperature: float = 1.0) -> PolicyOutput:
-        """Score the response part (columns ``prompt_len:``) of ``tokens`` ``(B, P + T)``."""
+        """Score the response part (columns ``prompt_len:``) of ``tokens`` ``(B, P + T)`` at
+        ``temperature`` in [0.01, 100] (``model.TEMPERATURE_RANGE``)."""
         _check_prompt_len(tokens, prompt_len)
-        check_float("temperature", temperature, minimum=0, strict_min=True)
+        check_temperature(temperature)
         hidden = self.gpt.body(tokens, valid)[:, prompt_len - 1:-1]  # (B, T, C)
         logits = self.gpt.head(hidden).float() / temperature  # (B, T, V)
         return PolicyOutput(token_logprobs(logits, tokens[:, prompt_len:]),

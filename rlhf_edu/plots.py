@@ -16,7 +16,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .memory import GB, ITEMS, PRESETS, ModelSpec, memory_breakdown
+from .memory import COUNT_MAX, GB, ITEMS, PRESETS, ModelSpec, memory_breakdown
+from .validate import check_float, check_int, shown
 
 PANELS = (("rm_score", "RM score (z)"), ("gold_score", "gold score"), ("kl", "KL per response"),
           ("repetition", "repeats a word"))
@@ -40,6 +41,7 @@ def grid_shape(n: int, max_cols: int = MAX_COLS) -> tuple[int, int]:
     (4 panels: 2 x 2; 5: 2 x 3)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1 (the number of panels), got {n!r}")
+    check_int("max_cols", max_cols, minimum=1)
     rows = math.ceil(n / max_cols)
     return rows, math.ceil(n / rows)
 
@@ -105,7 +107,21 @@ def load_demo_runs(path: str | Path | None = None) -> dict:
     if not p.is_file():
         raise FileNotFoundError(f"no recorded runs at {p}; "
                                 "create them with `python benchmarks/demos.py --out PATH`")
-    return json.loads(p.read_text())
+    fix = ("reinstall rlhf_edu" if path is None else
+           "record them again with `python benchmarks/demos.py --out PATH`")
+    try:
+        runs = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # truncated or overwritten
+        raise ValueError(f"recorded runs {p} are not valid JSON ({_one_line(e)}); {fix}") \
+            from None
+    if not isinstance(runs, dict) or not isinstance(runs.get("runs"), dict):
+        raise ValueError(f"recorded runs {p} hold no dict of runs under 'runs' (keys "
+                         f"{shown(sorted(runs) if isinstance(runs, dict) else runs)}); {fix}")
+    return runs
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
 
 
 def rounded(x: float, digits: int = 3) -> float:
@@ -115,13 +131,13 @@ def rounded(x: float, digits: int = 3) -> float:
     as +1e-8 on one machine and -1e-8 on another; rounded alone it would print ``-0.000`` on
     half of them. Use it for figures a notebook prints and nbval compares.
     """
+    check_int("digits", digits)
     return round(float(x), digits) + 0.0
 
 
 def smooth(values, window: int = 1) -> np.ndarray:
     """Trailing moving average over ``window`` steps (shorter at the start); 1 = unchanged."""
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
+    window = min(check_int("window", window, minimum=1), 2**62)  # numpy indexes in int64
     x = np.asarray(values, dtype=float)
     c = np.cumsum(np.insert(x, 0, 0.0))
     i = np.arange(1, len(x) + 1)
@@ -152,6 +168,7 @@ def _x(history: list[dict], x: str, batch_size: int) -> list[float]:
     if x == "step":
         return [m["step"] for m in history]
     if x == "samples":  # rejection sampling records it; PPO generates batch_size per step
+        check_int("batch_size", batch_size, minimum=1)
         return [m.get("samples", m["step"] * batch_size) for m in history]
     raise ValueError(f"x must be 'step' or 'samples', got {x!r}")
 
@@ -191,7 +208,7 @@ def beta_run_view(runs: dict[str, list[dict]], beta: float, step: int, window: i
     if beta not in by_beta:
         raise ValueError(f"no run with beta={beta}; recorded: {list(by_beta)}")
     history = by_beta[beta]
-    step = min(max(int(step), 1), len(history))
+    step = min(max(check_int("step", step), 1), len(history))  # clamped to the recorded steps
     fig, axes = _panel_axes(len(PANELS))
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(by_beta)))  # small β dark
     out = {"beta": beta, "step": step}
@@ -240,7 +257,9 @@ def beta_explorer(runs: dict[str, list[dict]], window: int = 5):
 
 
 def plot_adaptive_kl(history: list[dict], target: float):
-    """The adaptive controller at work: β over steps, and the KL it steers toward ``target``."""
+    """The adaptive controller at work: β over steps, and the KL it steers toward ``target``
+    (nats per response, > 0)."""
+    check_float("target", target, minimum=0, strict_min=True)
     steps = [m["step"] for m in history]
     fig, (a, b) = _panel_axes(2, panel_size=(4.4, 3.0))
     a.plot(steps, [m["beta"] for m in history])
@@ -266,7 +285,13 @@ def overoptimisation_points(runs: dict[str, list[dict]], window: int = 5) -> dic
 
 
 def kl_bins(runs: dict[str, list[dict]], edges=(0, 1, 2, 4, 8, 16, 32)) -> list[dict]:
-    """Every recorded step of every run, binned by its KL: mean RM and gold score per bin."""
+    """Every recorded step of every run, binned by its KL: mean RM and gold score per bin.
+    ``edges`` are increasing numbers (the last may be ``inf``: an open bin)."""
+    if not isinstance(edges, (tuple, list)) or len(edges) < 2 or any(
+            isinstance(e, bool) or not isinstance(e, (int, float)) or math.isnan(e)
+            or e == -math.inf for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"edges must be at least two increasing numbers (the last may be "
+                         f"inf), got {shown(edges)}")
     kl = np.array([m["kl"] for h in runs.values() for m in h])
     rm = np.array([m["rm_score"] for h in runs.values() for m in h])
     gold = np.array([m["gold_score"] for h in runs.values() for m in h])
@@ -317,8 +342,7 @@ def end_mean(history: list[dict], key: str, last: int = 10) -> float:
     """Mean of ``key`` over the last ``last`` recorded steps of a run (the run's "end")."""
     if not history:
         raise ValueError("history is empty")
-    if last < 1:
-        raise ValueError(f"last must be >= 1, got {last}")
+    check_int("last", last, minimum=1)
     tail = history[-last:]
     return sum(m[key] for m in tail) / len(tail)
 
@@ -425,8 +449,8 @@ class LivePlot:
                  title: str = "", display: bool = True):
         from matplotlib.figure import Figure
 
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+        check_int("every", every, minimum=1)
+        check_int("total", total, minimum=1, none_ok=True)
         self.panels, self.every, self.total, self.title = tuple(panels), every, total, title
         self.history: list[dict] = []
         self.draws = 0
@@ -482,6 +506,7 @@ def plot_kl_estimators(estimates: dict, mask, row: int = 0, words: list[str] | N
     fig, (a, b) = plt.subplots(1, 2, figsize=(11.5, 3.8), gridspec_kw={"width_ratios": [3, 2]},
                                layout="constrained")
     m = np.asarray(mask.detach().cpu() if hasattr(mask, "detach") else mask, dtype=bool)
+    check_int("row", row, minimum=-len(m), maximum=len(m) - 1)
     n = int(m[row].sum())
     width = 0.8 / max(len(estimates), 1)
     values = {name: _masked(est, mask) for name, est in estimates.items()}
@@ -550,7 +575,9 @@ FLOW_ARROWS = (
     ("advantages", "gae", "ppo"),
     ("returns", "gae", "ppo"),
 )
-FLOW_INSIDE = {"kl_reward": ("kl",), "ppo": ("minibatch_logprobs", "minibatch_values", "loss")}
+# the PPO update reads the rollout's old log-probs (the ratio) and old values (value clipping)
+FLOW_INSIDE = {"kl_reward": ("kl",), "ppo": ("old_logprobs", "old_values", "minibatch_logprobs",
+                                             "minibatch_values", "loss")}
 # box centres on a 12 x 8.4 canvas: the frozen models' column sits between actor and reward
 FLOW_BOXES = {  # name: (x, y, width, kind, title)
     "prompts": (1.5, 7.6, 2.0, "data", "prompts"),
@@ -559,10 +586,11 @@ FLOW_BOXES = {  # name: (x, y, width, kind, title)
     "reference": (5.4, 3.8, 2.6, "frozen", r"reference $\pi_{\mathrm{ref}}$"),
     "critic": (5.4, 1.6, 2.6, "trained", r"critic $V_\phi$"),
     "kl_reward": (9.8, 5.4, 3.4, "computation", "reward with KL"),
-    "gae": (9.8, 3.3, 2.4, "computation", r"GAE ($\gamma$, $\lambda$)"),
-    "ppo": (9.8, 0.55, 3.4, "computation", "PPO update"),
+    "gae": (9.8, 3.75, 2.4, "computation", r"GAE ($\gamma$, $\lambda$)"),
+    "ppo": (9.8, 0.95, 3.6, "computation", "PPO update"),
 }
-FLOW_NOTES = {"kl_reward": r"$R_t = -\beta\,\mathrm{kl}_t$ (+ score on the last token)"}
+FLOW_NOTES = {"kl_reward": r"$R_t = -\beta\,\mathrm{kl}_t$ (+ score on the last token)",
+              "ppo": r"ratio to old_logprobs; $V$ clipped around old_values"}
 
 
 def flow_label(name: str, shape: tuple[int, ...]) -> str:
@@ -684,7 +712,9 @@ ITEM_COLORS = {"weights": "C0", "gradients": "C1", "optimizer_states": "C2",
 
 
 def plot_memory_breakdown(bd, gpu_mem_gb: float | None = None, title: str = ""):
-    """Stacked bars: GB per GPU of each role by item; a line at the GPU's memory if given."""
+    """Stacked bars: GB per GPU of each role by item; a line at the GPU's memory (GB > 0) if
+    given."""
+    check_float("gpu_mem_gb", gpu_mem_gb, minimum=0, strict_min=True, none_ok=True)
     roles = list(bd.roles.values())
     fig, ax = plt.subplots(figsize=(7.0, 3.6))
     bottom = np.zeros(len(roles))
@@ -714,6 +744,9 @@ def memory_view(model: str | float = "llama-7b", precision: str = "mixed", zero_
     figures: GB per GPU, GB over all GPUs, whether it fits (or the reason it is invalid, also
     printed). ``lora`` is the trained fraction of the parameters; None or 0 trains them all."""
     try:
+        check_float("gpu_mem_gb", gpu_mem_gb, minimum=0, strict_min=True)
+        if not isinstance(model, str):  # billions: one parameter up to what an int64 counts
+            check_float("model", model, minimum=1e-9, maximum=COUNT_MAX / 1e9)
         spec = ModelSpec.preset(model) if isinstance(model, str) else \
             ModelSpec.from_n_params(model * 1e9)
         bd = memory_breakdown(spec, n_gpus, zero_stage, offload=offload, lora_fraction=lora or None,

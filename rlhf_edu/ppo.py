@@ -51,7 +51,25 @@ __all__ = [
     "total_loss",
     "FixedKLController",
     "AdaptiveKLController",
+    "COEF_MAX",
+    "BETA_FLOOR",
+    "VF_CLIP_MAX",
 ]
+
+# The domains of the numbers this module takes, where a result stays finite and meaningful.
+# COEF_MAX bounds beta (KL in the reward or in the loss) and the loss coefficients c1, c2. At
+# beta = 10 the policy already barely moves (FACTS.md); 1e4 is a thousand times that, and keeps
+# beta * KL, c1 * value_loss and c2 * entropy finite in fp32 for any term below 3e34, where a
+# coefficient of 1e39 overflows fp32 at once (inf or NaN loss, which reads as "diverged").
+COEF_MAX = 1e4
+# The adaptive controller keeps beta in [BETA_FLOOR, COEF_MAX]: below 1e-6 the penalty is
+# invisible next to scores of order 1 in fp32 (eps 1.2e-7), and from there the controller
+# climbs back to 0.05 in about 60 updates; without a floor a long run under its target rounds
+# beta down to 0, where the multiplicative update keeps it forever.
+BETA_FLOOR = 1e-6
+# vf_clip is in the units of the values (rewards of order 1-10 here): 1e6 is beyond any value
+# difference, and None disables clipping; torch refuses a clip range fp32 cannot hold (3.4e38).
+VF_CLIP_MAX = 1e6
 
 
 def ppo_losses(
@@ -85,9 +103,11 @@ def ppo_losses(
             in the rollout's data (`old_logprobs`, `advantages`, `old_values`, `returns`) is
             refused; the current forward pass is not read back (a NaN there is a diverged
             model: it shows in the loss, which the trainer checks, naming the step).
-        clip: eps of the ratio clipping, > 0.
+        clip: eps of the ratio clipping, in (0, 1]: the ratio is kept in [1 - eps, 1 + eps];
+            at eps >= 1 the lower bound 1 - eps <= 0 no longer clips any ratio (ratios are
+            positive), so larger values only stretch the upper bound.
         vf_clip: how far values may move from `old_values` before the clipped error takes
-            over; None disables value clipping.
+            over, in (0, VF_CLIP_MAX]; None disables value clipping.
         entropy: optional `(B, T)` per-token entropy (see `entropy_from_logits`).
         ref_logprobs: optional `(B, T)` reference log-probs of the sampled tokens: GRPO's
             "KL in the loss". The current policy's per-token KL to the reference (estimator
@@ -134,8 +154,11 @@ def _masked_inputs(tensors: dict[str, Tensor | None], mask: Tensor, clip: float,
                    vf_clip: float | None, kl_estimator: str) -> tuple[dict[str, Tensor], Tensor]:
     """`ppo_losses`' checks; the given tensors (None left out) set to 0 on padding, and the
     mask as bools."""
-    check_float("clip", clip, minimum=0, strict_min=True)
-    check_float("vf_clip", vf_clip, minimum=0, strict_min=True, none_ok=True)
+    _at_most("clip", check_float("clip", clip, minimum=0, strict_min=True), 1,
+             "at eps >= 1 the lower bound 1 - eps clips no ratio")
+    if vf_clip is not None:
+        _at_most("vf_clip", check_float("vf_clip", vf_clip, minimum=0, strict_min=True),
+                 VF_CLIP_MAX, "None disables value clipping")
     logprobs = check_floating("logprobs", tensors["logprobs"])
     given = [k for k in ("values", "old_values", "returns") if tensors[k] is not None]
     if given and len(given) < 3:
@@ -206,15 +229,15 @@ def total_loss(losses: dict[str, Tensor], vf_coef: float = 0.1, ent_coef: float 
         losses: the dict from `ppo_losses` (floating-point tensors). Their values are not
             read back (no host synchronisation): a NaN loss means training diverged, and
             the caller checks the loss it is about to step on.
-        vf_coef: c1 >= 0 (TRL's default 0.1); needs `losses["value_loss"]` when nonzero
-            (a run without a critic passes 0).
-        ent_coef: c2 >= 0; needs `losses["entropy"]` when nonzero.
-        kl_coef: beta >= 0 of the KL in the loss (GRPO); needs `losses["kl_loss"]` when
-            nonzero. The term added is exactly `kl_coef * losses["kl_loss"]`.
+        vf_coef: c1 in [0, COEF_MAX] (TRL's default 0.1); needs `losses["value_loss"]` when
+            nonzero (a run without a critic passes 0).
+        ent_coef: c2 in [0, COEF_MAX]; needs `losses["entropy"]` when nonzero.
+        kl_coef: beta in [0, COEF_MAX] of the KL in the loss (GRPO); needs
+            `losses["kl_loss"]` when nonzero. The term added is exactly
+            `kl_coef * losses["kl_loss"]`.
     """
-    check_float("vf_coef", vf_coef, minimum=0)
-    check_float("ent_coef", ent_coef, minimum=0)
-    check_float("kl_coef", kl_coef, minimum=0)
+    for name, value in (("vf_coef", vf_coef), ("ent_coef", ent_coef), ("kl_coef", kl_coef)):
+        _at_most(name, check_float(name, value, minimum=0), COEF_MAX, _COEF_WHY)
     if not isinstance(losses, Mapping):
         raise ValueError(f"losses must be the dict from ppo_losses, got {type(losses).__name__}")
     terms = {"value_loss": vf_coef, "entropy": -ent_coef, "kl_loss": kl_coef}
@@ -247,11 +270,11 @@ def _controller_state(state: object, keys: tuple[str, ...]) -> dict[str, float]:
 
 
 class FixedKLController:
-    """A constant KL coefficient beta (the controller TRL uses)."""
+    """A constant KL coefficient beta in [0, COEF_MAX] (the controller TRL uses)."""
 
     def __init__(self, beta: float) -> None:
-        check_float("beta", beta, minimum=0)
-        self.value = float(beta)
+        self.value = _at_most("beta", check_float("beta", beta, minimum=0), COEF_MAX,
+                              _COEF_WHY) + 0.0  # -0.0 is 0
 
     def update(self, current_kl: float, n_steps: int) -> float:
         """No-op; returns the unchanged beta. Same signature as the adaptive controller."""
@@ -262,7 +285,8 @@ class FixedKLController:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         state = _controller_state(state, ("value",))
-        self.value = check_float("state['value']", state["value"], minimum=0)
+        self.value = _at_most("state['value']", check_float("state['value']", state["value"],
+                                                            minimum=0), COEF_MAX, _COEF_WHY) + 0.0
 
 
 class AdaptiveKLController:
@@ -271,21 +295,20 @@ class AdaptiveKLController:
     Each update, with the proportional error `e = clip(current_kl / target - 1, -0.2, 0.2)`,
     beta is multiplied by `1 + e * n_steps / horizon`: KL above the target raises beta (more
     penalty), below lowers it. The clip bounds how fast beta can move; `horizon` (in samples)
-    sets the time scale.
+    sets the time scale. Beta stays in [BETA_FLOOR, COEF_MAX]: the update is multiplicative, so
+    a beta of 0 (given, or rounded down to it in a long run) would never move again.
 
     Args:
-        init_beta: starting beta, >= 0.
+        init_beta: starting beta, in [BETA_FLOOR, COEF_MAX] (use FixedKLController(0) for no
+            penalty).
         target: target KL per response (nats), > 0.
-        horizon: samples over which the error is corrected, > 0 (10,000 in the paper).
+        horizon: samples over which the error is corrected, >= 1 (10,000 in the paper).
     """
 
     def __init__(self, init_beta: float, target: float, horizon: float = 10000) -> None:
-        check_float("init_beta", init_beta, minimum=0)
-        check_float("target", target, minimum=0, strict_min=True)
-        check_float("horizon", horizon, minimum=0, strict_min=True)
-        self.value = float(init_beta)
-        self.target = float(target)
-        self.horizon = float(horizon)
+        self.value = _adaptive_beta("init_beta", init_beta)
+        self.target = check_float("target", target, minimum=0, strict_min=True)
+        self.horizon = _horizon("horizon", horizon)
 
     def update(self, current_kl: float, n_steps: int) -> float:
         """Update beta from the KL measured on the last `n_steps` samples; return the new beta."""
@@ -296,7 +319,8 @@ class AdaptiveKLController:
             raise ValueError(f"n_steps must be <= horizon ({self.horizon:g}), so that one update "
                              f"moves beta by at most 20 %, got {n_steps}")
         proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+        beta = self.value * (1.0 + proportional_error * n_steps / self.horizon)
+        self.value = min(max(beta, BETA_FLOOR), COEF_MAX)
         return self.value
 
     def state_dict(self) -> dict[str, float]:
@@ -304,7 +328,36 @@ class AdaptiveKLController:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         state = _controller_state(state, ("value", "target", "horizon"))
-        self.value = check_float("state['value']", state["value"], minimum=0)
+        self.value = _adaptive_beta("state['value']", state["value"])
         self.target = check_float("state['target']", state["target"], minimum=0, strict_min=True)
-        self.horizon = check_float("state['horizon']", state["horizon"], minimum=0,
-                                   strict_min=True)
+        self.horizon = _horizon("state['horizon']", state["horizon"])
+
+
+_COEF_WHY = "COEF_MAX: beyond it the other terms vanish and fp32 nears overflow"
+
+
+def _at_most(name: str, x: float, maximum: float, why: str) -> float:
+    """``x`` (``name``, checked by ``check_float``) if it is at most ``maximum``, else a one-line
+    ``ValueError`` saying why the bound is there."""
+    if x > maximum:
+        raise ValueError(f"{name} must be <= {maximum:g} ({why}), got {x:g}")
+    return x
+
+
+def _adaptive_beta(name: str, value: object) -> float:
+    """An adaptive controller's beta, checked: in [BETA_FLOOR, COEF_MAX], one-line message."""
+    x = check_float(name, value, minimum=0)
+    if x < BETA_FLOOR:
+        raise ValueError(f"{name} must be >= {BETA_FLOOR:g} for the adaptive controller, which "
+                         f"multiplies beta by at most 1.2 per update (from 0 it stays 0), got "
+                         f"{x:g}; use FixedKLController(0) for no KL penalty")
+    return _at_most(name, x, COEF_MAX, _COEF_WHY)
+
+
+def _horizon(name: str, value: object) -> float:
+    """An adaptive controller's horizon, checked: >= 1 sample, finite."""
+    x = check_float(name, value, minimum=0, strict_min=True)
+    if x < 1:
+        raise ValueError(f"{name} must be >= 1 (samples over which the error is corrected), "
+                         f"got {x:g}")
+    return x

@@ -31,6 +31,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .checkpoint import safe_load
+from .validate import check_int
 
 CONFIG, METRICS, CHECKPOINT, LOCK, PID = ("config.json", "metrics.jsonl", "checkpoint.pt",
                                          ".lock", ".pid")
@@ -70,13 +71,18 @@ def check(path: str | Path, config: dict, resume: bool) -> int | None:
         state = safe_load(path / CHECKPOINT)
         if state.get("kind") != "rlhf-run" or not isinstance(state.get("config"), dict):
             raise ValueError(f"{str(path / CHECKPOINT)!r} is not an RLHF run checkpoint")
-        theirs, step = _plain(state["config"]), int(state.get("step", 0))
+        theirs = _plain(state["config"])  # the step of a damaged file: one line naming it
+        step = check_int(f"the step in {str(path / CHECKPOINT)!r}", state.get("step", 0),
+                         minimum=0, maximum=2**63 - 1)
     elif CONFIG in present:
         try:
             theirs = json.loads((path / CONFIG).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{str(path / CONFIG)!r} is not valid JSON ({e}); delete it to "
                              "restart the run from step 0") from e
+        if not isinstance(theirs, dict):
+            raise ValueError(f"{str(path / CONFIG)!r} holds a {type(theirs).__name__}, not a "
+                             "run's settings; delete it to restart the run from step 0")
         step = None
     else:  # killed before it wrote anything but metrics: nothing to compare with
         return None

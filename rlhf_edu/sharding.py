@@ -55,6 +55,7 @@ import torch.nn as nn
 from . import distributed
 from .checkpoint import atomic_save, check_sharded, load_sharded, save_sharded
 from .model import Block
+from .validate import check_int
 
 STAGES = ("none", "zero2", "zero3")
 
@@ -78,8 +79,10 @@ def check_config(stage: str, placement: str | dict) -> None:
 
 
 def check_world(stage: str, world: int) -> None:
-    """Sharding splits over processes: it needs at least two (``--nproc 2``)."""
+    """Sharding splits over processes: it needs at least two (``--nproc 2``); ``world`` is the
+    number of processes, an int >= 1."""
     check_stage(stage)
+    check_int("world", world, minimum=1)
     if stage != "none" and world < 2:
         raise ValueError(f"--shard {stage} splits the models over processes, but this run has "
                          f"{world}; pass --nproc 2 or more (or --shard none)")

@@ -24,7 +24,11 @@ from . import distributed
 from .memory import fsdp2_local_bytes
 from .sharding import STAGES, check_stage, gathered_bytes, local_bytes, optimizers, whole
 from .trainer import PPOConfig, RLHFTrainer
+from .validate import check_float
 
+# seconds the measuring ranks may take: one PPO step per stage needs ~10 s; a day is beyond any
+# wait, and subprocess.run(timeout=1e308) fails with "OverflowError: cannot convert float infinity"
+TIMEOUT_MAX = 86400.0
 MEASURE_CONFIG = dict(batch_size=8, response_len=8, ppo_epochs=1, minibatches=1, seed=0)
 
 
@@ -90,10 +94,11 @@ def measure_ranks(stages: Iterable[str] = ("none", "zero2", "zero3"), nproc: int
     Keys: ``stage, rank, parameters, gradients, optimizer, frozen, held_after_forward`` and
     ``predicted`` (a dict with the same five keys). "held_after_forward" is the trained
     weights still gathered when the root's forward returns: whole under DDP and zero2, none
-    under zero3.
+    under zero3. ``timeout``: seconds for all ranks, in [1, TIMEOUT_MAX].
     """
     stages = [check_stage(s) for s in stages]
     distributed.check_nproc(nproc, "cpu")
+    check_float("timeout", timeout, minimum=1, maximum=TIMEOUT_MAX)
     if nproc < 2:
         raise ValueError(f"nproc must be >= 2 to compare sharding stages, got {nproc}")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}

@@ -101,7 +101,7 @@ def test_beta_runs_skip_other_seeds_and_the_sweep_reads_run_ends():
     axes = fig.get_axes()
     assert len(axes) == 3 and all(ax.get_xscale() == "symlog" for ax in axes)
     assert "best gold at β = 0.1" in fig._suptitle.get_text()
-    with pytest.raises(ValueError, match="last must be >= 1"):
+    with pytest.raises(ValueError, match="last must be a positive int, got 0"):
         plots.end_mean(runs["beta=0"], "kl", last=0)
 
 

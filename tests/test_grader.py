@@ -3,9 +3,11 @@
 Runs ``tests/exercises`` in subprocesses, once with ``--target=solutions`` (every graded test
 must pass) and once with ``--target=exercises`` (every graded test must fail, with the
 exercise's "Exercise N:" message), reading pytest's JUnit XML directly rather than through
-``rlhf_edu.grading``; then checks ``grade()``, ``format_scores`` and ``run_grade_cli``, and
-that a misbehaving exercise (endless loop, endless recursion, megabytes of print, wrong type)
-gets a failing grade with readable messages instead of a stuck or flooded run.
+``rlhf_edu.grading``, and checks that the manifest of graded tests the package ships
+(``rlhf_edu/data/graded_tests.json``) lists exactly the tests pytest collects; then checks
+``grade()``, ``format_scores`` and ``run_grade_cli``, and that a misbehaving exercise (endless
+loop, endless recursion, megabytes of print, wrong type) gets a failing grade with readable
+messages instead of a stuck or flooded run.
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ def graded_runs(graded_reports) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def graded_rows(graded_reports) -> dict[str, list[dict]]:
-    """What grade() would return, read from the same reports."""
-    return {t: grading.read_report(report, t) for t, (_, report) in graded_reports.items()}
+def graded_rows() -> dict[str, list[dict]]:
+    """What grade() returns for every exercise, against the solutions and the stubs."""
+    return {t: grading.grade(target=t, root=ROOT, timeout=600) for t in grading.TARGETS}
 
 
 def test_every_exercise_has_a_solution_and_graded_tests():
@@ -119,6 +121,18 @@ def test_stubs_fail_every_graded_test_with_the_exercise_message(graded_runs):
         for test, outcome in cases:
             assert outcome != "passed", f"{stem}::{test} passes on the unsolved stubs"
             assert f"Exercise {number}:" in outcome, f"{stem}::{test}: {outcome}"
+
+
+def test_the_manifest_lists_every_graded_test(graded_runs):
+    """The total each exercise is graded out of is the manifest's; it must name exactly the
+    tests pytest collects from each graded test file, in order."""
+    manifest = grading.graded_tests()
+    collected = {stem[len("test_"):]: [name for name, _ in cases]
+                 for stem, cases in graded_runs["solutions"].items()}
+    assert collected == manifest, ("rlhf_edu/data/graded_tests.json is out of date; it should "
+                                   "be:\n" + json.dumps(collected, indent=1))
+    for stem, cases in graded_runs["exercises"].items():
+        assert [name for name, _ in cases] == manifest[stem[len("test_"):]], stem
 
 
 def _load_graded_module(name: str):
@@ -204,6 +218,9 @@ def test_format_scores():
     assert "advantages[0, 2]" not in text and "and 1 more failing test" in text
     assert re.search(r"total\s+17 / 22$", lines[-1])
     assert "advantages[0, 2] is wrong" in grading.format_scores(rows, failures=5)
+    notes = [line for line in grading.format_scores(rows, width=40).splitlines()
+             if line.startswith("     | ")]  # what the tests said: wrapped, marked as theirs
+    assert len(notes) > 2 and all(len(line) <= 40 for line in notes), notes
 
 
 def test_run_grade_cli(monkeypatch, capsys, graded_rows):

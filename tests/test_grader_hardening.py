@@ -6,13 +6,16 @@ Each test builds a small course in ``tmp_path`` (copies of ``exercises/``, ``sol
 wrong one that zeroes them, global side effects (grad mode, default dtype, seeds, patched torch
 functions, the working directory), hangs the per-test alarm cannot stop, tampering with the
 comparisons (patched ``torch.allclose``/``math.isclose``/``pytest.fail``, swapped function code,
-tensor subclasses and Python objects that lie), a deleted graded test file, and bad arguments to
-``rlhf-edu grade``. The real ``exercises/`` and ``solutions/`` are never touched.
+tensor subclasses and Python objects that lie), error messages that would redraw the terminal
+(escape sequences, a forged score line), a deleted graded test file or test function, and bad
+arguments to ``rlhf-edu grade``; and that each exercise runs in a fresh process of its own. The
+real ``exercises/`` and ``solutions/`` are never touched.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -20,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -529,21 +533,49 @@ def test_hangs_cost_one_time_limit_and_keep_the_other_results(tmp_path, monkeypa
     assert "test_preference_probability: did not finish within 2 s" in text
 
 
-def test_grading_without_fork(monkeypatch):
-    """Where fork is not available, each exercise runs in a fresh interpreter."""
-    monkeypatch.setattr(grading, "_USE_FORK", False)
-    (row,) = grading.grade(3, target="solutions", root=ROOT, timeout=300)
-    assert row["error"] is None and row["passed"] == row["total"] == 9, row
+# Correct; records the process that imports it: its id, its parent's, its session's.
+PROCESS_PROBE = '''
+    import json
+    import os
+    from pathlib import Path
+
+    from solutions.{stem} import *  # noqa: F403
+
+    Path(__file__).with_suffix(".json").write_text(json.dumps(
+        {"pid": os.getpid(), "ppid": os.getppid(), "sid": os.getsid(0)}))
+'''
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
-def test_bad_per_test_limit_is_refused(monkeypatch, value):
+def test_each_exercise_runs_in_a_fresh_process_of_its_own(tmp_path):
+    """Learner code never runs in the grader's process, nor in a fork of a process shared by
+    the exercises: each exercise gets a new interpreter, started by the grader, in a session
+    (process group) of its own that the grader can kill as a whole."""
+    root = make_course(tmp_path, (2, 3))
+    for n in (2, 3):
+        write_exercise(root, n, PROCESS_PROBE)
+    rows = grading.grade(root=root, timeout=300)
+    assert all(r["error"] is None and r["passed"] == r["total"] > 0 for r in rows), rows
+    seen = [json.loads(p.read_text()) for p in sorted((root / "exercises").glob("*.json"))]
+    assert len(seen) == 2 and seen[0]["pid"] != seen[1]["pid"], seen
+    for process in seen:
+        assert process["ppid"] == os.getpid() != process["pid"], process
+        assert process["sid"] == process["pid"] != os.getsid(0), process
+    assert not [m for m in sys.modules if m.split(".")[0] == "exercises"]
+
+
+BAD_LIMIT = "RLHF_EDU_GRADE_TIMEOUT must be a number of seconds in (0, 3600] (default 20), got "
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon", "1e10", "3600.5", "0x10"])
+def test_bad_per_test_limit_is_refused(monkeypatch, capsys, value):
     monkeypatch.setenv("RLHF_EDU_GRADE_TIMEOUT", value)
-    message = (f"RLHF_EDU_GRADE_TIMEOUT must be a number of seconds > 0 (default 20), "
-               f"got {value!r}")
+    message = BAD_LIMIT + repr(value)
     with pytest.raises(ValueError) as info:
         grading.grade(3, root=ROOT)
     assert str(info.value) == message
+    assert cli.main(["grade", "3", "--root", str(ROOT)]) == 2  # one line, before any test runs
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip().splitlines() == [f"error: {message}"]
     # the graded tests' own harness refuses it the same way, as pytest's usage error
     harness = _load_conftest()
     with pytest.raises(pytest.UsageError) as info:
@@ -557,6 +589,9 @@ def test_unset_per_test_limit_is_the_default(monkeypatch):
     monkeypatch.setenv("RLHF_EDU_GRADE_TIMEOUT", " ")
     assert grading.per_test_limit() == 20.0
     assert grading.per_test_limit("0.5") == 0.5
+    assert grading.per_test_limit(" 3600 ") == 3600.0 == grading.MAX_TEST_LIMIT
+    with pytest.raises(ValueError, match=r"in \(0, 3600\] \(default 20\), got True$"):
+        grading.per_test_limit(True)
 
 
 def _load_conftest():
@@ -575,11 +610,12 @@ def test_a_deleted_graded_test_file_is_an_error_row(side_effects):
     root, rows = side_effects
     assert [r["exercise"] for r in rows] == [2, 3, 4, 5, 6]
     row = by_number(rows)[6]
-    assert (row["passed"], row["total"]) == (0, 0)
+    # its tests still count, as the manifest the package ships lists them: the total holds
+    assert (row["passed"], row["total"], row["failures"]) == (0, 27, [])
     assert row["error"] == ("tests/exercises/test_ex06_memory.py is missing, so exercise 6 "
                             "cannot be graded (restore the file)")
     text = grading.format_scores(rows)
-    assert re.search(r"6\s+ex06_memory\s+0 / 0\s+error", text)
+    assert re.search(r"6\s+ex06_memory\s+0 / 27\s+error", text)
     assert text.splitlines()[-1].endswith("(not graded: exercise 6)"), text
     (row,) = grading.grade(6, root=root)  # asked for by number: the same row, no exception
     assert row["error"].startswith("tests/exercises/test_ex06_memory.py is missing")
@@ -649,7 +685,7 @@ def test_grade_cli_parses_the_exercise_number():
 
 def _attempt(tmp_path: Path, events: list[dict]) -> grading._Job:
     """A job whose first attempt wrote ``events`` to its record (no process is started)."""
-    row = grading._empty_rows({3: "ex03_gae"}, ROOT, "exercises")[3]
+    row = grading._empty_rows({3: "ex03_gae"}, ROOT, "exercises", grading.graded_tests())[3]
     job = grading._Job(row, ROOT / row["file"], 20.0)
     job.start(tmp_path, 0.0)
     with open(job.record, "a") as f:
@@ -658,12 +694,11 @@ def _attempt(tmp_path: Path, events: list[dict]) -> grading._Job:
     return job
 
 
-COLLECTED = {"event": "collected", "tests": [["t.py::test_a", 20.0], ["t.py::test_b", None],
-                                             ["t.py::test_c[1]", None]]}
+COLLECTED = {"event": "collected", "tests": ["t.py::test_a", "t.py::test_b", "t.py::test_c[1]"]}
 
 
 def _finish(name: str, outcome: str = "passed", message: str = "") -> dict:
-    return {"event": "finish", "nodeid": f"t.py::{name}", "outcome": outcome,
+    return {"event": "finish", "nodeid": f"t.py::{name}", "kind": outcome,
             "message": message, "seconds": 0.5}
 
 
@@ -688,8 +723,20 @@ def test_a_run_that_ends_inside_a_test_is_rerun_without_it(tmp_path):
     assert job.results["t.py::test_b"]["message"] == (
         "the test process ended during this test (killed by SIGKILL): does the code call "
         "sys.exit() or os._exit(), or crash?")
-    request = job.start(tmp_path, 3.0)  # the next attempt skips what is settled
-    assert request["skip"] == ["t.py::test_a", "t.py::test_b"] and job.id == "3.2"
+    options = job.start(tmp_path, 3.0)  # the next attempt skips what is settled
+    assert options == [f"--grade-record={job.record}", "--grade-skip=t.py::test_a",
+                       "--grade-skip=t.py::test_b"] and job.id == "3.2"
+
+
+def test_a_test_with_its_own_time_limit_is_given_it(tmp_path):
+    """The watchdog reads each test's limit (its timeout marker) from the record."""
+    job = _attempt(tmp_path, [COLLECTED, {"event": "start", "nodeid": "t.py::test_a",
+                                          "limit": 60.0}])
+    job.read_record(1.0)
+    assert job.deadline == 1.0 + 60.0 + grading.stop_margin(60.0)
+    assert not job.out_of_time(60.0, (1e9, 900.0), threading.Event())
+    assert job.out_of_time(70.0, (1e9, 900.0), threading.Event())
+    assert job.kill_reason.startswith("did not finish within 60 s, so the grader stopped it")
 
 
 def test_a_crash_before_any_test_is_not_rerun(tmp_path):
@@ -725,3 +772,85 @@ def test_a_collection_error_is_an_error_row(tmp_path):
     assert job.ended(2, 1.0) is False
     assert job.row["error"] == ("pytest could not collect tests/exercises/test_ex03_gae.py: "
                                 "SyntaxError: invalid syntax")
+
+
+# ------------------------------------------------------------------ what the terminal shows
+
+# Exercise 8 solved but for RLOO, whose error message redraws the terminal: up two lines,
+# erase them, and write a full score there; then colours, a bell, NUL, CR, a C1 CSI, a bidi
+# override, and (after 79 characters) a score line that wrapping would start a line with.
+FORGED = '''
+    from solutions.{stem} import *  # noqa: F403
+
+    _FORGED = ("\\x1b[2F\\x1b[2K  8  ex08_group_advantages          22 / 22  done\\n"
+               "\\x1b[2K     total                          22 / 22\\n\\x1b[31m\\x07\\x00\\r"
+               "\\x9b2J\\u202e\\x7f" + "x" * 79 + " 8 ex08_group_advantages 22 / 22 done")
+
+
+    def rloo_advantages(scores, group_size):
+        raise ValueError(_FORGED)
+'''
+_RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]")  # what must not reach a terminal
+_SCORE_LINE = re.compile(r"^\s*\d+\s+ex\d\d_\w+\s+\d+ / \d+")
+
+
+def test_learner_text_cannot_forge_the_score_table(tmp_path, monkeypatch, capsys):
+    root = make_course(tmp_path, (8,))
+    write_exercise(root, 8, FORGED)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("COLUMNS", "100")  # the table's width, whatever terminal runs the test
+    assert cli.main(["grade", "-v"]) == 1
+    out = capsys.readouterr().out
+    assert not _RAW.search(out), repr(out)
+    lines = out.splitlines()
+    assert [line for line in lines if _SCORE_LINE.match(line)] == [
+        "  8  ex08_group_advantages          19 / 22"], out
+    assert [line for line in lines if line.lstrip().startswith("total")] == [
+        "     total                          19 / 22"] == lines[-1:], out
+    forged = [line for line in lines if "test_rloo" in line]
+    assert len(forged) == 3 and all(line.startswith("     | ") for line in forged), out
+    assert r"\x1b[2F\x1b[2K 8 ex08_group_advantages" in out and r"\x07\x00\r\x9b2J\u202e" in out
+    # every line the failures fill is marked as theirs: none can pass for a row of the table
+    notes = lines[2:-1]
+    assert all(line.startswith(("     | ", "     (and")) for line in notes), out
+    # the rows carry the escaped text too, for any report made from them
+    (row,) = grading.grade(8, root=root)
+    for failure in row["failures"]:
+        assert not _RAW.search(failure["message"] + failure["test"]), failure
+        assert failure["message"].startswith(r"ValueError: \x1b[2F\x1b[2K  8  ex08"), failure
+
+
+def test_shown_writes_control_characters_out():
+    assert grading.shown("a\x1b[31mb\x07\x00\r\tc\nd\x9b\u202e\x7f\ud800") == (
+        "a\\x1b[31mb\\x07\\x00\\r\\tc\nd\\x9b\\u202e\\x7f\\ud800")
+    assert grading.shown(grading.shown("\x1b")) == "\\x1b"
+    assert grading.shown("é ü → ✓ 日本") == "é ü → ✓ 日本"
+
+
+# ------------------------------------------------------------------ tests deleted from a file
+
+
+def test_a_test_deleted_from_its_file_counts_as_failed(tmp_path, capsys, monkeypatch):
+    """The manifest the package ships fixes each exercise's tests: one deleted from the file
+    (a function, a parametrized case) fails, named; one added to it does not count."""
+    root = make_course(tmp_path, (3,))
+    path = root / "tests" / "exercises" / "test_ex03_gae.py"
+    source = path.read_text()
+    tree = ast.parse(source)
+    (node,) = [n for n in tree.body
+               if getattr(n, "name", "") == "test_lambda_zero_is_the_td_residual"]
+    lines = source.splitlines(keepends=True)
+    del lines[node.lineno - 1:node.end_lineno]
+    source = "".join(lines).replace(", (0.5, 0.5)])", "])")
+    path.write_text(source + "\n\ndef test_a_free_point():\n    pass\n")
+    (row,) = grading.grade(3, target="solutions", root=root, timeout=300)
+    missing = "missing from tests/exercises/test_ex03_gae.py"
+    assert row["error"] is None and (row["passed"], row["total"]) == (7, 9), row
+    assert row["failures"] == [
+        {"test": "test_lambda_zero_is_the_td_residual", "message": missing},
+        {"test": "test_random_against_the_definition[0.5-0.5]", "message": missing}]
+    monkeypatch.setenv("COLUMNS", "100")
+    assert cli.main(["grade", "3", "--target", "solutions", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert f"test_lambda_zero_is_the_td_residual: {missing}" in out
+    assert re.search(r"total\s+7 / 9$", out.strip()), out

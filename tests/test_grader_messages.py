@@ -110,3 +110,65 @@ def test_clipping_the_value_instead_of_its_change_is_named_on_random_batches(ex0
     wrong = SimpleNamespace(ppo_value_loss=value_loss_clamping_the_value)
     text = failure(ex04.test_value_loss_random_against_package, wrong, 0.2)
     assert "the value itself was clipped" in text, text
+
+
+# ------------------------------------------------------------------ Exercise 8
+
+ex08_group_advantages = graded("ex08_group_advantages", ROOT / "solutions")
+
+
+@pytest.fixture(scope="module")
+def ex08():
+    return graded("test_ex08_group_advantages")
+
+
+def grpo_population_std(scores, group_size, scale=True, eps=1e-4):
+    """GRPO with the population std (dividing by G): right for a group of equal rewards."""
+    groups = scores.view(-1, group_size)
+    centred = groups - groups.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (groups.std(dim=1, keepdim=True, correction=0) + eps)
+    return centred.reshape(-1)
+
+
+def test_equal_rewards_test_names_the_group_that_fails(ex08):
+    wrong = SimpleNamespace(grpo_advantages=grpo_population_std)
+    text = failure(ex08.test_grpo_group_of_equal_rewards_is_zero, wrong)
+    assert text.startswith("grpo_advantages[4] is"), text  # prompt 0's advantages are right
+    assert "prompt 1 (rows 4 to 7)" in text and "population std" in text, text
+    assert "prompt 0" not in text and "exactly 0" not in text, text
+    ex08.test_grpo_group_of_equal_rewards_is_zero(ex08_group_advantages)
+
+
+def test_equal_rewards_test_names_prompt_0_when_it_fails(ex08):
+    def nan_for_equal_rewards(scores, group_size, scale=True, eps=1e-4):
+        groups = scores.view(-1, group_size)
+        centred = groups - groups.mean(dim=1, keepdim=True)
+        return (centred / groups.std(dim=1, keepdim=True)).reshape(-1)  # no eps: 0 / 0
+
+    text = failure(ex08.test_grpo_group_of_equal_rewards_is_zero,
+                   SimpleNamespace(grpo_advantages=nan_for_equal_rewards))
+    assert text.startswith("grpo_advantages[0] is nan"), text
+    assert "every response to prompt 0 (rows 0 to 3) got 0.7" in text, text
+    assert "0 / 0 is NaN" in text and "prompt 1" not in text, text
+
+
+def test_bool_mask_test_names_unmasked_padding(ex08):
+    def unmasked(adv, mask):  # every position gets the advantage, padding included
+        return adv[:, None].expand(mask.shape).clone()
+
+    text = failure(ex08.test_spread_over_tokens_with_a_bool_mask,
+                   SimpleNamespace(spread_over_tokens=unmasked))
+    assert text.startswith("spread_over_tokens[0, 2] is 1.5 but should be 0"), text
+    assert "position (0, 2) is padding" in text and "convert it" not in text, text
+    ex08.test_spread_over_tokens_with_a_bool_mask(ex08_group_advantages)
+
+
+def test_bool_mask_test_names_a_response_token_that_lost_its_advantage(ex08):
+    def inverted(adv, mask):  # the advantage on the padding, 0 on the response
+        return adv[:, None] * (~mask).to(adv.dtype)
+
+    text = failure(ex08.test_spread_over_tokens_with_a_bool_mask,
+                   SimpleNamespace(spread_over_tokens=inverted))
+    assert text.startswith("spread_over_tokens[0, 0] is 0 but should be 1.5"), text
+    assert "position (0, 0) is a response token" in text, text

@@ -17,6 +17,8 @@ from rlhf_edu.memory import (
     GB,
     ModelSpec,
     add_memory_arguments,
+    communication,
+    format_communication,
     format_plan,
     fsdp2_chunk_rows,
     fsdp2_local_bytes,
@@ -671,3 +673,167 @@ def test_mixed_prediction_equals_a_bf16_trainer_after_a_step(mode):
         adam = [opt.state[p][k] for p in params for k in ("exp_avg", "exp_avg_sq")]
         real = tensor_bytes(params) + tensor_bytes(p.grad for p in params) + tensor_bytes(adam)
         assert states(bd.roles[role]) == real, role
+
+
+# ---------------------------------------------------------------- communication across nodes
+
+
+def _rows(rows, **match):
+    return [r for r in rows if all(r[k] == v for k, v in match.items())]
+
+
+def test_communication_zero3_two_nodes_by_hand():
+    psi = SEVEN.n_params  # 6,738,415,616
+    rows = communication(SEVEN, nodes=2, gpus_per_node=8, zero_stage=3)
+    gathers = _rows(rows, role="actor", collective="all-gather")
+    assert [r["phase"] for r in gathers] == ["rollout", "forward", "backward"]
+    for r in gathers:  # one gather of bf16 weights: S = 2 B x psi; ring: 15/16 of it per GPU
+        assert r["size_bytes"] == 2 * psi
+        assert r["sent_per_gpu"] == pytest.approx(15 / 16 * 2 * psi, rel=1e-12)
+        assert r["inter_node_per_node"] == pytest.approx(1 / 2 * 2 * psi, rel=1e-12)
+        assert r["inter_node_per_gpu"] == pytest.approx(1 / 16 * 2 * psi, rel=1e-12)
+        assert r["intra_node_per_gpu"] == pytest.approx(7 / 8 * 2 * psi, rel=1e-12)
+        # 6.74 GB over 50 GB/s per node, then 11.79 GB over NVLink at 450 GB/s
+        assert r["seconds"] == pytest.approx(psi / 50e9 + 7 / 4 * psi / 450e9, rel=1e-12)
+        assert r["inter_node_per_gpu"] + r["intra_node_per_gpu"] == pytest.approx(
+            r["sent_per_gpu"], rel=1e-12)  # hierarchical moves what the ring moves
+    (rs,) = _rows(rows, role="actor", collective="reduce-scatter")
+    assert rs["sent_per_gpu"] == pytest.approx(15 / 16 * 2 * psi, rel=1e-12)
+    frozen = [r for r in rows if r["role"] in ("reward", "reference")]
+    assert [(r["role"], r["collective"]) for r in frozen] == [("reward", "all-gather"),
+                                                             ("reference", "all-gather")]
+    critic = SEVEN.n_params + SEVEN.n_embd + 1
+    assert all(r["size_bytes"] == 2 * critic for r in _rows(rows, role="critic"))
+    assert len(rows) == 10
+
+
+def test_communication_ddp_and_zero12():
+    psi = SEVEN.n_params
+    ddp = communication(SEVEN, 2, 8, 0, updates=8)
+    assert [(r["role"], r["collective"]) for r in ddp] == [("actor", "all-reduce"),
+                                                          ("critic", "all-reduce")]
+    a = ddp[0]  # ring all-reduce: 2 (N - 1) / N x S per GPU, hierarchical 2 (n - 1) / n x S
+    assert a["times"] == 8
+    assert a["sent_per_gpu"] == pytest.approx(8 * 2 * 15 / 16 * 2 * psi, rel=1e-12)
+    assert a["inter_node_per_node"] == pytest.approx(8 * 2 * 1 / 2 * 2 * psi, rel=1e-12)
+    for stage in (1, 2):  # reduce-scatter + all-gather moves what one all-reduce moves
+        rows = _rows(communication(SEVEN, 2, 8, stage), role="actor")
+        assert [r["collective"] for r in rows] == ["reduce-scatter", "all-gather"]
+        assert sum(r["sent_per_gpu"] for r in rows) == pytest.approx(
+            ddp[0]["sent_per_gpu"] / 8, rel=1e-12)
+    fp32 = communication(SEVEN, 2, 8, 0, precision="fp32")
+    assert fp32[0]["size_bytes"] == 4 * psi
+
+
+def test_communication_roles_follow_the_method():
+    assert {r["role"] for r in communication(SEVEN, 2, 8, 3, critic="none")} == {
+        "actor", "reward", "reference"}
+    dpo = communication(SEVEN, 2, 8, 3, method="dpo")
+    assert [(r["role"], r["phase"]) for r in dpo] == [
+        ("actor", "forward"), ("actor", "backward"), ("actor", "gradients"),
+        ("reference", "forward")]
+    shared = _rows(communication(SEVEN, 2, 8, 0, critic="shared"), role="critic")
+    assert shared[0]["size_bytes"] == 2 * (SEVEN.n_embd + 1)
+
+
+def test_communication_with_lora_reduces_only_the_adapters():
+    psi, r = SEVEN.n_params, 0.01
+    adapters = round(r * psi)
+    rows = communication(SEVEN, 2, 8, 3, lora_fraction=r, critic="shared")
+    actor = {x["phase"]: x["size_bytes"] for x in _rows(rows, role="actor")}
+    assert actor == {"rollout": 2 * (psi + adapters), "forward": 2 * (psi + adapters),
+                     "backward": 2 * (psi + adapters), "gradients": 2 * adapters}
+    head = _rows(rows, role="critic", phase="gradients")[0]  # a head trains in full
+    assert head["size_bytes"] == 2 * (SEVEN.n_embd + 1)
+    ddp = communication(SEVEN, 2, 8, 0, lora_fraction=r)
+    assert [x["size_bytes"] for x in ddp] == [2 * adapters, 2 * round(r * (psi + 4097))]
+    with pytest.raises(ValueError, match=r"lora_fraction must be in \(0, 1\], got 2"):
+        communication(SEVEN, 2, 8, lora_fraction=2)
+
+
+def test_one_node_has_no_inter_node_traffic_and_more_nodes_send_more():
+    for stage in (0, 1, 2, 3):
+        one = communication(SEVEN, 1, 8, stage)
+        assert all(r["inter_node_per_node"] == 0 for r in one)
+        previous = [0.0] * len(one)
+        for nodes in (1, 2, 4, 8, 64):
+            rows = communication(SEVEN, nodes, 8, stage)
+            assert len(rows) == len(one)
+            for i, r in enumerate(rows):
+                assert r["inter_node_per_node"] >= previous[i]
+                assert r["sent_per_gpu"] > 0 and r["seconds"] > 0
+                previous[i] = r["inter_node_per_node"]
+            assert previous[0] > 0 or nodes == 1
+    assert communication(SEVEN, 1, 1, 3)[0]["sent_per_gpu"] == 0  # one GPU: nothing to send
+    slow = communication(SEVEN, 2, 8, 3, inter_bw_gbs=5)[0]["seconds"]
+    assert slow > communication(SEVEN, 2, 8, 3)[0]["seconds"]
+
+
+COMM_BAD = [
+    (dict(nodes=0), "nodes must be a positive int, got 0"),
+    (dict(nodes=2.0), "nodes must be a positive int, got 2.0 (float)"),
+    (dict(gpus_per_node=-8), "gpus_per_node must be a positive int, got -8"),
+    (dict(zero_stage=4), "zero_stage must be one of 0, 1, 2, 3, got 4"),
+    (dict(updates=0), "updates must be a positive int, got 0"),
+    (dict(inter_bw_gbs=0.0), "inter_bw_gbs must be in [0.001, 1e+06], got 0.0"),
+    (dict(inter_bw_gbs=1e-320), "inter_bw_gbs must be in [0.001, 1e+06], got 1e-320"),
+    (dict(intra_bw_gbs=float("nan")), "intra_bw_gbs must be in [0.001, 1e+06], got nan"),
+    (dict(intra_bw_gbs=1e308), "intra_bw_gbs must be in [0.001, 1e+06], got 1e+308"),
+    (dict(critic="big"), "critic must be one of"),
+    (dict(method="dpo", critic="separate"), "method='dpo' trains no critic"),
+    (dict(precision="fp8"), "precision must be one of"),
+]
+
+
+@pytest.mark.parametrize("kw, message", COMM_BAD, ids=[m[:30] for _, m in COMM_BAD])
+def test_communication_bad_input_is_one_line(kw, message):
+    with pytest.raises(ValueError) as e:
+        communication(SEVEN, **{"nodes": 2, "gpus_per_node": 8, **kw})
+    assert message in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="spec must be a ModelSpec"):
+        communication("llama-7b")
+
+
+def test_cli_nodes(capsys):
+    code, out, _ = cli(["--nodes", "2", "--gpus-per-node", "8", "--zero", "3"], capsys)
+    assert code == 0 and "16 GPU(s)" in out and "per node: 286.22 GB (8 GPUs x 35.78 GB)" in out
+    assert "inter/node" in out and format_communication(communication(SEVEN, 2, 8, 3)) in out
+    code, out2, _ = cli(["--nodes", "2", "--gpus", "16", "--zero", "3"], capsys)
+    assert out2 == out  # --gpus-per-node defaults to --gpus / --nodes
+    code, out, _ = cli(["--nodes", "2", "--json", "--updates", "8", "--inter-bw", "400"], capsys)
+    d = json.loads(out)
+    assert code == 0 and d["n_gpus"] == 16 and d["nodes"] == 2 and d["gpus_per_node"] == 8
+    assert d["communication"] == communication(SEVEN, 2, 8, 0, updates=8, inter_bw_gbs=400)
+    code, out, _ = cli(["--gpus", "16", "--zero", "3"], capsys)
+    assert code == 0 and "per node" not in out  # without node flags: the breakdown alone
+    code, out, _ = cli(["--model", "llama-70b", "--nodes", "2", "--plan", "--tp", "2"], capsys)
+    assert code == 0 and "on 2 nodes x 8 x 80 GB" in out and "per node: GB/GPU x 8" in out
+    code, out, _ = cli(["--model", "llama-70b", "--nodes", "2", "--zero", "3", "--lora",
+                        "0.01", "--checkpointing", "--json"], capsys)
+    d = json.loads(out)
+    assert code == 0 and d["communication"] == communication(
+        ModelSpec.preset("llama-70b"), 2, 8, 3, lora_fraction=0.01)
+    assert d["per_node_bytes"] == 8 * d["per_gpu_bytes"] and d["per_gpu_bytes"] < 80 * GB
+
+
+CLI_NODES_BAD = [
+    (["--nodes", "3", "--gpus", "8"], "--gpus must be a multiple of --nodes=3, got 8"),
+    (["--nodes", "2", "--gpus-per-node", "4", "--gpus", "16"],
+     "--gpus must be --nodes x --gpus-per-node = 8, got 16"),
+    (["--nodes", "0"], "--nodes must be a positive int or None, got 0"),
+    (["--nodes", "2", "--gpus-per-node", "-1"], "--gpus-per-node must be a positive int"),
+    (["--nodes", "2", "--inter-bw", "0"], "--inter-bw must be in [0.001, 1e+06], got 0.0"),
+    (["--nodes", "2", "--intra-bw", "nan"], "--intra-bw must be in [0.001, 1e+06], got nan"),
+    (["--nodes", "2", "--updates", "0"], "updates must be a positive int, got 0"),
+    (["--nodes", "2", "--tp", "2"], "drop --tp or drop --nodes/--gpus-per-node"),
+    (["--nodes", "2", "--generation-engine"], "drop --generation-engine"),
+    (["--nodes", "2", "--placement", "split"], "drop --placement split"),
+]
+
+
+@pytest.mark.parametrize("argv, message", CLI_NODES_BAD, ids=[m[:30] for _, m in CLI_NODES_BAD])
+def test_cli_nodes_bad_input_is_one_line(argv, message, capsys):
+    code, out, err = cli(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith("rlhf-edu memory: error: ") and message in lines[0], lines[0]

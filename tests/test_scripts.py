@@ -2,13 +2,18 @@
 
 ``scripts/rlhf_loop_pseudo.py`` must walk the six phases in order with the shapes of a (B, T)
 batch and arithmetic that adds up; ``scripts/reward_calculator.py`` must print a total reward
-that equals score - beta x sum KL recomputed from its own printed numbers.
+that equals score - beta x sum KL recomputed from its own printed numbers. Both say why the KL
+is what it is; bad input is one line of stderr (exit 2), Ctrl-C one line (exit 130).
+``scripts/make_hacked_actor.py`` rebuilds the shipped beta = 0 actor, whose samples hack the
+reward model.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +28,34 @@ NUM = r"-?\d+\.\d{3}"
 ROUND = 0.0005
 
 
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, str(SCRIPTS / script), *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, str(SCRIPTS / script), *args], cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=120)
+
+
+def script_module(name: str):
+    """``scripts/<name>.py`` imported as a module (its ``main(argv)`` runs in this process)."""
+    if f"script_{name}" not in sys.modules:  # dataclasses look their module up there
+        spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[f"script_{name}"]
+
+
+def one_line_error(stderr: str, *needles: str) -> str:
+    """The single line of ``stderr``, which must contain each of ``needles``."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
 
 
 def floats(text: str) -> list[float]:
@@ -94,14 +122,46 @@ def test_loop_losses_and_the_trainer_agree(loop):
     assert loop.rstrip().endswith("give the same tensors and losses: yes")
 
 
-def test_loop_other_batch_and_help():
+def test_loop_first_run_says_why_kl_is_zero(loop):
+    sums = re.search(rf"k1 summed per response = \[((?:{NUM}, )*{NUM})\]", loop).group(1)
+    assert floats(sums) == [0.0] * 4
+    assert "why KL = 0: on the first step the actor IS the reference" in loop
+    assert "--actor hacked" in loop and "--warmup N" in loop  # the next runs to try
+
+
+def test_loop_with_the_hacked_actor_pays_a_large_kl():
+    out = run("rlhf_loop_pseudo.py", "--actor", "hacked")
+    assert out.returncode == 0, out.stderr
+    assert "actor: the hacked actor" in out.stdout and "why KL is large" in out.stdout
+    sums = floats(re.search(rf"k1 summed per response = \[((?:{NUM}, )*{NUM})\]",
+                            out.stdout).group(1))
+    assert min(sums) > 10, sums  # SFT samples: 0; the hacked actor's: tens of nats
+    assert out.stdout.rstrip().endswith(": yes")
+
+
+def test_loop_warmup_shows_progress_and_explains_its_kl():
+    out = run("rlhf_loop_pseudo.py", "--warmup", "3", "--seed", "2", "--batch", "2")
+    assert out.returncode == 0, out.stderr
+    assert "warm-up" in out.stderr and "3/3" in out.stderr  # the progress bar
+    assert "(step 4: 3 trained before it)" in out.stdout and "why KL > 0" in out.stdout
+    sums = floats(re.search(rf"k1 summed per response = \[((?:{NUM}, )*{NUM})\]",
+                            out.stdout).group(1))
+    # one response's k1 sum may be negative; if one is, a line says why (training is chaotic
+    # across machines, so which one is not asserted)
+    assert ("why a k1 sum is negative" in out.stdout) == any(v < 0 for v in sums), out.stdout
+
+
+def test_loop_other_batch_and_help(capsys):
     out = run("rlhf_loop_pseudo.py", "--seed", "1", "--batch", "3")  # odd: one minibatch
     assert out.returncode == 0, out.stderr
     T = int(re.search(r"response width T=(\d+)", out.stdout).group(1))
     assert f"(3, {T})" in out.stdout and "1 minibatches" in out.stdout
     assert out.stdout.rstrip().endswith(": yes")
-    usage = run("rlhf_loop_pseudo.py", "--help")
-    assert usage.returncode == 0 and "--seed" in usage.stdout and "--batch" in usage.stdout
+    with pytest.raises(SystemExit) as exit_:
+        script_module("rlhf_loop_pseudo").main(["--help"])
+    usage = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--seed" in usage and "--batch" in usage
+    assert "--warmup" in usage and "--actor" in usage and "hacked" in usage
 
 
 # ------------------------------------------------------------------ reward_calculator.py
@@ -154,7 +214,9 @@ def test_calculator_actor_equal_to_reference_has_no_penalty():
     out = run("reward_calculator.py", "the food", "was great .")
     assert out.returncode == 0, out.stderr
     c = check_calculator(out.stdout, beta=0.05)
-    assert "every KL is 0" in out.stdout
+    assert "why KL = 0: the actor IS the reference" in out.stdout
+    assert "--actor hacked" in out.stdout  # the first run suggests the instructive one
+    assert "k1 sum is negative" not in out.stdout
     assert c["sums"][2:] == [0.0, 0.0, 0.0, 0.0]
     assert all(t["total"] == c["rm"] for t in c["totals"].values())
     assert c["gold"] == pytest.approx(1 / 3, abs=ROUND)  # one positive clause of three
@@ -166,7 +228,8 @@ def test_calculator_with_a_tempered_actor_pays_a_penalty():
               "--actor-temperature", "1.5")
     assert out.returncode == 0, out.stderr
     c = check_calculator(out.stdout, beta=0.2)
-    assert "every KL is 0" not in out.stdout and "temperature 1.5" in out.stdout
+    assert "why KL = 0" not in out.stdout and "temperature 1.5" in out.stdout
+    assert "why KL > 0" in out.stdout
     assert c["sums"][3] > 0 and c["sums"][4] > 0 and c["sums"][5] > 0
     assert c["gold"] == -1.0  # a repeated word: the hack the reward model misses
     assert len(c["rows"]) == 6  # five words and <eos>
@@ -185,22 +248,192 @@ def test_calculator_reads_an_actor_checkpoint(tmp_path):
     atomic_save(model_checkpoint("sft", sft.config, sft.state_dict()), path)
     out = run("reward_calculator.py", "i loved the", "wine .", "--actor", str(path))
     assert out.returncode == 0, out.stderr
-    assert str(path) in out.stdout and "every KL is 0" not in out.stdout
+    assert str(path) in out.stdout and "why KL = 0" not in out.stdout
     c = check_calculator(out.stdout, beta=0.05)
     assert c["sums"][3] > 0 and c["sums"][4] > 0
 
 
-def test_calculator_unknown_word_is_one_line_and_exit_2():
-    out = run("reward_calculator.py", "the food", "was grate .")
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "'grate'" in lines[0] and "unknown word" in lines[0], out.stderr
-    assert out.stdout == ""
+def test_calculator_unknown_word_is_one_line_and_exit_2(capsys):
+    assert script_module("reward_calculator").main(["the food", "was grate ."]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    one_line_error(captured.err, "'grate'", "unknown word")
 
 
-def test_calculator_help():
-    out = run("reward_calculator.py", "--help")
-    assert out.returncode == 0
-    for flag in ("PROMPT", "RESPONSE", "--beta", "--actor", "--actor-temperature"):
-        assert flag in out.stdout
-    assert "delicious" in out.stdout  # the epilog lists the task's words
+def test_calculator_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        script_module("reward_calculator").main(["--help"])
+    usage = capsys.readouterr().out
+    assert exit_.value.code == 0
+    for flag in ("PROMPT", "RESPONSE", "--beta", "--actor", "--actor-temperature", "hacked"):
+        assert flag in usage
+    assert "delicious" in usage  # the epilog lists the task's words
+
+
+def test_calculator_with_the_hacked_actor_pays_a_large_kl():
+    # a response the hacked actor wrote itself (seed 0): the reward model loves it, the judge
+    # does not, and against the reference it costs tens of nats
+    response = "excellent delicious delicious delicious excellent delicious great ."
+    out = run("reward_calculator.py", "the food", response, "--actor", "hacked")
+    assert out.returncode == 0, out.stderr
+    c = check_calculator(out.stdout, beta=0.05)
+    assert "actor:     the hacked actor" in out.stdout and "why KL is large" in out.stdout
+    assert c["rm"] > 1.0 and c["gold"] == -1.0  # the hack: a high RM score, the worst gold
+    assert c["sums"][2] > 20 and c["sums"][4] > 20 and c["sums"][5] > 20  # k1, k3, exact
+    assert c["totals"]["k1"]["total"] < 0 < c["rm"]  # beta = 0.05 turns the reward negative
+    assert "k1 sum is negative" not in out.stdout
+
+
+def test_calculator_explains_a_negative_k1_sum():
+    # a plain review the hacked actor no longer writes: the reference finds it likelier
+    out = run("reward_calculator.py", "the food", "was great .", "--actor", "hacked")
+    assert out.returncode == 0, out.stderr
+    c = check_calculator(out.stdout, beta=0.05)
+    assert c["sums"][2] < 0 < c["sums"][4]  # k1 < 0, k3 > 0
+    assert f"why the k1 sum is negative ({c['sums'][2]:.3f})" in out.stdout
+    assert "only on average over responses sampled" in out.stdout
+
+
+def sharded_run_checkpoint(tmp_path: Path) -> Path:
+    """A run directory as `rlhf-edu train --shard zero3` leaves it: checkpoint.pt names a DCP
+    directory holding the actor and critic (written here by one process, with a moved actor)."""
+    from rlhf_edu import PPOConfig, RLHFTrainer, sharding
+    from rlhf_edu.checkpoint import atomic_save, safe_load
+
+    trainer = RLHFTrainer(PPOConfig(batch_size=2, response_len=4, minibatches=1, ppo_epochs=1))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in trainer.models.actor.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    path = tmp_path / "checkpoint.pt"
+    with pytest.warns(UserWarning, match="single process"):
+        sharding.save_checkpoint(trainer, path)
+    ckpt = safe_load(path)
+    atomic_save({**ckpt, "shard": "zero3"}, path)
+    return path
+
+
+def test_calculator_reads_the_actor_of_a_sharded_run(tmp_path, capsys):
+    path = sharded_run_checkpoint(tmp_path)
+    out = run("reward_calculator.py", "the food", "was great .", "--actor", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "zero3 shards in" in out.stdout and "why KL > 0" in out.stdout
+    c = check_calculator(out.stdout, beta=0.05)
+    assert c["sums"][4] > 0 and c["sums"][5] > 0
+    for shards in tmp_path.glob("shards-*"):  # the shards gone: one line naming the directory
+        shards.rename(tmp_path / "moved")
+    assert script_module("reward_calculator").main(["the food", "was great .", "--actor",
+                                                     str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    one_line_error(captured.err, "sharded (zero3)", "shards-", "cannot be read")
+
+
+# ------------------------------------------------------------------ bad input, Ctrl-C
+
+@pytest.mark.parametrize("script, args, needles", [
+    ("rlhf_loop_pseudo", ["--seed", "abc"], ["--seed", "'abc'"]),
+    ("rlhf_loop_pseudo", ["--seed", str(2**63)], ["--seed", str(2**63)]),
+    ("rlhf_loop_pseudo", ["--seed", "-1"], ["--seed", "[0, 2**63 - 1]"]),
+    ("rlhf_loop_pseudo", ["--batch", "0"], ["--batch", "[1, 256]"]),
+    ("rlhf_loop_pseudo", ["--batch", "1e3"], ["--batch", "'1e3'"]),
+    ("rlhf_loop_pseudo", ["--warmup", "1000000"], ["--warmup", "[0, 1000]", "rlhf-edu train"]),
+    ("reward_calculator", ["x", "y", "--beta", "1e308"], ["--beta", "[0, 1000]"]),
+    ("reward_calculator", ["x", "y", "--beta", "nan"], ["--beta"]),
+    ("reward_calculator", ["x", "y", "--beta", "abc"], ["--beta", "'abc'"]),
+    ("reward_calculator", ["x", "y", "--actor-temperature", "1e-45"],
+     ["--actor-temperature", "[0.05, 20]"]),
+    ("reward_calculator", ["x", "y", "--actor-temperature", "inf"], ["--actor-temperature"]),
+    ("make_hacked_actor", ["--steps", "0"], ["--steps"]),
+    ("make_hacked_actor", ["--batch", "5"], ["--batch", "even"]),
+])
+def test_bad_numbers_are_one_line_naming_the_flag(script, args, needles, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        script_module(script).main(args)
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    one_line_error(captured.err, "error: argument", *needles)
+
+
+def test_bad_numbers_in_a_real_process():  # the cases above, as a learner meets them
+    out = run("reward_calculator.py", "the food", "was great .", "--beta", "1e308")
+    assert out.returncode == 2 and out.stdout == ""
+    one_line_error(out.stderr, "reward_calculator.py: error: argument --beta", "1e308")
+
+
+@pytest.mark.parametrize("script, args, needles", [
+    ("rlhf_loop_pseudo", ["--actor", "nothere.pt"], ["--actor nothere.pt", "no such file"]),
+    ("reward_calculator", ["the food", "was great .", "--actor", "nothere.pt"],
+     ["--actor nothere.pt", "no such file"]),
+    # a temperature inside the bounds can still overflow k3 = e^-d - 1 + d: the message says
+    # which token and which input
+    ("reward_calculator", ["the food", "was great great terrible .", "--actor-temperature",
+                           "0.05"], ["k3 of token", "overflows", "--actor-temperature 0.05"]),
+])
+def test_bad_inputs_after_parsing_are_one_line(script, args, needles, capsys):
+    assert script_module(script).main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    one_line_error(captured.err, "error:", *needles)
+
+
+def test_loop_ctrl_c_during_the_warmup_is_one_line_and_exit_130():
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "rlhf_loop_pseudo.py"), "--warmup",
+                             "1000"], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = ""
+        while "warm-up" not in first and len(first) < 100:  # the bar, before the first step
+            first += proc.stderr.read(1)
+        assert "warm-up" in first, first
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and out == ""
+    assert err.strip().splitlines()[-1] == "rlhf_loop_pseudo.py: interrupted (Ctrl-C); nothing " \
+                                           "was saved"
+
+
+# ------------------------------------------------------------------ the hacked actor
+
+def test_make_hacked_actor_rebuilds_a_short_version(tmp_path):
+    from rlhf_edu import load_pretrained
+    from rlhf_edu.checkpoint import safe_load
+
+    path = tmp_path / "hacked.pt"
+    out = run("make_hacked_actor.py", "--steps", "2", "--batch", "2", "--out", str(path))
+    assert out.returncode == 0, out.stderr
+    assert f"wrote {path}" in out.stdout and "step    2/2" in out.stdout
+    meta = safe_load(path)["meta"]
+    assert (meta["seed"], meta["steps"], meta["beta"], meta["batch_size"]) == (0, 2, 0.0, 2)
+    built, sft = load_pretrained("sft", path), load_pretrained("sft")
+    assert built.config == sft.config
+    moved = [k for k, v in built.state_dict().items() if not torch.equal(v, sft.state_dict()[k])]
+    assert moved, "two PPO steps must change the actor"
+
+
+def test_shipped_hacked_actor_hacks_the_reward_model():
+    from rlhf_edu import PPOConfig, RLHFTrainer, build_models, load_pretrained
+    from rlhf_edu.checkpoint import safe_load
+
+    path = SCRIPTS.parent / "rlhf_edu" / "weights" / "hacked.pt"
+    ckpt = safe_load(path)
+    assert ckpt["meta"]["beta"] == 0.0 and 100 <= ckpt["meta"]["steps"] <= 200
+    assert path.stat().st_size < 3e6  # like sft.pt: the actor's GPT only
+    hacked, sft = load_pretrained("sft", path), load_pretrained("sft")
+    assert not torch.equal(hacked.state_dict()["wte.weight"], sft.state_dict()["wte.weight"])
+    figures = {}
+    for name, actor in (("sft", sft), ("hacked", hacked)):
+        models = build_models(sft=load_pretrained("sft"), reward=load_pretrained("reward"))
+        models.actor.gpt.load_state_dict(actor.state_dict())
+        # the step's metrics are those of its 32 fresh samples, scored before its update
+        m = RLHFTrainer(PPOConfig(seed=1, batch_size=32), models).step()
+        figures[name] = dict(rm=m["rm_score"], gold=m["gold_score"], kl=m["kl"])
+    sft_f, hacked_f = figures["sft"], figures["hacked"]
+    # recorded: SFT rm ~0.1, gold ~-0.1, kl 0; hacked rm ~1.3, gold ~-1.0, kl ~60 nats
+    assert hacked_f["rm"] > 1.0 and hacked_f["rm"] > sft_f["rm"] + 0.5, figures
+    assert hacked_f["gold"] < -0.5 and hacked_f["gold"] < sft_f["gold"] - 0.3, figures
+    assert hacked_f["kl"] > 20 and abs(sft_f["kl"]) < 1e-3, figures

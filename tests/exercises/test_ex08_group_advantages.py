@@ -10,6 +10,7 @@ group, eps in the wrong place, RLOO counting the response in its own baseline, I
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -91,12 +92,18 @@ def grpo_hint(got: torch.Tensor, scores: torch.Tensor, G: int, scale: bool, eps:
 
 
 def check_grpo(ex, scores: torch.Tensor, G: int, scale: bool = True, eps: float = 1e-4,
-               why: str = "") -> torch.Tensor:
+               why: str | Callable[[tuple[int, ...]], str] = "") -> torch.Tensor:
+    """Compare ``grpo_advantages`` with the formula; ``why`` explains the case, or (a
+    function of the wrong entry's index) the group that entry belongs to."""
     got = expect_tensor(ex.grpo_advantages(scores, G, scale=scale, eps=eps),
                         "grpo_advantages", tuple(scores.shape))
     want = grpo_formula(scores, G, scale, eps)
     hint = "" if allclose(got, want) else grpo_hint(got, scores, G, scale, eps)
-    expect_close(got, want, "grpo_advantages", (why + ": " if why else "") + hint)
+
+    def reason(idx: tuple[int, ...]) -> str:
+        text = why(idx) if callable(why) else why
+        return (text + ": " if text else "") + hint
+    expect_close(got, want, "grpo_advantages", reason)
     return got
 
 
@@ -108,9 +115,13 @@ def test_grpo_hand_made_groups(ex):
 
 
 def test_grpo_group_of_equal_rewards_is_zero(ex):
-    got = check_grpo(ex, torch.tensor([0.7, 0.7, 0.7, 0.7, 1.0, 0.0, 0.0, 1.0]), 4,
-                     why="every response to prompt 0 got 0.7, so none is better than another: "
-                         "their advantages are exactly 0 (std 0, and 0 / (0 + eps) = 0)")
+    def why(idx: tuple[int, ...]) -> str:
+        if idx[0] < 4:
+            return ("every response to prompt 0 (rows 0 to 3) got 0.7, so none is better than "
+                    "another: their advantages are exactly 0 (std 0, and 0 / (0 + eps) = 0)")
+        return ("prompt 1 (rows 4 to 7) has rewards [1, 0, 0, 1]: mean 0.5, Bessel std "
+                "0.57735, so its advantages are about +-0.866")
+    got = check_grpo(ex, torch.tensor([0.7, 0.7, 0.7, 0.7, 1.0, 0.0, 0.0, 1.0]), 4, why=why)
     if bool((got[:4] != 0).any()):
         pytest.fail(f"grpo_advantages of a group of equal rewards is {got[:4].tolist()}, but "
                     "should be exactly 0", pytrace=False)
@@ -228,9 +239,17 @@ def test_spread_over_tokens_with_a_bool_mask(ex):
     mask = torch.tensor([[True, True, False], [True, False, False]])
     got = expect_tensor(ex.spread_over_tokens(adv, mask), "spread_over_tokens", (2, 3))
     want = torch.tensor([[1.5, 1.5, 0.0], [-0.25, 0.0, 0.0]])
-    expect_close(got, want, "spread_over_tokens",
-                 "a bool mask (True on response tokens) must work too: convert it to the "
-                 "advantages' float dtype")
+
+    def why(idx: tuple[int, ...]) -> str:
+        b, t = idx
+        if not mask[b, t]:
+            return (f"position ({b}, {t}) is padding (the bool mask is False there): padding "
+                    "gets no advantage (multiply by the mask, converted to the advantages' "
+                    "dtype)")
+        return (f"position ({b}, {t}) is a response token (the bool mask is True there), so it "
+                f"gets response {b}'s advantage {adv[b]:g}; a bool mask must work too: "
+                "convert it to the advantages' float dtype")
+    expect_close(got, want, "spread_over_tokens", why)
 
 
 # ------------------------------------------------------------------ DPO and IPO

@@ -22,6 +22,7 @@ from pathlib import Path
 from . import distributed, sharding
 from .advantages import METHODS, method
 from .models import CRITIC_MODES, NO_CRITIC
+from .ppo import VF_CLIP_MAX
 from .rewards import token_estimators
 from .rundir import RunDir, check
 from .validate import (
@@ -168,9 +169,10 @@ class PPOConfig:
         "recompute the old log-probs with the actor under the training numerics before the "
         "PPO epochs (generation and training kernels differ, in bf16 by up to ~0.03 nats)"))
     clip: float = field(default=0.2, metadata=meta(
-        "PPO ratio clip epsilon", minimum=CLIP_MIN))
+        "PPO ratio clip epsilon", minimum=CLIP_MIN, maximum=1))
     vf_clip: float = field(default=0.2, metadata=meta(
-        "value clip range around the old values (0: no value clipping)", minimum=0))
+        "value clip range around the old values (0: no value clipping)", minimum=0,
+        maximum=VF_CLIP_MAX))
     vf_coef: float = field(default=0.1, metadata=meta(
         "c1, weight of the value loss", minimum=0, maximum=COEF_MAX))
     ent_coef: float = field(default=0.0, metadata=meta(

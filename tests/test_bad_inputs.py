@@ -279,7 +279,7 @@ def test_weights_that_overflow_in_an_update_stop_training(role):
     (dict(ppo_epochs=True), "PPOConfig.ppo_epochs must be an int in [1, 10000], got True (bool)"),
     (dict(beta=float("nan")), "PPOConfig.beta must be in [0, 10000], got nan"),
     (dict(actor_lr=float("inf")), "PPOConfig.actor_lr must be in [1e-08, 1], got inf"),
-    (dict(clip="0.2"), "PPOConfig.clip must be a number >= 1e-06, got '0.2' (str)"),
+    (dict(clip="0.2"), "PPOConfig.clip must be a number in [1e-06, 1], got '0.2' (str)"),
     (dict(stop_at_eos=1), "PPOConfig.stop_at_eos must be True or False, got 1 (int)"),
     (dict(seed=2**63), "PPOConfig.seed must be an int in [0, 2**63), got 9223372036854775808"),
     (dict(seed=-1), "PPOConfig.seed must be an int in [0, 2**63), got -1"),

@@ -43,6 +43,8 @@ import torch
 from torch import Tensor
 
 from rlhf_edu.validate import (
+    EPS_MAX,
+    WHITEN_EPS,
     check_2d,
     check_bool,
     check_finite,
@@ -50,6 +52,8 @@ from rlhf_edu.validate import (
     check_floating,
     check_int,
     check_mask,
+    check_result,
+    check_same_device,
     check_same_shape,
     check_tensor,
 )
@@ -104,7 +108,14 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
             along that dimension only (e.g. `dim=1` gives one mean per response, `(B,)`).
     """
     m = _check_stats_input(x, mask, dim)
-    return _masked_mean(x, m, dim)
+    return check_result("masked_mean", _masked_mean(x, m, dim), lambda: _too_large("x", x, m))
+
+
+def _too_large(name: str, x: Tensor, m: Tensor) -> str:
+    """Why a sum or mean of the finite entries of ``x`` (where the bool ``m``) overflows."""
+    big = torch.where(m, x.detach(), torch.zeros_like(x)).abs().max().item()
+    return (f"{name}'s values (largest |{name}| = {big:g}) are too large to sum in {x.dtype}; "
+            "rescale them")
 
 
 def masked_var(x: Tensor, mask: Tensor) -> Tensor:
@@ -115,7 +126,8 @@ def masked_var(x: Tensor, mask: Tensor) -> Tensor:
     m = _check_stats_input(x, mask)
     x = torch.where(m, x, torch.zeros_like(x))  # padding stays out of the gradient too
     mean = _masked_mean(x, m)
-    return _masked_mean((x - mean) ** 2, m)
+    return check_result("masked_var", _masked_mean((x - mean) ** 2, m),
+                        lambda: _too_large("x", x, m))
 
 
 def whiten(
@@ -146,7 +158,7 @@ def whiten(
     """
     check_tensor("x", x)
     check_bool("shift_mean", shift_mean)
-    check_float("eps", eps, minimum=0)
+    check_float("eps", eps, **WHITEN_EPS)
     if reduce is not None and not callable(reduce):
         raise ValueError(f"reduce must be a callable or None, got {type(reduce).__name__}")
     m = check_mask(mask, x, "x", finite={"x": x})
@@ -161,8 +173,12 @@ def whiten(
         if reduced is not None:
             stats = reduced
     total, total_sq, count = stats.unbind()
+    finite = bool(torch.isfinite(stats).all())  # the one read back, with the count's
     if count.item() == 0:
         raise ValueError("mask has no unmasked entries; cannot whiten")
+    if not finite:
+        raise ValueError(f"whiten: the sum of squares of x overflowed from finite inputs: "
+                         f"{_too_large('x', x, m)}")
     mean = total / count
     # One-pass variance E[x^2] - E[x]^2; clamp the tiny negatives rounding can produce.
     var = (total_sq / count - mean * mean).clamp_min(0.0)
@@ -213,7 +229,18 @@ def gae(
     check_float("lam", lam, minimum=0, maximum=1)
     m = check_mask(mask, rewards, "rewards", every_row=True,
                    finite={"rewards": rewards, "values": values})
+    advantages, returns = _gae(rewards, values, m, gamma, lam)
+    check_result("the GAE returns", returns, lambda: (
+        f"the discounted sums of rewards (largest |reward| "
+        f"{torch.where(m, rewards, 0).abs().max().item():g}) and values (largest |value| "
+        f"{torch.where(m, values, 0).abs().max().item():g}) overflow {rewards.dtype}; "
+        "rescale them"))
+    return advantages, returns
 
+
+def _gae(rewards: Tensor, values: Tensor, m: Tensor, gamma: float, lam: float
+         ) -> tuple[Tensor, Tensor]:
+    """`gae` on checked inputs (the bool mask `m`)."""
     T = rewards.shape[1]
     lastgaelam = torch.zeros_like(rewards[:, 0])  # (B,) A_{t+1}, 0 past the end
     advantages_reversed = []
@@ -287,11 +314,15 @@ def grpo_advantages(scores: Tensor, group_size: int, scale: bool = True,
     """
     groups = _groups(scores, group_size, "GRPO" if scale else "Dr. GRPO")
     check_bool("scale", scale)
-    check_float("eps", eps, minimum=0)
+    check_float("eps", eps, minimum=0, maximum=EPS_MAX)
     adv = groups - groups.mean(dim=1, keepdim=True)  # (B / G, G)
-    if scale:
-        adv = adv / (groups.std(dim=1, keepdim=True) + eps)
-    return _zero_equal_groups(adv, groups).reshape(-1).to(scores.dtype)
+    if scale:  # an overflowing std would silently divide every advantage down to 0
+        std = check_result("the groups' std", groups.std(dim=1, keepdim=True), lambda: (
+            _too_large("scores", scores, torch.ones_like(scores, dtype=torch.bool))))
+        adv = adv / (std + eps)
+    adv = _zero_equal_groups(adv, groups).reshape(-1).to(scores.dtype)
+    return check_result("grpo_advantages", adv, lambda: _too_large(
+        "scores", scores, torch.ones_like(scores, dtype=torch.bool)))
 
 
 def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
@@ -311,7 +342,9 @@ def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
     groups = _groups(scores, group_size, "RLOO")
     G = groups.shape[1]
     baseline = (groups.sum(dim=1, keepdim=True) - groups) / (G - 1)  # (B / G, G)
-    return _zero_equal_groups(groups - baseline, groups).reshape(-1).to(scores.dtype)
+    adv = _zero_equal_groups(groups - baseline, groups).reshape(-1).to(scores.dtype)
+    return check_result("rloo_advantages", adv, lambda: _too_large(
+        "scores", scores, torch.ones_like(scores, dtype=torch.bool)))
 
 
 def reinforce_pp_advantages(
@@ -337,6 +370,7 @@ def reinforce_pp_advantages(
         `(B, T)` advantages, 0 on padding.
     """
     check_2d("rewards", rewards)
+    check_same_device({"rewards": rewards, "mask": mask})
     returns, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma, lam=1.0)  # (B, T)
     return whiten(returns, mask, reduce=reduce)
 

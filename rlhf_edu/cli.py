@@ -21,7 +21,15 @@ from .config import (
     method_defaults,
     preflight,
 )
-from .validate import choices_of, derived_seed, field_kinds, parse_int, text_reader
+from .interrupt import TrainingInterrupted, save_interrupted
+from .validate import (
+    check_output_file,
+    choices_of,
+    derived_seed,
+    field_kinds,
+    parse_int,
+    text_reader,
+)
 
 # ------------------------------------------------------------------ argument types
 # Every number and path is checked by argparse as it is read, before any work starts, and a
@@ -45,12 +53,9 @@ def integer(lo: int, hi: int | None = None) -> Callable[[str], object]:
 
 
 def out_file(text: str) -> Path:
-    """An argparse type: a file to write; refused now if it names a directory."""
-    path = Path(text)
-    if not text or path.is_dir():
-        raise argparse.ArgumentTypeError(f"must name a file to write, got {text!r}"
-                                         + (" (a directory)" if text else ""))
-    return path
+    """An argparse type: a file to write (:func:`~rlhf_edu.validate.check_output_file`), so a
+    command refuses an --out it could not write before any work, not after training."""
+    return _arg_type(lambda t: check_output_file("", t))(text)
 
 
 def run_dir(text: str) -> Path:
@@ -160,8 +165,11 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     config = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
-    model = pretrain(config, n_reviews=cfg.reviews, epochs=cfg.epochs, seed=cfg.seed)
     meta = dict(seed=cfg.seed, reviews=cfg.reviews, epochs=cfg.epochs)
+    try:
+        model = pretrain(config, n_reviews=cfg.reviews, epochs=cfg.epochs, seed=cfg.seed)
+    except TrainingInterrupted as e:  # keep what was trained: save it, then stop
+        raise save_interrupted(e, args.out, "sft", **meta) from None
     # saved before the evaluation, so nothing trained is lost if it fails or is interrupted
     atomic_save(model_checkpoint("sft", config, model.state_dict(), **meta), args.out)
     report = evaluate_lm(model, n=cfg.eval_samples, seed=derived_seed(cfg.seed, 1))
@@ -195,8 +203,11 @@ def _train_rm(args: argparse.Namespace) -> int:
     sft = load_pretrained("sft", args.sft)
     pairs = make_preference_pairs(sft, cfg.pairs + cfg.heldout, seed=cfg.seed)
     train, heldout = pairs.split(cfg.pairs)
-    rm = train_reward_model(sft, train, epochs=cfg.epochs, seed=cfg.seed)
     meta = dict(seed=cfg.seed, pairs=cfg.pairs, epochs=cfg.epochs)
+    try:
+        rm = train_reward_model(sft, train, epochs=cfg.epochs, seed=cfg.seed)
+    except TrainingInterrupted as e:  # keep what was trained (not normalised): save it, stop
+        raise save_interrupted(e, args.out, "reward", **meta, normalised=False) from None
     atomic_save(model_checkpoint("reward", sft.config, rm.state_dict(), **meta), args.out)
     report = evaluate_reward_model(rm, sft, heldout, seed=derived_seed(cfg.seed, 2))
     atomic_save(model_checkpoint("reward", sft.config, rm.state_dict(), **meta, eval=report),
@@ -329,14 +340,14 @@ TRACED = ("batch_size", "response_len", "critic_mode", "advantage_estimator", "g
 
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="train the SFT actor on the review grammar")
-    p.add_argument("--out", type=out_file, default=Path("sft.pt"),
+    p.add_argument("--out", type=out_file, default="sft.pt",
                    help="checkpoint file to write (default: %(default)s)")
     add_config_flags(p, PretrainConfig)
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("train-rm", help="train the reward model on preference pairs")
     p.add_argument("--sft", type=Path, default=None, help="SFT checkpoint (default: shipped)")
-    p.add_argument("--out", type=out_file, default=Path("reward.pt"),
+    p.add_argument("--out", type=out_file, default="reward.pt",
                    help="checkpoint file to write (default: %(default)s)")
     add_config_flags(p, RewardModelConfig)
     p.set_defaults(func=_train_rm)
@@ -374,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dpo", help="DPO / IPO from the SFT actor on the reward model's "
                                    "preference pairs (two models, no generation)")
     add_config_flags(p, DPOConfig)
-    p.add_argument("--out", type=out_file, default=Path("dpo.pt"),
+    p.add_argument("--out", type=out_file, default="dpo.pt",
                    help="checkpoint of the trained policy, loadable as an SFT actor "
                         "(load_pretrained('sft', path)) (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -22,9 +22,26 @@ from pathlib import Path
 from . import distributed, sharding
 from .advantages import METHODS, method
 from .models import CRITIC_MODES, NO_CRITIC
+from .ppo import VF_CLIP_MAX
 from .rewards import token_estimators
 from .rundir import RunDir, check
-from .validate import SEED, check_field, check_fields, meta
+from .validate import (
+    CLIP_MIN,
+    COEF_MAX,
+    COUNT,
+    COUNT_MAX,
+    DPO_BETA_MIN,
+    EPOCHS,
+    GRAD_NORM_MIN,
+    LAYERS_MAX,
+    LR,
+    SEED,
+    TEMPERATURE,
+    WIDTH_MAX,
+    check_field,
+    check_fields,
+    meta,
+)
 
 DPO_LOSSES = ("sigmoid", "ipo")
 """DPO's -log sigmoid(beta * margin), IPO's squared distance of the margin to 1 / (2 beta)"""
@@ -105,20 +122,19 @@ class PPOConfig:
         "seed of prompts, sampling and minibatch order: the same seed gives the same run",
         **SEED))
     batch_size: int = field(default=64, metadata=meta(
-        "responses per step (batch / group-size prompts)", minimum=1, flag="--batch"))
+        "responses per step (batch / group-size prompts)", **COUNT, flag="--batch"))
     group_size: int = field(default=1, metadata=meta(
         "G responses sampled per prompt, in contiguous rows; the methods whose baseline is the "
-        "group need G >= 2", minimum=1))
+        "group need G >= 2", minimum=1, maximum=COUNT_MAX))
     response_len: int = field(default=20, metadata=meta(
         "most tokens generated per response", minimum=1))
     temperature: float = field(default=1.0, metadata=meta(
-        "sampling temperature (PPO scores the policy logits / temperature)", minimum=0,
-        strict_min=True))
+        "sampling temperature (PPO scores the policy logits / temperature)", **TEMPERATURE))
     stop_at_eos: bool = field(default=True, metadata=meta(
         "end a response at <eos> (off: every response has exactly response-len tokens)"))
     beta: float | None = field(default=None, metadata=meta(
         "KL coefficient (initial, if adaptive): reward = score - beta x KL per token, or beta x "
-        "KL in the loss; default: the method's", minimum=0))
+        "KL in the loss; default: the method's", minimum=0, maximum=COEF_MAX))
     kl_estimator: str | None = field(default=None, metadata=meta(
         "per-token KL estimator (see rewards.kl_penalty)", choices=token_estimators))
     kl_in: str | None = field(default=None, metadata=meta(
@@ -136,7 +152,8 @@ class PPOConfig:
         "reward; the reward model then only gives the rm_score metric)",
         choices=("model", "gold")))
     missing_eos_penalty: float = field(default=1.0, metadata=meta(
-        "subtracted from the score of a response that never reached <eos>", minimum=0))
+        "subtracted from the score of a response that never reached <eos>", minimum=0,
+        maximum=COEF_MAX))
     advantage_estimator: str = field(default="gae", metadata=meta(
         "advantage estimator, from the method table", choices=_methods, flag="--estimator"))
     gamma: float = field(default=1.0, metadata=meta(
@@ -146,26 +163,26 @@ class PPOConfig:
     whiten_advantages: bool = field(default=True, metadata=meta(
         "normalise GAE's advantages over the batch's response tokens (the critic-free "
         "estimators bring their own normalisation)"))
-    ppo_epochs: int = field(default=4, metadata=meta("PPO passes over each batch", minimum=1))
+    ppo_epochs: int = field(default=4, metadata=meta("PPO passes over each batch", **EPOCHS))
     minibatches: int = field(default=2, metadata=meta("minibatches per PPO epoch", minimum=1))
     recompute_logprobs: bool = field(default=False, metadata=meta(
         "recompute the old log-probs with the actor under the training numerics before the "
         "PPO epochs (generation and training kernels differ, in bf16 by up to ~0.03 nats)"))
     clip: float = field(default=0.2, metadata=meta(
-        "PPO ratio clip epsilon", minimum=0, strict_min=True))
+        "PPO ratio clip epsilon", minimum=CLIP_MIN, maximum=1))
     vf_clip: float = field(default=0.2, metadata=meta(
-        "value clip range around the old values (0: no value clipping)", minimum=0))
+        "value clip range around the old values (0: no value clipping)", minimum=0,
+        maximum=VF_CLIP_MAX))
     vf_coef: float = field(default=0.1, metadata=meta(
-        "c1, weight of the value loss", minimum=0))
+        "c1, weight of the value loss", minimum=0, maximum=COEF_MAX))
     ent_coef: float = field(default=0.0, metadata=meta(
-        "c2, weight of the entropy bonus", minimum=0))
+        "c2, weight of the entropy bonus", minimum=0, maximum=COEF_MAX))
     actor_lr: float = field(default=1e-4, metadata=meta(
-        "Adam learning rate of the actor", minimum=0, strict_min=True))
+        "Adam learning rate of the actor", **LR))
     critic_lr: float = field(default=3e-4, metadata=meta(
-        "Adam learning rate of the critic (its head, in shared and head modes)", minimum=0,
-        strict_min=True))
+        "Adam learning rate of the critic (its head, in shared and head modes)", **LR))
     max_grad_norm: float = field(default=1.0, metadata=meta(
-        "gradient clipping per optimiser", minimum=0, strict_min=True))
+        "gradient clipping per optimiser", minimum=GRAD_NORM_MIN))
     critic_mode: str = field(default="auto", metadata=meta(
         "critic mode: separate (own network), shared (a value head on a shared backbone), head "
         "(a value head on the actor), none; auto: separate with gae, none for the critic-free "
@@ -259,21 +276,21 @@ class DPOConfig:
     """The settings of ``rlhf-edu dpo``: DPO / IPO from the SFT actor on preference pairs."""
 
     beta: float = field(default=0.1, metadata=meta(
-        "beta: the strength of the implicit KL leash to the SFT actor", minimum=0,
-        strict_min=True))
+        "beta: the strength of the implicit KL leash to the SFT actor", minimum=DPO_BETA_MIN,
+        maximum=COEF_MAX))
     loss: str = field(default="sigmoid", metadata=meta(
         "sigmoid: DPO's -log sigmoid(beta * margin); ipo: IPO's squared distance of the margin "
         "to 1/(2 beta)", choices=DPO_LOSSES))
     pairs: int = field(default=2000, metadata=meta(
         "preference pairs sampled from the SFT actor and labelled by a Bradley-Terry coin flip "
-        "on the gold score, as for the reward model", minimum=1))
-    epochs: int = field(default=2, metadata=meta("passes over the pairs", minimum=1))
+        "on the gold score, as for the reward model", **COUNT))
+    epochs: int = field(default=2, metadata=meta("passes over the pairs", **EPOCHS))
     batch_size: int = field(default=32, metadata=meta(
-        "pairs per optimiser step", minimum=1, flag="--batch"))
+        "pairs per optimiser step", **COUNT, flag="--batch"))
     lr: float = field(default=1e-4, metadata=meta(
-        "Adam learning rate of the policy", minimum=0, strict_min=True))
+        "Adam learning rate of the policy", **LR))
     eval_samples: int = field(default=256, metadata=meta(
-        "fresh responses sampled to measure the SFT actor and the DPO policy", minimum=1))
+        "fresh responses sampled to measure the SFT actor and the DPO policy", **COUNT))
     seed: int = field(default=0, metadata=meta(
         "seed of the pairs, the minibatch order and the evaluation prompts", **SEED))
 
@@ -286,13 +303,16 @@ class PretrainConfig:
     """The settings of ``rlhf-edu pretrain``: the SFT actor on the review grammar."""
 
     reviews: int = field(default=30_000, metadata=meta(
-        "reviews sampled from the grammar to train on", minimum=1))
-    epochs: int = field(default=4, metadata=meta("passes over the reviews", minimum=1))
-    n_layer: int = field(default=3, metadata=meta("transformer blocks", minimum=1))
-    n_head: int = field(default=4, metadata=meta("attention heads", minimum=1))
-    n_embd: int = field(default=128, metadata=meta("width of the residual stream", minimum=1))
+        "reviews sampled from the grammar to train on", **COUNT))
+    epochs: int = field(default=4, metadata=meta("passes over the reviews", **EPOCHS))
+    n_layer: int = field(default=3, metadata=meta("transformer blocks", minimum=1,
+                                                  maximum=LAYERS_MAX))
+    n_head: int = field(default=4, metadata=meta("attention heads", minimum=1,
+                                                 maximum=WIDTH_MAX))
+    n_embd: int = field(default=128, metadata=meta("width of the residual stream", minimum=1,
+                                                   maximum=WIDTH_MAX))
     eval_samples: int = field(default=500, metadata=meta(
-        "samples drawn to measure the SFT model afterwards", minimum=1))
+        "samples drawn to measure the SFT model afterwards", **COUNT))
     seed: int = field(default=0, metadata=meta(
         "seed of data and training (the evaluation uses seed + 1, wrapped into range)", **SEED))
 
@@ -305,10 +325,10 @@ class RewardModelConfig:
     """The settings of ``rlhf-edu train-rm``: the reward model on preference pairs."""
 
     pairs: int = field(default=8000, metadata=meta(
-        "preference pairs to train on", minimum=1))
+        "preference pairs to train on", **COUNT))
     heldout: int = field(default=1000, metadata=meta(
-        "further pairs kept aside to measure accuracy", minimum=1))
-    epochs: int = field(default=2, metadata=meta("passes over the pairs", minimum=1))
+        "further pairs kept aside to measure accuracy", **COUNT))
+    epochs: int = field(default=2, metadata=meta("passes over the pairs", **EPOCHS))
     seed: int = field(default=0, metadata=meta(
         "seed of the pairs and of training (the evaluation uses seed + 2, wrapped into range)",
         **SEED))

@@ -36,18 +36,22 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_save, model_checkpoint
 from .config import DPO_LOSSES, DPOConfig, PPOConfig
+from .interrupt import DeferredInterrupt, TrainingInterrupted, save_interrupted
 from .model import GPT, token_logprobs
 from .models import Actor, Reference, RewardModel, build_models, load_pretrained
 from .reward_model import PreferencePairs, make_preference_pairs
 from .task import review_texts, sample_prompts, text_metrics
 from .trainer import RLHFTrainer
 from .validate import (
+    COUNT,
     check_arguments,
     check_bool,
     check_finite,
-    check_float,
     check_instance,
     check_int,
+    check_output_file,
+    check_result,
+    check_same_device,
     check_seed,
     check_tensor,
     shown,
@@ -76,7 +80,7 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
     Returns ``(loss, chosen_rewards, rejected_rewards)``: a scalar, and ``beta * (policy -
     ref)`` ``(B,)`` for each side, detached (they are for monitoring, as in TRL).
     """
-    check_float("beta", beta, minimum=0, strict_min=True)
+    check_arguments(DPOConfig, beta=beta)
     if not isinstance(loss, str) or loss not in LOSSES:
         raise ValueError(f"unknown DPO loss {shown(loss)}; expected one of {', '.join(LOSSES)}")
     inputs = {"policy_chosen": policy_chosen, "policy_rejected": policy_rejected,
@@ -96,7 +100,10 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
         losses = (h - 1.0 / (2.0 * beta)) ** 2
     chosen_rewards = beta * (policy_chosen - ref_chosen).detach()
     rejected_rewards = beta * (policy_rejected - ref_rejected).detach()
-    return losses.mean(), chosen_rewards, rejected_rewards
+    value = check_result("the DPO loss", losses.mean(), lambda: (
+        f"the log-prob margins (largest |h| = {h.detach().abs().max().item():g}) are too large "
+        f"for beta {beta:g} and loss {loss!r} in {h.dtype}"))
+    return value, chosen_rewards, rejected_rewards
 
 
 # ------------------------------------------------------------------ log-probs of responses
@@ -117,6 +124,8 @@ def sequence_logprobs(model: GPT | Actor, tokens: Tensor, valid: Tensor,
     if valid.shape != tokens.shape:
         raise ValueError(f"valid has shape {tuple(valid.shape)} but tokens has shape "
                          f"{tuple(tokens.shape)}; they must match")
+    check_same_device({"model": next(gpt.parameters()), "tokens": tokens,
+                       "valid": valid})
     B, L = tokens.shape
     if isinstance(prompt_len, Tensor):
         check_tensor("prompt_len", prompt_len, ndim=1, shape="(B,)")
@@ -125,7 +134,8 @@ def sequence_logprobs(model: GPT | Actor, tokens: Tensor, valid: Tensor,
                              f"got {shown(prompt_len)}")
         starts = prompt_len.to(tokens.device)
     else:
-        starts = torch.full((B,), check_int("prompt_len", prompt_len), device=tokens.device)
+        check_int("prompt_len", prompt_len, minimum=1, maximum=max(L - 1, 1))
+        starts = torch.full((B,), prompt_len, device=tokens.device)
     if bool(((starts < 1) | (starts >= L)).any()):
         raise ValueError(f"prompt_len must be in [1, {L - 1}] for sequences of length {L} (a "
                          f"prompt with <bos> and room for a response), got {shown(prompt_len)}")
@@ -212,7 +222,8 @@ def train_dpo(sft: GPT, pairs: DPOPairs, beta: float = 0.1, loss: str = "sigmoid
     reshuffled each pass. Returns the trained policy (in eval mode) and one dict per step:
     ``loss``, ``reward_accuracy`` (share of pairs with chosen reward > rejected reward),
     ``reward_margin`` (mean chosen - rejected reward), ``chosen_reward``, ``rejected_reward``.
-    ``callback`` receives each step's dict as it is made.
+    ``callback`` receives each step's dict as it is made. Ctrl-C ends the running step and
+    raises :class:`~rlhf_edu.interrupt.TrainingInterrupted` holding the policy trained so far.
     """
     check_instance("sft", sft, GPT, hint="e.g. load_pretrained('sft')")
     check_instance("pairs", pairs, DPOPairs, hint="e.g. make_dpo_pairs(sft, 1000)")
@@ -233,34 +244,53 @@ def train_dpo(sft: GPT, pairs: DPOPairs, beta: float = 0.1, loss: str = "sigmoid
     g = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     bar = tqdm(total=total, desc=f"DPO ({loss})", disable=not progress)
-    while len(history) < total:
-        # the pairs live on the CPU (as the reward model's data do); so does the order
-        for idx in torch.randperm(len(pairs), generator=g, device="cpu").split(batch_size):
-            policy_chosen, policy_rejected = pair_logprobs(policy, pairs, idx)
-            value, chosen_r, rejected_r = dpo_loss(policy_chosen, policy_rejected,
-                                                   ref_chosen[idx], ref_rejected[idx], beta, loss)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            opt.step()
-            if not all(torch.isfinite(p).all() for p in policy.parameters()):
-                raise FloatingPointError(f"DPO step {len(history) + 1} made the policy's "
-                                         f"weights NaN or inf; lower the learning rate (now "
-                                         f"{lr:g})")
-            metrics = {"step": len(history) + 1, "loss": value.item(),
-                       "reward_accuracy": (chosen_r > rejected_r).float().mean().item(),
-                       "reward_margin": (chosen_r - rejected_r).mean().item(),
-                       "chosen_reward": chosen_r.mean().item(),
-                       "rejected_reward": rejected_r.mean().item()}
-            history.append(metrics)
-            bar.update()
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
-            if callback is not None:
-                callback(metrics)
-            if len(history) == total:
-                break
+    epoch = 0
+    with DeferredInterrupt() as interrupt:
+        while len(history) < total:
+            epoch += 1
+            # the pairs live on the CPU (as the reward model's data do); so does the order
+            for idx in torch.randperm(len(pairs), generator=g, device="cpu").split(batch_size):
+                metrics = _dpo_step(policy, opt, pairs, idx, ref_chosen[idx],
+                                    ref_rejected[idx], beta, loss, lr, len(history) + 1)
+                history.append(metrics)
+                bar.update()
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
+                if callback is not None:
+                    callback(metrics)
+                if interrupt.requested:
+                    bar.close()
+                    raise TrainingInterrupted("DPO", policy.eval(), len(history), total, epoch)
+                if len(history) == total:
+                    break
     bar.close()
     return policy.eval(), history
+
+
+def _dpo_step(policy: GPT, opt: torch.optim.Optimizer, pairs: DPOPairs, idx: Tensor,
+              ref_chosen: Tensor, ref_rejected: Tensor, beta: float, loss: str, lr: float,
+              step: int) -> dict:
+    """One optimiser step of DPO on the pairs ``idx``; its metrics. A gradient norm that is
+    not finite (clipping would scale every update to 0, silently) or weights that are not
+    finite after the step stop training, naming the settings behind them."""
+    policy_chosen, policy_rejected = pair_logprobs(policy, pairs, idx)
+    value, chosen_r, rejected_r = dpo_loss(policy_chosen, policy_rejected, ref_chosen,
+                                           ref_rejected, beta, loss)
+    opt.zero_grad(set_to_none=True)
+    value.backward()
+    norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+    if not bool(torch.isfinite(norm)):
+        raise FloatingPointError(f"DPO step {step}: the gradient norm is {norm.item()} (the loss "
+                                 f"{value.item():g} is finite, but beta {beta:g} scales its "
+                                 "gradient past float32); lower beta")
+    opt.step()
+    if not all(torch.isfinite(p).all() for p in policy.parameters()):
+        raise FloatingPointError(f"DPO step {step} made the policy's weights NaN or inf "
+                                 f"(training diverged); lower the learning rate (now {lr:g})")
+    return {"step": step, "loss": value.item(),
+            "reward_accuracy": (chosen_r > rejected_r).float().mean().item(),
+            "reward_margin": (chosen_r - rejected_r).mean().item(),
+            "chosen_reward": chosen_r.mean().item(),
+            "rejected_reward": rejected_r.mean().item()}
 
 
 # ------------------------------------------------------------------ evaluation
@@ -280,7 +310,7 @@ def evaluate_policy(policy: GPT, sft: GPT, reward: RewardModel | None = None, n:
     check_instance("policy", policy, GPT)
     check_instance("sft", sft, GPT)
     check_instance("reward", reward, RewardModel, none_ok=True)
-    check_int("n", n, minimum=1)
+    check_int("n", n, **COUNT)
     check_seed("seed", seed)
     check_int("response_len", response_len, minimum=1)
     models = build_models("head", sft=policy, reward=reward)  # actor: a copy of the policy
@@ -314,17 +344,21 @@ def run_dpo(config: DPOConfig, out: str | Path, progress: bool = True) -> int:
     """``rlhf-edu dpo``: make the pairs, train, save the policy to ``out``, and print the SFT
     actor's metrics beside the policy's. Bad input raises ``ValueError`` (one line)."""
     check_instance("config", config, DPOConfig)
+    out = check_output_file("out", out)
     c = config
     sft = load_pretrained("sft")
     reward = load_pretrained("reward")
     print(f"{c.pairs} preference pairs from the SFT actor (Bradley-Terry labels on the gold "
           f"score), loss {c.loss}, beta {c.beta:g}", flush=True)
     data = make_dpo_pairs(sft, c.pairs, seed=c.seed)
-    policy, history = train_dpo(sft, data, beta=c.beta, loss=c.loss, epochs=c.epochs,
-                                batch_size=c.batch_size, lr=c.lr, seed=c.seed,
-                                progress=progress)
     meta = dict(method="dpo", loss=c.loss, beta=c.beta, pairs=c.pairs, epochs=c.epochs,
                 lr=c.lr, seed=c.seed)
+    try:
+        policy, history = train_dpo(sft, data, beta=c.beta, loss=c.loss, epochs=c.epochs,
+                                    batch_size=c.batch_size, lr=c.lr, seed=c.seed,
+                                    progress=progress)
+    except TrainingInterrupted as e:  # keep what was trained: save it, then stop
+        raise save_interrupted(e, out, "sft", **meta) from None
     atomic_save(model_checkpoint("sft", policy.config, policy.state_dict(), **meta), out)
     first, last = _window(history[:10]), _window(history[-10:])
     print(f"{len(history)} steps; first vs last 10 steps: loss {first['loss']:.3f} -> "

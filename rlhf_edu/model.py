@@ -21,13 +21,21 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from .validate import check_bool, check_float, check_floating, check_int, check_tensor, shown
+from .validate import (
+    TEMPERATURE,
+    check_bool,
+    check_float,
+    check_floating,
+    check_int,
+    check_tensor,
+    shown,
+)
 
 # Sampling temperatures, where logits / T stay finite and the distribution means something:
 # below 1e-2 sampling is greedy already (a logit gap of 0.1 becomes e^-10), and 1e-45 makes
 # logits / T overflow fp32 (NaN log-probs); above 1e2 every token of the toy vocabulary is about
 # equally likely (the log-probs differ from uniform's in the 3rd decimal).
-TEMPERATURE_RANGE = (1e-2, 1e2)
+TEMPERATURE_RANGE = (TEMPERATURE["minimum"], TEMPERATURE["maximum"])  # the bound: in validate
 # The largest model GPT builds: 2**31 parameters, 8.6 GB in fp32 (34 GB with AdamW and
 # gradients), beyond GPT-2 XL's 1.5e9. A larger config asked the allocator for terabytes and got
 # "DefaultCPUAllocator: can't allocate memory" (or, below the machine's RAM but above what is

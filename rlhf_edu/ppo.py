@@ -37,6 +37,7 @@ from rlhf_edu.advantages import _masked_mean
 from rlhf_edu.model import entropy_from_logits
 from rlhf_edu.rewards import _check_estimator, _kl
 from rlhf_edu.validate import (
+    COEF_MAX,
     check_float,
     check_floating,
     check_int,
@@ -57,11 +58,11 @@ __all__ = [
 ]
 
 # The domains of the numbers this module takes, where a result stays finite and meaningful.
-# COEF_MAX bounds beta (KL in the reward or in the loss) and the loss coefficients c1, c2. At
-# beta = 10 the policy already barely moves (FACTS.md); 1e4 is a thousand times that, and keeps
-# beta * KL, c1 * value_loss and c2 * entropy finite in fp32 for any term below 3e34, where a
-# coefficient of 1e39 overflows fp32 at once (inf or NaN loss, which reads as "diverged").
-COEF_MAX = 1e4
+# COEF_MAX (rlhf_edu.validate, where rewards.py and the configs read it too) bounds beta (KL in
+# the reward or in the loss) and the loss coefficients c1, c2. At beta = 10 the policy already
+# barely moves (FACTS.md); 1e4 is a thousand times that, and keeps beta * KL, c1 * value_loss
+# and c2 * entropy finite in fp32 for any term below 3e34, where a coefficient of 1e39
+# overflows fp32 at once (inf or NaN loss, which reads as "diverged").
 # The adaptive controller keeps beta in [BETA_FLOOR, COEF_MAX]: below 1e-6 the penalty is
 # invisible next to scores of order 1 in fp32 (eps 1.2e-7), and from there the controller
 # climbs back to 0.05 in about 60 updates; without a floor a long run under its target rounds

@@ -9,13 +9,20 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .interrupt import DeferredInterrupt, TrainingInterrupted
 from .model import GPT, GPTConfig
 from .task import Tokenizer, parse, sample_corpus, text_metrics
 from .validate import (
+    COUNT,
+    EPOCHS,
+    LR,
+    TEMPERATURE,
+    TOKEN_ID_MAX,
     check_bool,
     check_float,
     check_instance,
     check_int,
+    check_same_device,
     check_seed,
     check_tensor,
     derived_seed,
@@ -27,7 +34,7 @@ def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     """Id lists to right-padded ids ``(N, L)`` and their valid mask ``(N, L)``."""
     if not rows or not any(len(r) for r in rows):
         raise ValueError(f"rows must hold at least one non-empty list of ids, got {shown(rows)}")
-    check_int("pad_id", pad_id, minimum=0)
+    check_int("pad_id", pad_id, minimum=0, maximum=TOKEN_ID_MAX)
     ids = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
@@ -53,6 +60,8 @@ def lm_loss(model: GPT, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     if valid.shape != ids.shape or ids.size(1) < 2:
         raise ValueError(f"ids {tuple(ids.shape)} and valid {tuple(valid.shape)} must have the "
                          "same shape (B, L) with L >= 2 (a token and its next)")
+    check_same_device({"model": next(model.parameters()), "ids": ids,
+                       "valid": valid})
     logits = model(ids[:, :-1])  # right padding needs no attention mask
     targets = ids[:, 1:].masked_fill(~valid[:, 1:], -100)
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
@@ -61,11 +70,14 @@ def lm_loss(model: GPT, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def pretrain(config: GPTConfig | None = None, n_reviews: int = 30_000, epochs: int = 4,
              batch_size: int = 64, lr: float = 2e-3, seed: int = 0, progress: bool = True) -> GPT:
-    """Train a GPT on ``n_reviews`` grammar samples (AdamW, cosine decay); eval mode on return."""
-    for name, value in (("n_reviews", n_reviews), ("epochs", epochs),
-                        ("batch_size", batch_size)):
-        check_int(name, value, minimum=1)
-    check_float("lr", lr, minimum=0, strict_min=True)
+    """Train a GPT on ``n_reviews`` grammar samples (AdamW, cosine decay); eval mode on return.
+
+    Ctrl-C ends the running step and raises
+    :class:`~rlhf_edu.interrupt.TrainingInterrupted`, which holds the model trained so far."""
+    check_int("n_reviews", n_reviews, **COUNT)
+    check_int("epochs", epochs, **EPOCHS)
+    check_int("batch_size", batch_size, **COUNT)
+    check_float("lr", lr, **LR)
     check_seed("seed", seed)
     check_bool("progress", progress)
     check_instance("config", config, GPTConfig, none_ok=True)
@@ -83,16 +95,23 @@ def pretrain(config: GPTConfig | None = None, n_reviews: int = 30_000, epochs: i
     g = torch.Generator().manual_seed(seed)
     model.train()
     bar = tqdm(total=steps, desc="pretrain (SFT)", disable=not progress)
-    for _ in range(epochs):
-        for idx in torch.randperm(n_reviews, generator=g).split(batch_size):
-            loss = lm_loss(model, ids[idx], valid[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    step = 0
+    with DeferredInterrupt() as interrupt:
+        for epoch in range(epochs):
+            for idx in torch.randperm(n_reviews, generator=g).split(batch_size):
+                loss = lm_loss(model, ids[idx], valid[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                step += 1
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                if interrupt.requested:
+                    bar.close()
+                    raise TrainingInterrupted("pretraining", model.eval(), step, steps,
+                                              epoch + 1)
     bar.close()
     return model.eval()
 
@@ -101,10 +120,10 @@ def sample_texts(model: GPT, n: int, seed: int = 0, temperature: float = 1.0,
                  batch_size: int = 250) -> tuple[list[str], list[bool]]:
     """``n`` unconditional samples (from ``<bos>``) as text, and whether each reached ``<eos>``."""
     check_instance("model", model, GPT)
-    check_int("n", n, minimum=1)
+    check_int("n", n, **COUNT)
     check_seed("seed", seed)
-    check_float("temperature", temperature, minimum=0, strict_min=True)
-    check_int("batch_size", batch_size, minimum=1)
+    check_float("temperature", temperature, **TEMPERATURE)
+    check_int("batch_size", batch_size, **COUNT)
     tok = Tokenizer()
     g = torch.Generator().manual_seed(seed)
     texts, finished = [], []
@@ -134,7 +153,7 @@ def sentiment_mix(texts: list[str]) -> dict[str, float]:
 
 def evaluate_lm(model: GPT, n: int = 500, seed: int = 0, temperature: float = 1.0) -> dict:
     """The SFT acceptance figures on ``n`` samples: well-formed, repeats, sentiment vs corpus."""
-    check_int("n", n, minimum=1)
+    check_int("n", n, **COUNT)
     check_seed("seed", seed)
     texts, finished = sample_texts(model, n, seed, temperature)
     corpus = sample_corpus(n, derived_seed(seed, 1))

@@ -27,11 +27,18 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .interrupt import DeferredInterrupt, TrainingInterrupted
 from .model import GPT
 from .models import RewardModel
 from .pretrain import encode_texts, pad_right
 from .task import Tokenizer, gold_score, review_texts, sample_prompts
 from .validate import (
+    BINS_MAX,
+    COEF_MAX,
+    COUNT,
+    COUNT_MAX,
+    EPOCHS,
+    LR,
     check_bool,
     check_choice,
     check_finite,
@@ -39,6 +46,7 @@ from .validate import (
     check_floating,
     check_instance,
     check_int,
+    check_result,
     check_same_shape,
     check_seed,
     derived_seed,
@@ -55,7 +63,10 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
     if r_chosen.numel() == 0:
         raise ValueError("r_chosen and r_rejected are empty; the mean loss needs at least one "
                          "pair")
-    return -F.logsigmoid(r_chosen - r_rejected).mean()
+    diff = r_chosen - r_rejected
+    return check_result("the Bradley-Terry loss", -F.logsigmoid(diff).mean(), lambda: (
+        f"r_chosen - r_rejected reaches {diff.detach().abs().max().item():g} in "
+        f"{diff.dtype}; the rewards are too large (a diverged reward model?)"))
 
 
 @dataclass
@@ -109,9 +120,9 @@ def make_preference_pairs(sft: GPT, n_pairs: int, seed: int = 0, sharpness: floa
                           ) -> PreferencePairs:
     """Two SFT samples per prompt, labelled by a Bradley-Terry coin flip on the gold score."""
     check_instance("sft", sft, GPT)
-    check_int("n_pairs", n_pairs, minimum=1)
+    check_int("n_pairs", n_pairs, **COUNT)
     check_seed("seed", seed)
-    check_float("sharpness", sharpness, minimum=0)
+    check_float("sharpness", sharpness, minimum=0, maximum=COEF_MAX)
     g = torch.Generator().manual_seed(seed)
     prompts = sample_prompts(n_pairs, g)
     with torch.no_grad():
@@ -187,7 +198,7 @@ def normalise(rm: RewardModel, sft: GPT, n: int = 1000, seed: int = 0) -> None:
     """Set ``rm.mean``/``rm.std`` so scores of ``n`` >= 2 SFT samples have mean 0 and std 1."""
     check_instance("rm", rm, RewardModel)
     check_instance("sft", sft, GPT)
-    check_int("n", n, minimum=2)
+    check_int("n", n, minimum=2, maximum=COUNT_MAX)
     check_seed("seed", seed)
     g = torch.Generator().manual_seed(seed)
     _, rows = sample_responses(sft, sample_prompts(n, g), g)
@@ -207,10 +218,14 @@ def train_reward_model(sft: GPT, pairs: PreferencePairs, epochs: int = 2, batch_
     ``callback(step, loss, rm)``, if given, runs after every optimiser step (``step`` counts
     from 1, ``loss`` is that batch's mean loss); ``rm`` is put back in train mode after it, so a
     callback may evaluate the model (e.g. a :class:`TrainingCurve`).
+
+    Ctrl-C ends the running step and raises
+    :class:`~rlhf_edu.interrupt.TrainingInterrupted` holding the model trained so far (not yet
+    normalised).
     """
-    check_int("epochs", epochs, minimum=1)
-    check_int("batch_size", batch_size, minimum=1)
-    check_float("lr", lr, minimum=0, strict_min=True)
+    check_int("epochs", epochs, **EPOCHS)
+    check_int("batch_size", batch_size, **COUNT)
+    check_float("lr", lr, **LR)
     check_seed("seed", seed)
     check_bool("progress", progress)
     check_instance("sft", sft, GPT)
@@ -228,21 +243,27 @@ def train_reward_model(sft: GPT, pairs: PreferencePairs, epochs: int = 2, batch_
     g = torch.Generator().manual_seed(seed)
     bar = tqdm(total=steps, desc="train reward model", disable=not progress)
     step = 0
-    for _ in range(epochs):
-        for idx in torch.randperm(len(pairs), generator=g).split(batch_size):
-            loss = bradley_terry_loss(rm.raw(pairs.chosen[idx], pairs.chosen_valid[idx]),
-                                      rm.raw(pairs.rejected[idx], pairs.rejected_valid[idx]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            step += 1
-            if callback is not None:
-                callback(step, loss.item(), rm)
-                rm.train()
+    with DeferredInterrupt() as interrupt:
+        for epoch in range(epochs):
+            for idx in torch.randperm(len(pairs), generator=g).split(batch_size):
+                loss = bradley_terry_loss(
+                    rm.raw(pairs.chosen[idx], pairs.chosen_valid[idx]),
+                    rm.raw(pairs.rejected[idx], pairs.rejected_valid[idx]))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                step += 1
+                if callback is not None:
+                    callback(step, loss.item(), rm)
+                    rm.train()
+                if interrupt.requested:
+                    bar.close()
+                    raise TrainingInterrupted("reward-model training", rm.eval(), step, steps,
+                                              epoch + 1)
     bar.close()
     normalise(rm, sft, seed=derived_seed(seed, 1))
     return rm.eval()
@@ -295,7 +316,7 @@ def reliability_bins(r_chosen: torch.Tensor, r_rejected: torch.Tensor, bins: int
             raise ValueError(f"{name} must have shape (N,) with N >= 1, got {tuple(r.shape)}")
     check_same_shape("r_chosen", r_chosen, "r_rejected", r_rejected)
     check_finite({"r_chosen": r_chosen, "r_rejected": r_rejected})
-    check_int("bins", bins, minimum=1)
+    check_int("bins", bins, minimum=1, maximum=BINS_MAX)
     d = (r_chosen - r_rejected).detach().double()
     p = torch.cat([torch.sigmoid(d), torch.sigmoid(-d)])  # (2N,)
     outcome = torch.cat([torch.ones_like(d), torch.zeros_like(d)])  # (2N,)
@@ -331,7 +352,7 @@ def evaluate_reward_model(rm: RewardModel, sft: GPT, heldout: PreferencePairs, n
     check_instance("rm", rm, RewardModel)
     check_instance("sft", sft, GPT)
     check_instance("heldout", heldout, PreferencePairs)
-    check_int("n", n, minimum=2)
+    check_int("n", n, minimum=2, maximum=COUNT_MAX)
     check_seed("seed", seed)
     g = torch.Generator().manual_seed(seed)
     tok = Tokenizer()

@@ -33,11 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rlhf_edu.validate import (
+    COEF_MAX,
     check_2d,
     check_finite,
     check_float,
     check_floating,
     check_mask,
+    check_result,
+    check_same_device,
     check_same_shape,
     check_tensor,
     shown,
@@ -105,6 +108,7 @@ def _check_kl_inputs(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> 
     _check_estimator(estimator)
     check_floating("logprobs", logprobs)
     check_floating("ref_logprobs", ref_logprobs)
+    check_same_device({"logprobs": logprobs, "ref_logprobs": ref_logprobs})
     check_same_shape("logprobs", logprobs, "ref_logprobs", ref_logprobs)
     if estimator == FULL and logprobs.ndim != 3:
         raise ValueError(
@@ -134,9 +138,25 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1",
     _check_kl_inputs(logprobs, ref_logprobs, estimator)
     if mask is None:
         check_finite({"logprobs": logprobs, "ref_logprobs": ref_logprobs})
-        return _kl(logprobs, ref_logprobs, estimator)
-    m = _check_kl_mask(mask, logprobs, ref_logprobs, estimator)
-    return _masked_kl(logprobs, ref_logprobs, estimator, m)
+        kl = _kl(logprobs, ref_logprobs, estimator)
+    else:
+        m = _check_kl_mask(mask, logprobs, ref_logprobs, estimator)
+        kl = _masked_kl(logprobs, ref_logprobs, estimator, m)
+    return check_result("the KL estimate", kl, lambda: _overflow_cause(
+        logprobs, ref_logprobs, estimator, kl))
+
+
+def _overflow_cause(logprobs: Tensor, ref_logprobs: Tensor, estimator: str, kl: Tensor) -> str:
+    """Why a KL estimate of finite inputs is not finite: the log-prob difference there."""
+    idx = tuple((~torch.isfinite(kl)).nonzero()[0].tolist())
+    if estimator == FULL:
+        return (f"the logits at {idx} are too far apart for float32 "
+                f"({logprobs.dtype}); pass them in float32 or float64")
+    d = (logprobs[idx] - ref_logprobs[idx]).item()
+    grows = {"k2": "d^2 / 2", "k3": "exp(-d)"}.get(estimator, estimator)
+    return (f"logprobs - ref_logprobs = {d:g} there, and {estimator} = {grows} overflows "
+            f"{logprobs.dtype}; log-probs that far apart mean a temperature or a policy far "
+            "from the reference (k1 grows only linearly)")
 
 
 def _check_kl_mask(mask: Tensor, logprobs: Tensor, ref_logprobs: Tensor, estimator: str,
@@ -220,9 +240,10 @@ def compute_rewards(
     Returns:
         `(B, T)` rewards, 0 on padding.
     """
-    check_float("beta", beta, minimum=0)
+    check_float("beta", beta, minimum=0, maximum=COEF_MAX)
     _check_kl_inputs(logprobs, ref_logprobs, estimator)
     check_tensor("mask", mask)
+    check_same_device({"scores": scores, "logprobs": logprobs, "mask": mask})
     kl_shape = tuple(logprobs.shape[:2] if estimator == FULL else logprobs.shape)
     check_2d("logprobs", torch.empty(kl_shape, device="meta"))
     B, T = kl_shape
@@ -239,8 +260,12 @@ def compute_rewards(
     rewards = torch.where(m, -beta * kl, zeros)
     scores = scores.to(kl.dtype)
     if scores.ndim == 2:
-        return rewards + torch.where(m, scores, zeros)
-    # The sequence-level score belongs to the whole response, so it lands on the token that
-    # ended it; GAE then carries it back to earlier tokens.
-    last = _last_index(m)  # (B,)
-    return rewards.scatter_add(1, last.unsqueeze(1), scores.unsqueeze(1))
+        rewards = rewards + torch.where(m, scores, zeros)
+    else:
+        # The sequence-level score belongs to the whole response, so it lands on the token
+        # that ended it; GAE then carries it back to earlier tokens.
+        last = _last_index(m)  # (B,)
+        rewards = rewards.scatter_add(1, last.unsqueeze(1), scores.unsqueeze(1))
+    return check_result("rewards", rewards, lambda: (
+        f"beta ({beta:g}) x KL (largest {kl.abs().max().item():g}) plus the scores (largest "
+        f"{scores.abs().max().item():g}) overflows {rewards.dtype}"))

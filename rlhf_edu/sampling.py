@@ -22,6 +22,10 @@ from .models import Models
 from .rewards import kl_penalty
 from .task import Tokenizer, review_texts, sample_prompts, text_metrics
 from .validate import (
+    COEF_MAX,
+    COUNT,
+    EPOCHS,
+    LR,
     check_float,
     check_floating,
     check_instance,
@@ -53,14 +57,14 @@ def best_of_n(models: Models, prompts: list[str], n: int, response_len: int = 20
               generator: torch.Generator | None = None,
               missing_eos_penalty: float = 1.0) -> BestOfN:
     """Sample ``n`` responses per prompt from the actor and keep the highest-scoring one."""
-    check_int("n", n, minimum=1)
+    check_int("n", n, **COUNT)
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
         raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__} "
                          f"{shown(prompts)}")
     if not prompts:
         raise ValueError("prompts is empty")
     check_int("response_len", response_len, minimum=1)
-    check_float("missing_eos_penalty", missing_eos_penalty, minimum=0)
+    check_float("missing_eos_penalty", missing_eos_penalty, minimum=0, maximum=COEF_MAX)
     check_instance("models", models, Models, hint="from build_models")
     tok = Tokenizer()
     dev = next(models.actor.parameters()).device
@@ -106,14 +110,14 @@ def rejection_sampling(models: Models, steps: int, prompts_per_step: int = 16, n
     step, recorded (cumulative) as ``optimizer_steps`` beside ``samples``. ``kl`` is measured
     on every candidate (the current policy's samples, like PPO's), ``best_kl`` on the winners.
     """
-    for name, value in (("steps", steps), ("prompts_per_step", prompts_per_step), ("n", n),
-                        ("response_len", response_len), ("epochs", epochs),
-                        ("minibatches", minibatches)):
-        check_int(name, value, minimum=1)
+    for name, value, bounds in (("steps", steps, {}), ("prompts_per_step", prompts_per_step,
+                                COUNT), ("n", n, COUNT), ("response_len", response_len, {}),
+                                ("epochs", epochs, EPOCHS), ("minibatches", minibatches, {})):
+        check_int(name, value, **{"minimum": 1, **bounds})
     if prompts_per_step % minibatches:
         raise ValueError(f"prompts_per_step ({prompts_per_step}) must be divisible by "
                          f"minibatches ({minibatches}): each minibatch takes as many winners")
-    check_float("lr", lr, minimum=0, strict_min=True)
+    check_float("lr", lr, **LR)
     check_seed("seed", seed)
     check_instance("models", models, Models, hint="from build_models")
     if callback is not None and not callable(callback):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validate import check_bool, check_int, check_seed, check_tensor, shown
+from .validate import COUNT_MAX, check_bool, check_int, check_seed, check_tensor, shown
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 NOUNS = ("food", "service", "staff", "place", "music", "price", "wine", "pasta", "room", "view",
@@ -83,15 +83,26 @@ class Tokenizer:
         return len(self.vocab)
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        """Words of ``text`` to ids; raises ``ValueError`` naming the first unknown word."""
-        _check_text("text", text)
+        """Words of ``text`` to ids; raises ``ValueError`` naming the first unknown word, or a
+        special token (``<pad>``, ``<bos>``, ``<eos>``) typed into the text: ``bos``/``eos``
+        add those, and a typed ``<pad>`` would become a masked hole in the sequence."""
+        return self._encode("text", text, bos, eos)
+
+    def _encode(self, name: str, text: str, bos: bool, eos: bool) -> list[int]:
+        """:meth:`encode`, its messages naming the text ``name`` (``texts[3]``)."""
+        _check_text(name, text)
         check_bool("bos", bos)
         check_bool("eos", eos)
+        specials = (self.pad_id, self.bos_id, self.eos_id)
         ids = []
         for i, word in enumerate(text.split()):
             if word not in self.stoi:
                 raise ValueError(f"unknown word {word!r} at position {i} of {text!r}; the "
                                  f"vocabulary has {len(self.vocab)} words (rlhf_edu.task.VOCAB)")
+            if self.stoi[word] in specials:
+                raise ValueError(f"{name} contains the special token {word!r} at position {i} "
+                                 f"of {shown(text)}; special tokens are not text: bos=True and "
+                                 "eos=True add <bos> and <eos>, and padding is added by batching")
             ids.append(self.stoi[word])
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
@@ -124,7 +135,7 @@ class Tokenizer:
             raise ValueError("texts is empty; expected at least one text")
         for b, t in enumerate(texts):
             _check_text(f"texts[{b}]", t)
-        rows = [self.encode(t, bos=bos) for t in texts]
+        rows = [self._encode(f"texts[{b}]", t, bos, False) for b, t in enumerate(texts)]
         width = max(len(r) for r in rows)
         if width == 0:
             raise ValueError("every text is empty and bos=False: there is no token to encode")
@@ -176,7 +187,7 @@ def sample_review(rng: random.Random) -> str:
 
 def sample_corpus(n: int, seed: int = 0) -> list[str]:
     """``n`` reviews from the grammar, reproducible from ``seed``."""
-    check_int("n", n, minimum=0)
+    check_int("n", n, minimum=0, maximum=COUNT_MAX)
     check_seed("seed", seed)
     rng = random.Random(seed)
     return [sample_review(rng) for _ in range(n)]
@@ -184,7 +195,7 @@ def sample_corpus(n: int, seed: int = 0) -> list[str]:
 
 def sample_prompts(n: int, generator: torch.Generator | None = None) -> list[str]:
     """``n`` prompts drawn uniformly (with replacement) from :data:`PROMPTS`."""
-    check_int("n", n, minimum=0)
+    check_int("n", n, minimum=0, maximum=COUNT_MAX)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got "
                          f"{type(generator).__name__}")

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
-import sys
-import threading
+import math
 import time
 import weakref
 from collections import defaultdict
@@ -45,6 +43,7 @@ from .config import (  # PPOConfig and the method defaults are also re-exported 
     critic_mode_for,
     preflight,
 )
+from .interrupt import DeferredInterrupt as _DeferredInterrupt
 from .model import GPT, GPTConfig
 from .models import Models, RewardModel, build_models
 from .ppo import AdaptiveKLController, FixedKLController, ppo_losses, total_loss
@@ -136,33 +135,34 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted after step {step}{where}")
 
 
-class _DeferredInterrupt:
-    """Hold a Ctrl-C (SIGINT) until the running step ends; a second Ctrl-C stops at once.
+RUN_KEYS = ("step", "config", "world_size", "kl_ctl", "generator", "sample_generators",
+            "history")
+"""what every RLHF run checkpoint holds (a whole one also the models and their optimisers)"""
+UNDEFINED = {
+    "advantage_std": "fewer than two response tokens in the batch: the std of one value is "
+                     "undefined",
+}
+"""why a metric can be undefined; metrics.jsonl writes it as null and the reason under
+"undefined" (e.g. ``--batch 1 --response-len 1``)"""
 
-    A step interrupted halfway would leave the actor updated by some minibatches and not
-    others; holding the signal to the end of the step keeps every saved state a whole step.
-    Only the main thread can receive signals; elsewhere this does nothing.
-    """
 
-    def __enter__(self) -> _DeferredInterrupt:
-        self.requested = False
-        self._installed = threading.current_thread() is threading.main_thread()
-        if self._installed:
-            self._previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
-        return self
+def defined_metrics(metrics: dict) -> dict:
+    """``metrics`` with each NaN or inf number replaced by None, and an ``"undefined"`` entry
+    mapping those keys to the reason (:data:`UNDEFINED`, else the value that was not finite):
+    metrics.jsonl is strict JSON, which has no NaN."""
+    out, undefined = {}, {}
+    for key, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            undefined[key] = UNDEFINED.get(key, f"not finite ({value})")
+            value = None
+        out[key] = value
+    return {**out, "undefined": undefined} if undefined else out
 
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt("interrupted twice: stopped in the middle of a step")
-        self.requested = True
-        print("\nCtrl-C: finishing this step, then stopping (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
 
-    def __exit__(self, *exc) -> None:
-        if self._installed:  # a handler installed outside Python reads as None: use Python's
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None
-                          else signal.default_int_handler)
+def metrics_line(metrics: dict) -> str:
+    """One line of metrics.jsonl: strict JSON (``allow_nan=False``: a NaN that slipped past
+    :func:`defined_metrics` raises here instead of writing a bare ``NaN``)."""
+    return json.dumps(metrics, allow_nan=False) + "\n"
 
 
 class RLHFTrainer:
@@ -294,6 +294,12 @@ class RLHFTrainer:
         state = safe_load(path)
         if state["kind"] != "rlhf-run":
             raise ValueError(f"{path} holds a {state['kind']!r} checkpoint, not an RLHF run")
+        whole = () if "shards" in state else ("actor", "critic", "actor_opt", "critic_opt")
+        missing = [k for k in (*RUN_KEYS, *whole) if k not in state]
+        if missing:
+            raise ValueError(f"{path} is an incomplete RLHF run checkpoint: it has no "
+                             f"{', '.join(map(repr, missing))}; expected one written by "
+                             "RLHFTrainer.save (rlhf-edu train)")
         if "shards" in state or self.sharded is not None:  # DCP: any world size, any stage
             sharding.load_checkpoint(self, state, path)
         else:
@@ -315,7 +321,7 @@ class RLHFTrainer:
         self.history = list(state["history"])
         if self.run_dir is not None and self.rank == 0:  # drop steps past the checkpoint
             (self.run_dir / "metrics.jsonl").write_text(
-                "".join(json.dumps(m) + "\n" for m in self.history))
+                "".join(metrics_line(m) for m in self.history))
 
     # ------------------------------------------------------------------ one step
 
@@ -327,8 +333,31 @@ class RLHFTrainer:
             raise FloatingPointError(f"step {self.step_count + 1}: NaN or inf in {name}{hint}")
 
     def _diverged(self) -> str:
+        """Why a value a trained model computed is not finite. "Diverged" only if the weights
+        really are NaN or inf; otherwise the settings made a finite model's numbers overflow,
+        and those at the far end of their range are named."""
         rates = ", ".join(f"{role}_lr={lr:g}" for role, _, lr in self._optimizers())
-        return f" (training diverged: lower the learning rates, {rates})"
+        edge = self._far_settings()
+        weights_ok = self.sharded is None and all(  # a sharded check is a collective: skip
+            bool(sharding.all_finite(self._trained(opt))) for _, opt, _ in self._optimizers())
+        if weights_ok:
+            return (f" (the weights are finite, so the numbers of this step overflowed{edge}; "
+                    f"or lower the learning rates, {rates})")
+        return f" (training diverged: lower the learning rates, {rates}{edge})"
+
+    def _far_settings(self) -> str:
+        """"; settings far out in their range: ..." naming those that can make a finite
+        model's numbers overflow (a low temperature, a large beta, a large learning rate), or
+        "" if none is."""
+        cfg = self.config
+        opts = self._optimizers()
+        edges = [text for far, text in (
+            (cfg.temperature < 0.1, f"temperature={cfg.temperature:g} (the logits are "
+                                    f"multiplied by {1 / cfg.temperature:g})"),
+            (cfg.beta > 100, f"beta={cfg.beta:g}"),
+            (max(lr for _, _, lr in opts) > 1e-2,
+             ", ".join(f"{role}_lr={lr:g}" for role, _, lr in opts))) if far]
+        return "; settings far out in their range: " + ", ".join(edges) if edges else ""
 
     def _phase_timer(self, times: dict[str, float]):
         clock, current = time.perf_counter(), ""
@@ -375,7 +404,8 @@ class RLHFTrainer:
             ref_logprobs = self.models.reference(tokens.to(fdev), valid.to(fdev), P,
                                                  cfg.temperature).logprobs.float().to(self.device)
         self._check_finite("reference log-probs", ref_logprobs)  # (B, T)
-        kl = kl_penalty(gen.logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, T)
+        # the mask keeps the padding out: its log-probs mean nothing and may overflow k3
+        kl = kl_penalty(gen.logprobs, ref_logprobs, cfg.kl_estimator, mask=mask)  # (B, T)
         beta = self.kl_ctl.value
         # the KL goes into the reward or (GRPO) into the loss, never both
         rewards = compute_rewards(scores, gen.logprobs, ref_logprobs, mask,
@@ -563,14 +593,21 @@ class RLHFTrainer:
         host = torch.cat([torch.stack(finite).to(table), ratio_dev_first.reshape(1).to(table),
                           table.flatten()]).tolist()
         oks, ratio_dev, table = host[:len(opts)], host[len(opts)], host[len(opts) + 1:]
+        n = len(table) // len(keys)
+        means = {k: sum(table[i * n:(i + 1) * n]) / n for i, k in enumerate(keys)}
+        for role, _, _ in opts:  # first: an inf norm scales the update to 0 (or inf x 0, NaN)
+            norm = means.get(f"{role}_grad_norm", 0.0)
+            if not math.isfinite(norm):
+                raise FloatingPointError(
+                    f"step {self.step_count + 1}: the {role}'s gradient norm is {norm} while "
+                    f"the loss is finite: its gradient overflows float32, and clipping cannot "
+                    f"scale an inf{self._far_settings()}")
         for ok, (role, _, lr) in zip(oks, opts):
             if not ok:
                 raise FloatingPointError(
                     f"step {self.step_count + 1}: the PPO update made the {role}'s weights NaN "
                     f"or inf (training diverged); lower its learning rate (now {lr:g})")
-        n = len(table) // len(keys)
-        return {**{k: sum(table[i * n:(i + 1) * n]) / n for i, k in enumerate(keys)},
-                "ratio_dev_first": ratio_dev}
+        return {**means, "ratio_dev_first": ratio_dev}
 
     @torch.no_grad()
     def _recompute_logprobs(self, batch: Rollout, minibatches: tuple[torch.Tensor, ...]
@@ -616,7 +653,9 @@ class RLHFTrainer:
             "finished": float((batch.response == self.tok.eos_id).any(1).float().mean()),
             "well_formed": judged["well_formed"],
             "repetition": judged["repetition"],
-            "advantage_std": float(batch.advantages[batch.mask.bool()].std()),
+            # the std of one value is undefined: NaN here, null in metrics.jsonl, with the reason
+            "advantage_std": (float(batch.advantages[batch.mask.bool()].std())
+                              if batch.mask.sum() > 1 else math.nan),
             **self._advantage_scale(batch),
             **stats,
         }
@@ -631,10 +670,11 @@ class RLHFTrainer:
                    **{f"time_{k}": v for k, v in times.items() if k != "1_prompts"},
                    "sample": texts[0]}
         metrics["time_step"] = sum(v for k, v in metrics.items() if k.startswith("time_"))
+        metrics = defined_metrics(metrics)
         self.history.append(metrics)
         if self.run_dir is not None and self.rank == 0:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+                f.write(metrics_line(metrics))
         return metrics
 
     def _advantage_scale(self, batch: Rollout) -> dict[str, float]:

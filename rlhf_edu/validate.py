@@ -15,6 +15,16 @@ choices and the command-line flag: :func:`check_fields` validates a config from 
 :func:`parse_int` / :func:`parse_float` build the command line's readers from the same bounds
 (``argument --steps: must be an integer >= 1, got '0'``).
 
+Each number has a domain in which results are finite and mean something, written once as a
+named bound here (:data:`COEF_MAX` for beta and the loss weights, :data:`TEMPERATURE`,
+:data:`LR`, :data:`WHITEN_EPS`, :data:`COUNT` and :data:`EPOCHS`, ...), each with its reason,
+and used by the config fields' metadata and the API functions alike: ``PPOConfig.temperature
+must be in [0.01, 100], got 1e-45``. A result that can still overflow from finite inputs is
+checked (:func:`check_result`) and the message names the input that made it overflow; the
+tensor inputs of a function must share one device (:func:`check_same_device`, also part of
+:func:`check_mask` and :func:`check_finite`); a file a command will write is checked before
+any work (:func:`check_output_file`).
+
 Tensors follow one policy for padding: a value at a masked-out position (``mask`` 0) never
 changes a result or a gradient, whatever it is (NaN included), and a NaN or inf in data at a
 real position (``mask`` 1) is refused, naming the argument and the index (``ppo_losses`` leaves
@@ -31,6 +41,7 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -62,11 +73,91 @@ __all__ = [
     "parse_float",
     "SEED_LIMIT",
     "SEED",
+    "COEF_MAX",
+    "DPO_BETA_MIN",
+    "TEMPERATURE",
+    "LR",
+    "EPS_MAX",
+    "WHITEN_EPS",
+    "COUNT_MAX",
+    "COUNT",
+    "EPOCHS",
+    "LAYERS_MAX",
+    "WIDTH_MAX",
+    "GRAD_NORM_MIN",
+    "BINS_MAX",
+    "CLIP_MIN",
+    "TOKEN_ID_MAX",
+    "check_same_device",
+    "check_result",
+    "check_output_file",
 ]
 
 SEED_LIMIT = 2**63  # seeds are in [0, 2**63): what a signed 64-bit integer holds
 SEED = dict(minimum=0, maximum=SEED_LIMIT - 1)
 """the bounds of a seed field: ``field(default=0, metadata=meta("...", **SEED))``"""
+
+# ------------------------------------------------------------------ domains
+# Each number a public function or a setting takes has a domain in which its result is finite
+# and means something; outside it the input is refused in one line naming it. Each bound is
+# written once, here (or in a field's metadata), and used by the config fields and the API
+# functions alike. Results that can still overflow inside the domain are checked
+# (check_result), naming the input that made them overflow.
+
+COEF_MAX = 1e4
+"""the largest coefficient of a loss or reward term (KL beta, DPO beta, vf_coef, ent_coef,
+missing_eos_penalty): the terms they weigh are O(1) (z-scored reward-model scores, gold scores
+in [-1, 1], KL in nats per token), beta = 10 already holds the course's policy in place, and
+a weight of 1e4 leaves every other term below 1e-4 of it; beyond, the products and their
+gradients overflow float32 (``rlhf-edu dpo --beta 1e30``: an inf gradient norm, which
+clipping turns into updates of zero)"""
+DPO_BETA_MIN = 1e-4
+"""the smallest DPO / IPO beta: IPO regresses the margin to 1 / (2 beta), 5000 nats at 1e-4,
+far beyond any response's log-prob (24 tokens x log 64 = 100 nats); below, that target is
+out of reach (and at 1e-30 its square overflows float32), and DPO's gradient, beta / 2 per
+nat, vanishes"""
+TEMPERATURE = dict(minimum=0.01, maximum=100.0)
+"""the sampling temperature's domain: at 0.01 the logits are multiplied by 100, so a gap of
+0.2 between two logits already gives odds of e^20 (greedy decoding, which ``top_k=1`` does
+exactly), and the log-prob of an unlikely token reaches -1e3 to -1e4 nats, where the PPO ratio
+and the k3 KL (exp of a log-prob difference) overflow float32; at 100 the policy is uniform
+to within 1 % for logit gaps up to 1, i.e. it no longer reads the model"""
+LR = dict(minimum=1e-8, maximum=1.0)
+"""an Adam learning rate's domain: Adam moves each weight by about lr per step, so at lr = 1
+every weight (initialised at ~0.02) moves 50 times its size per step, and lr = 1e-8 is below
+the float32 spacing of a weight of 0.1 (7e-9): smaller steps are rounded away and the weights
+never change"""
+EPS_MAX = 1.0
+"""the largest stabiliser added to a variance or a std (``whiten``, ``grpo_advantages``): they
+guard a division by zero, and above 1 they swamp the spread of O(1) advantages they divide"""
+WHITEN_EPS = dict(minimum=1e-12, maximum=EPS_MAX)
+"""whitening's ``eps`` (added to the variance): 0 turns a constant input (variance 0) into
+0 / 0 = NaN; below 1e-12 it is lost to float32 rounding in a variance of O(1) (1e-7 relative)"""
+COUNT_MAX = 10**8
+"""the most prompts, reviews, pairs, samples or responses a function makes in memory: 1e8
+short strings take ~10 GB and hours on a CPU, more than any run of this package can use
+(``sample_prompts(10**30)`` would otherwise run until memory runs out)"""
+COUNT = dict(minimum=1, maximum=COUNT_MAX)
+"""the bounds of a count field: ``field(default=64, metadata=meta("...", **COUNT))``"""
+EPOCHS = dict(minimum=1, maximum=10_000)
+"""the bounds of a number of passes over data: the course's runs take 1-4; 10 000 passes over
+even a single batch is hours of CPU, and beyond, a run that never ends"""
+LAYERS_MAX, WIDTH_MAX = 128, 8192
+"""the largest model the settings describe: 128 blocks of width 8192 is 100B parameters,
+1.6 TB with Adam, beyond any machine (GPT-3 is 96 x 12288; the course's actor 3 x 128), and
+far beyond what a 53-word grammar needs; a larger number only fails later, out of memory"""
+GRAD_NORM_MIN = 1e-4
+"""the smallest gradient-clipping threshold: Adam divides by sqrt(v) + eps (eps 1e-5 in the
+trainer), so a gradient clipped below a total norm of 1e-4 (under 1e-6 per weight for the
+toy models) falls under eps and the step shrinks towards nothing, silently"""
+CLIP_MIN = 1e-6
+"""the smallest PPO ratio clip: float32 tells 1 + eps from 1 only above 1.2e-7, so a smaller
+clip rounds the clip range [1 - eps, 1 + eps] to [1, 1] and every ratio is clipped"""
+BINS_MAX = 10_000
+"""the most bins of a reliability diagram: 10 000 bins need millions of pairs to fill; the
+course reads 5-20"""
+TOKEN_ID_MAX = 2**31 - 1
+"""the largest token id: GPTConfig's sizes (vocab_size included) are below 2**31"""
 
 
 def _show(value: object) -> str:
@@ -89,23 +180,30 @@ def _typed(value: object) -> str:
     return f"{_show(value)} ({type(value).__name__})"
 
 
+def _int_text(n: int) -> str:
+    """An integer bound as a message says it: ``10**8`` for a large power of ten."""
+    if n >= 10**6 and str(n).rstrip("0") == "1":
+        return f"10**{len(str(n)) - 1}"
+    return str(n)
+
+
 def _int_span(minimum: int | None, maximum: int | None) -> str:
     """The bounds of an integer as a message says them: ``>= 1``, ``in [0, 5]``, and a seed's
     ``in [0, 2**63)``."""
     if maximum == SEED_LIMIT - 1 and minimum is not None:
         return f"in [{minimum}, 2**63)"
     if minimum is not None and maximum is not None:
-        return f"in [{minimum}, {maximum}]"
+        return f"in [{minimum}, {_int_text(maximum)}]"
     if minimum is not None:
         return f">= {minimum}"
-    return f"<= {maximum}" if maximum is not None else ""
+    return f"<= {_int_text(maximum)}" if maximum is not None else ""
 
 
 def _int_expectation(minimum: int | None, maximum: int | None) -> str:
     if maximum == SEED_LIMIT - 1 and minimum is not None:
         return f"an int {_int_span(minimum, maximum)}"
     if minimum is not None and maximum is not None:
-        return f"an int in [{minimum}, {maximum}]"
+        return f"an int {_int_span(minimum, maximum)}"
     if minimum == 1:
         return "a positive int"
     if minimum is not None:
@@ -325,6 +423,9 @@ def check_mask(mask: object, like: Tensor, like_name: str, *, every_row: bool = 
     finite = dict(finite or {})
     for name, x in finite.items():
         check_floating(name, x)
+    # a "like" on the meta device only gives the shape (kl_penalty's (B, T) of logits)
+    check_same_device({**({like_name: like} if like.device.type != "meta" else {}),
+                       **finite, "mask": mask})
     m = mask if mask.dtype == torch.bool else mask != 0
     flags = [torch.zeros((), dtype=torch.bool, device=m.device)]
     if mask.dtype != torch.bool:
@@ -350,6 +451,7 @@ def check_finite(tensors: Mapping[str, Tensor]) -> None:
         check_floating(name, x)
     if not tensors:
         return
+    check_same_device(tensors)
     device = next(iter(tensors.values())).device
     flags = torch.stack([_nonfinite(x, None).any().to(device) for x in tensors.values()])
     if bool(flags.any()):  # the one read back
@@ -357,6 +459,58 @@ def check_finite(tensors: Mapping[str, Tensor]) -> None:
             message = _finite_message(name, x, None)
             if message:
                 raise ValueError(message)
+
+
+def check_same_device(tensors: Mapping[str, object]) -> None:
+    """``ValueError`` unless the tensors among ``tensors`` (name -> value; others are skipped)
+    are all on one device, and none on the meta device (shapes without data, nothing to
+    compute): ``logprobs is on cpu but ref_logprobs is on meta; ...``. Costs no read back."""
+    named = [(name, x) for name, x in tensors.items() if isinstance(x, Tensor)]
+    for name, x in named[1:]:
+        if x.device != named[0][1].device:
+            raise ValueError(f"{named[0][0]} is on {named[0][1].device} but {name} is on "
+                             f"{x.device}; all tensor inputs must be on one device (move them "
+                             "with .to(device))")
+    if named and named[0][1].device.type == "meta":
+        raise ValueError(f"{named[0][0]} is on the meta device (a shape without data); pass "
+                         "tensors with values")
+
+
+def check_result(name: str, x: Tensor, cause: str | Callable[[], str]) -> Tensor:
+    """``x`` if it is all finite; else ``ValueError`` naming ``name``, the first non-finite
+    index and ``cause``: which input made finite inputs overflow (a function giving the text,
+    if it costs work to find). One read back."""
+    if bool(torch.isfinite(x.detach()).all()):
+        return x
+    idx = (~torch.isfinite(x.detach())).nonzero()[0].tolist()
+    where = f"{x[tuple(idx)].item()} at index {_fmt_index(idx)}" if idx else f"{x.item()}"
+    raise ValueError(f"{name} overflowed to {where} from finite inputs: "
+                     f"{cause() if callable(cause) else cause}")
+
+
+def check_output_file(name: str, path: object) -> Path:
+    """``path`` as a ``Path`` if a file can be written there, else ``ValueError`` (one line),
+    before any work: it is not empty, not an existing directory, its parent exists and is a
+    directory, and the parent can be written (a new file is created there, then renamed over
+    ``path``). Every command that trains checks its ``--out`` this way before training.
+    ``name`` "" leaves the name out (argparse puts the flag before the message)."""
+    text = check_path(name, path)
+    must, head = (f"{name} must", f"{name}: ") if name else ("must", "")
+    if not text:
+        raise ValueError(f"{must} name a file to write, got ''")
+    path = Path(text)
+    parent = path.parent
+    if path.is_dir():
+        raise ValueError(f"{must} name a file to write, got {text!r} (a directory)")
+    if not parent.exists():
+        raise ValueError(f"{head}the folder {str(parent)!r} of {text!r} does not exist; "
+                         "create it first")
+    if not parent.is_dir():
+        raise ValueError(f"{head}{str(parent)!r} in {text!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{head}the folder {str(parent)!r} is not writable; choose another "
+                         "place for the file")
+    return path
 
 
 def check_path(name: str, path: object) -> str:

@@ -254,7 +254,7 @@ BAD_INPUTS = [
     (lambda: gae(R, R, MASK * 2), r"mask must contain only 0 and 1, got 2\.0 at index \(0, 0\)"),
     (lambda: whiten(R, torch.zeros(4, 7)), r"mask has no unmasked entries"),
     (lambda: whiten(R, torch.ones(4, 8)), r"mask has shape \(4, 8\) but x has shape \(4, 7\)"),
-    (lambda: whiten(R, MASK, eps=-1.0), r"eps must be >= 0, got -1\.0"),
+    (lambda: whiten(R, MASK, eps=-1.0), r"eps must be in \[1e-12, 1\], got -1\.0"),
     (lambda: masked_mean(R, torch.zeros(4, 7)), r"mask has no unmasked entries"),
     (lambda: masked_mean(R, MASK_EMPTY_ROW, dim=1), r"mask has no unmasked entries along dim 1"),
     (lambda: masked_var(R, torch.zeros(4, 7)), r"mask has no unmasked entries"),

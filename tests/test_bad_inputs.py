@@ -1,8 +1,11 @@
 """Bad input gets a clear error, raised early, naming the value and what was expected."""
 
+import json
+import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -24,8 +27,11 @@ from rlhf_edu import (
     whiten,
 )
 from rlhf_edu.cli import main
+from rlhf_edu.config import DPOConfig
+from rlhf_edu.dpo import run_dpo
 from rlhf_edu.models import RewardModel, weights_path
 from rlhf_edu.reward_model import bradley_terry_loss
+from rlhf_edu.trainer import UNDEFINED, defined_metrics, metrics_line
 
 Z = torch.zeros(2, 4)
 ONES = torch.ones(2, 4)
@@ -68,7 +74,7 @@ CASES = [
     ("NaN logits", lambda: kl_penalty(torch.full((1, 2, 5), float("nan")), torch.zeros(1, 2, 5),
                                       "full"), ValueError, "NaN or inf"),
     ("negative beta", lambda: compute_rewards(torch.zeros(2), Z, Z, ONES, -0.1),
-     ValueError, "beta must be >= 0, got -0.1"),
+     ValueError, r"beta must be in \[0, 10000\], got -0.1"),
     ("row without response token", lambda: compute_rewards(torch.zeros(2), Z, Z,
                                                            _no_response_row(), 0.1),
      ValueError, "mask row 1 has no response token"),
@@ -90,7 +96,7 @@ CASES = [
      ValueError, "PPOConfig.critic_mode must be one of 'auto', 'separate', 'shared', 'head', "
                  "'none', got 'tiny'"),
     ("negative beta in the config", lambda: PPOConfig(beta=-1.0),
-     ValueError, "PPOConfig.beta must be >= 0, got -1.0"),
+     ValueError, r"PPOConfig.beta must be in \[0, 10000\], got -1.0"),
     ("mismatched vocabularies", lambda: build_models(
         sft=GPT(TINY), reward=RewardModel(GPT(GPTConfig(block_size=16, vocab_size=128, n_layer=1,
                                                         n_head=2, n_embd=16)))),
@@ -132,19 +138,22 @@ def test_nan_logits_stop_training_with_the_step_number():
 
 CLI_CASES = [
     (["train", "--beta", "-1", "--run-dir", "{tmp}/a"],
-     "argument --beta: must be a finite number >= 0, got '-1'"),
+     "argument --beta: must be a finite number in [0, 10000], got '-1'"),
     # numbers are checked as they are read, each naming the value and the range it must be in
     (["train", "--steps", "0"], "argument --steps: must be an integer >= 1, got '0'"),
     (["train", "--steps", "2.5"], "argument --steps: must be an integer >= 1, got '2.5'"),
-    (["train", "--batch", "-8"], "argument --batch: must be an integer >= 1, got '-8'"),
+    (["train", "--batch", "-8"], "argument --batch: must be an integer in [1, 10**8], got '-8'"),
     (["train", "--response-len", "0"], "argument --response-len: must be an integer >= 1"),
-    (["train", "--ppo-epochs", "x"], "argument --ppo-epochs: must be an integer >= 1, got 'x'"),
+    (["train", "--ppo-epochs", "x"],
+     "argument --ppo-epochs: must be an integer in [1, 10000], got 'x'"),
     (["train", "--minibatches", "0"], "argument --minibatches: must be an integer >= 1"),
     (["train", "--actor-lr", "nan"],
-     "argument --actor-lr: must be a finite number > 0, got 'nan'"),
-    (["train", "--actor-lr", "0"], "argument --actor-lr: must be a finite number > 0, got '0'"),
-    (["train", "--beta", "inf"], "argument --beta: must be a finite number >= 0, got 'inf'"),
-    (["train", "--ent-coef", "-0.1"], "argument --ent-coef: must be a finite number >= 0"),
+     "argument --actor-lr: must be a finite number in [1e-08, 1], got 'nan'"),
+    (["train", "--actor-lr", "0"],
+     "argument --actor-lr: must be a finite number in [1e-08, 1], got '0'"),
+    (["train", "--beta", "inf"],
+     "argument --beta: must be a finite number in [0, 10000], got 'inf'"),
+    (["train", "--ent-coef", "-0.1"], "argument --ent-coef: must be a finite number in [0, 10000]"),
     (["train", "--kl-target", "0"], "argument --kl-target: must be a finite number > 0, got '0'"),
     (["train", "--kl-target", "-2"], "argument --kl-target: must be a finite number > 0"),
     (["train", "--seed", "-1"], "argument --seed: must be an integer in [0, 2**63), got '-1'"),
@@ -160,18 +169,22 @@ CLI_CASES = [
     (["train", "--batch", "10", "--minibatches", "4", "--run-dir", "{tmp}/m"],
      "batch_size (10) must be divisible by minibatches (4)"),
     (["--threads", "0", "models"], "argument --threads: must be an integer >= 1, got '0'"),
-    (["pretrain", "--eval-samples", "0"], "argument --eval-samples: must be an integer >= 1"),
-    (["pretrain", "--reviews", "0"], "argument --reviews: must be an integer >= 1, got '0'"),
-    (["pretrain", "--epochs", "-1"], "argument --epochs: must be an integer >= 1, got '-1'"),
-    (["pretrain", "--n-embd", "0"], "argument --n-embd: must be an integer >= 1, got '0'"),
+    (["pretrain", "--eval-samples", "0"],
+     "argument --eval-samples: must be an integer in [1, 10**8]"),
+    (["pretrain", "--reviews", "0"],
+     "argument --reviews: must be an integer in [1, 10**8], got '0'"),
+    (["pretrain", "--epochs", "-1"],
+     "argument --epochs: must be an integer in [1, 10000], got '-1'"),
+    (["pretrain", "--n-embd", "0"], "argument --n-embd: must be an integer in [1, 8192], got '0'"),
     (["pretrain", "--out", "{tmp}"], "argument --out: must name a file to write, got '{tmp}' "
                                      "(a directory)"),
     (["pretrain", "--out", ""], "argument --out: must name a file to write, got ''"),
-    (["train-rm", "--pairs", "0"], "argument --pairs: must be an integer >= 1, got '0'"),
-    (["train-rm", "--heldout", "-5"], "argument --heldout: must be an integer >= 1, got '-5'"),
+    (["train-rm", "--pairs", "0"], "argument --pairs: must be an integer in [1, 10**8], got '0'"),
+    (["train-rm", "--heldout", "-5"],
+     "argument --heldout: must be an integer in [1, 10**8], got '-5'"),
     (["train-rm", "--out", "{tmp}"], "argument --out: must name a file to write"),
     (["trace", "--response-len", "0"], "argument --response-len: must be an integer >= 1"),
-    (["trace", "--batch", "1e3"], "argument --batch: must be an integer >= 1, got '1e3'"),
+    (["trace", "--batch", "1e3"], "argument --batch: must be an integer in [1, 10**8], got '1e3'"),
     (["train", "--resume", "--run-dir", "{tmp}/none"], "holds no run to continue"),
     (["train", "--placement", '{{"policy": "cpu"}}', "--run-dir", "{tmp}/b"],
      "unknown role(s) ['policy']"),
@@ -211,12 +224,31 @@ def test_cli_refuses_a_run_directory_holding_another_run(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_divergence_is_one_line_naming_the_step_and_the_learning_rate():
-    trainer = RLHFTrainer(PPOConfig(batch_size=8, response_len=8, ppo_epochs=2, minibatches=1,
-                                    actor_lr=1e6))
-    with pytest.raises(FloatingPointError, match=r"^step 1: NaN or inf in PPO loss \(training "
+def test_a_nonfinite_loss_with_finite_weights_names_the_settings_not_divergence(monkeypatch):
+    """A loss that overflows while the weights are finite is not a diverged run: the message
+    says so and names the settings at the far end of their range."""
+    from rlhf_edu import trainer as trainer_module
+
+    real = trainer_module.total_loss
+    monkeypatch.setattr(trainer_module, "total_loss",
+                        lambda *a, **k: real(*a, **k) * float("inf"))
+    trainer = RLHFTrainer(PPOConfig(batch_size=8, response_len=8, ppo_epochs=1, minibatches=1,
+                                    temperature=0.01))
+    with pytest.raises(FloatingPointError) as info:
+        trainer.step()
+    message = str(info.value)
+    assert message.startswith("step 1: NaN or inf in PPO loss (the weights are finite"), message
+    assert "temperature=0.01 (the logits are multiplied by 100)" in message, message
+    assert "diverged" not in message and "\n" not in message, message
+
+
+def test_divergence_is_said_only_when_the_weights_diverged():
+    trainer = RLHFTrainer(PPOConfig(batch_size=8, response_len=8, ppo_epochs=1))
+    with torch.no_grad():
+        trainer.models.actor.gpt.ln_f.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"^step 1: generation failed, .*\(training "
                                                  r"diverged: lower the learning rates, "
-                                                 r"actor_lr=1e\+06, critic_lr=0.0003\)$"):
+                                                 r"actor_lr=0.0001, critic_lr=0.0003\)$"):
         trainer.step()
 
 
@@ -242,18 +274,18 @@ def test_weights_that_overflow_in_an_update_stop_training(role):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(batch_size="64"), "PPOConfig.batch_size must be a positive int, got '64' (str)"),
-    (dict(batch_size=64.0), "PPOConfig.batch_size must be a positive int, got 64.0 (float)"),
-    (dict(ppo_epochs=True), "PPOConfig.ppo_epochs must be a positive int, got True (bool)"),
-    (dict(beta=float("nan")), "PPOConfig.beta must be finite, got nan"),
-    (dict(actor_lr=float("inf")), "PPOConfig.actor_lr must be finite, got inf"),
-    (dict(clip="0.2"), "PPOConfig.clip must be a number > 0, got '0.2' (str)"),
+    (dict(batch_size="64"), "PPOConfig.batch_size must be an int in [1, 10**8], got '64' (str)"),
+    (dict(batch_size=64.0), "PPOConfig.batch_size must be an int in [1, 10**8], got 64.0 (float)"),
+    (dict(ppo_epochs=True), "PPOConfig.ppo_epochs must be an int in [1, 10000], got True (bool)"),
+    (dict(beta=float("nan")), "PPOConfig.beta must be in [0, 10000], got nan"),
+    (dict(actor_lr=float("inf")), "PPOConfig.actor_lr must be in [1e-08, 1], got inf"),
+    (dict(clip="0.2"), "PPOConfig.clip must be a number in [1e-06, 1], got '0.2' (str)"),
     (dict(stop_at_eos=1), "PPOConfig.stop_at_eos must be True or False, got 1 (int)"),
     (dict(seed=2**63), "PPOConfig.seed must be an int in [0, 2**63), got 9223372036854775808"),
     (dict(seed=-1), "PPOConfig.seed must be an int in [0, 2**63), got -1"),
     (dict(seed=1.0), "PPOConfig.seed must be an int in [0, 2**63), got 1.0 (float)"),
     (dict(gamma=2), "PPOConfig.gamma must be in [0, 1], got 2"),
-    (dict(group_size=0), "PPOConfig.group_size must be a positive int, got 0"),
+    (dict(group_size=0), "PPOConfig.group_size must be an int in [1, 10**8], got 0"),
     (dict(critic_mode=None), "PPOConfig.critic_mode must be one of 'auto', 'separate', "
                              "'shared', 'head', 'none', got None"),
     (dict(kl_estimator="full"), "PPOConfig.kl_estimator must be one of 'k1', 'k2', 'k3', "
@@ -313,3 +345,108 @@ def test_a_full_disk_loses_nothing_and_says_so_in_one_line(tmp_path, monkeypatch
     assert "could not write" in err and "checkpoint.pt" in err and "full disk?" in err
     assert (run / "checkpoint.pt").read_bytes() == before  # the previous checkpoint survived
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# ------------------------------------------------------------------ issue 24: late failures
+
+
+def test_load_of_an_incomplete_run_checkpoint_names_the_file_and_what_is_missing(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"kind": "rlhf-run"}, path)
+    trainer = RLHFTrainer(PPOConfig(batch_size=8))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} is an incomplete RLHF run "
+                                         r"checkpoint: it has no 'step', 'config', .*'actor'"):
+        trainer.load(path)
+
+
+def _strict(line: str) -> dict:
+    def refuse(name):
+        raise AssertionError(f"not strict JSON: {name} in {line!r}")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_metrics_jsonl_is_strict_json_and_an_undefined_std_is_null_with_its_reason(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--batch", "1", "--response-len", "1", "--steps", "2",
+                 "--minibatches", "1", "--ppo-epochs", "1", "--quiet", "--run-dir",
+                 str(run)]) == 0
+    lines = [_strict(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2
+    for m in lines:
+        assert m["advantage_std"] is None
+        assert m["undefined"] == {"advantage_std": UNDEFINED["advantage_std"]}
+        assert "one value" in m["undefined"]["advantage_std"]
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        metrics_line({"loss": float("nan")})  # a NaN that slipped through is never written
+    assert _strict(metrics_line(defined_metrics({"loss": float("inf")}))) == {
+        "loss": None, "undefined": {"loss": "not finite (inf)"}}
+
+
+def _unwritable(path, monkeypatch):
+    """Make the folder ``path`` unwritable: by its mode, or (root writes anywhere) by what
+    os.access reports for it."""
+    path.chmod(0o555)
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False
+                            if os.path.abspath(p) == str(path) else real(p, mode, *a, **k))
+
+
+OUT_COMMANDS = {
+    "pretrain": ["pretrain", "--reviews", "50", "--epochs", "1"],
+    "train-rm": ["train-rm", "--pairs", "8", "--heldout", "4", "--epochs", "1"],
+    "dpo": ["dpo", "--pairs", "8", "--epochs", "1", "--quiet"],
+}
+OUT_CASES = {
+    "file as parent": ("{tmp}/file.txt/model.pt", "'{tmp}/file.txt' in '{tmp}/file.txt/model.pt' "
+                                                  "is a file, not a folder"),
+    "missing parent": ("{tmp}/missing/model.pt", "the folder '{tmp}/missing' of "
+                                                 "'{tmp}/missing/model.pt' does not exist"),
+    "read-only folder": ("{tmp}/locked/model.pt", "the folder '{tmp}/locked' is not writable"),
+    "existing folder": ("{tmp}/folder", "must name a file to write, got '{tmp}/folder' "
+                                        "(a directory)"),
+}
+
+
+@pytest.mark.parametrize("case", OUT_CASES)
+@pytest.mark.parametrize("command", OUT_COMMANDS)
+def test_every_training_command_checks_its_out_path_before_any_work(tmp_path, capsys,
+                                                                    monkeypatch, command, case):
+    (tmp_path / "file.txt").write_text("a file")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "locked").mkdir()
+    _unwritable(tmp_path / "locked", monkeypatch)
+    out, message = (x.format(tmp=tmp_path) for x in OUT_CASES[case])
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as e:
+        main([*OUT_COMMANDS[command], "--out", out])
+    assert time.perf_counter() - start < 2.0  # refused before any work
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"argument --out: {message}" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder", "locked"]
+    assert list((tmp_path / "locked").iterdir()) == []
+
+
+def test_run_dpo_checks_out_before_loading_anything(tmp_path):
+    (tmp_path / "f").write_text("a file")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"^out: '.*/f' in '.*/f/dpo.pt' is a file, not a "
+                                         r"folder$"):
+        run_dpo(DPOConfig(pairs=8), tmp_path / "f" / "dpo.pt")
+    assert time.perf_counter() - start < 2.0
+
+
+def test_an_overflowing_gradient_norm_stops_ppo_instead_of_a_zero_update(monkeypatch):
+    """Clipping an inf gradient norm scales the update to 0 or, inf x 0, to NaN weights that
+    would be blamed on the learning rate; the step stops instead, naming the gradient."""
+    from rlhf_edu import trainer as trainer_module
+
+    real = trainer_module.total_loss
+    monkeypatch.setattr(trainer_module, "total_loss", lambda *a, **k: real(*a, **k) * 3e38)
+    trainer = RLHFTrainer(PPOConfig(batch_size=8, response_len=8, ppo_epochs=1, minibatches=1))
+    with pytest.raises(FloatingPointError, match=r"^step 1: the (actor|critic)'s gradient norm "
+                                                 r"is (inf|nan) while the loss is finite: its "
+                                                 r"gradient overflows float32"):
+        trainer.step()

@@ -162,10 +162,12 @@ def test_cli_runs_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--beta", "0"], "argument --beta: must be a finite number > 0, got '0'"),
+    (["--beta", "0"], "argument --beta: must be a finite number in [0.0001, 10000], got '0'"),
+    (["--beta", "1e30"], "argument --beta: must be a finite number in [0.0001, 10000], got "
+                         "'1e30'"),
     (["--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
-    (["--pairs", "0"], "argument --pairs: must be an integer >= 1, got '0'"),
-    (["--lr", "nan"], "argument --lr: must be a finite number > 0, got 'nan'"),
+    (["--pairs", "0"], "argument --pairs: must be an integer in [1, 10**8], got '0'"),
+    (["--lr", "nan"], "argument --lr: must be a finite number in [1e-08, 1], got 'nan'"),
     (["--out", "{tmp}"], "argument --out: must name a file to write"),
 ])
 def test_cli_rejects_bad_input_in_one_line(tmp_path, capsys, argv, message):
@@ -176,3 +178,32 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_overflowing_gradient_stops_dpo_instead_of_clipping_every_update_to_zero(
+        sft, pairs, monkeypatch):
+    """`rlhf-edu dpo --beta 1e30` used to exit 0 with unchanged weights: the gradient norm was
+    inf and clipping scaled each update to 0. Such a beta is now refused; a gradient that still
+    overflows stops training with the settings to change."""
+    from rlhf_edu import dpo
+
+    real = dpo.dpo_loss
+
+    def loud(*args, **kwargs):
+        value, chosen, rejected = real(*args, **kwargs)
+        return value * 3e38, chosen, rejected
+
+    monkeypatch.setattr(dpo, "dpo_loss", loud)
+    with pytest.raises(FloatingPointError, match=r"^DPO step 1: the gradient norm is inf .*"
+                                                 r"lower beta$"):
+        train_dpo(sft, pairs, steps=2, batch_size=8)
+
+
+def test_dpo_loss_refuses_beta_outside_its_domain():
+    for beta in (1e-30, 1e30, 1e308, 0.0, -0.0):
+        with pytest.raises(ValueError, match=r"^beta must be in \[0.0001, 10000\]"):
+            dpo_loss(PC, PR, RC, RR, beta=beta, loss="ipo")
+    loss, _, _ = dpo_loss(PC, PR, RC, RR, beta=1e-4, loss="ipo")  # the edges are finite
+    assert math.isfinite(loss.item())
+    loss, _, _ = dpo_loss(PC, PR, RC, RR, beta=1e4)
+    assert math.isfinite(loss.item())

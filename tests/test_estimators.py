@@ -217,9 +217,10 @@ def test_method_defaults_and_explicit_values():
                                        "'grpo', 'dr_grpo', 'rloo', 'reinforce_pp', got 'ppo2'"),
     (dict(kl_in="both"), "PPOConfig.kl_in must be one of 'reward', 'loss', got 'both'"),
     (dict(reward="human"), "PPOConfig.reward must be one of 'model', 'gold', got 'human'"),
-    (dict(group_size=0), "PPOConfig.group_size must be a positive int, got 0"),
+    (dict(group_size=0), r"PPOConfig.group_size must be an int in \[1, 10\*\*8\], got 0"),
     (dict(recompute_logprobs=1), "PPOConfig.recompute_logprobs must be True or False"),
-    (dict(beta="0.1"), r"PPOConfig.beta must be a number >= 0 or None, got '0.1' \(str\)"),
+    (dict(beta="0.1"),
+     r"PPOConfig.beta must be a number in \[0, 10000\] or None, got '0.1' \(str\)"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

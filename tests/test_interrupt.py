@@ -2,6 +2,9 @@
 with bit-identical metrics."""
 
 import json
+import os
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -10,6 +13,7 @@ import time
 import pytest
 
 from rlhf_edu.checkpoint import safe_load
+from rlhf_edu.models import load_pretrained
 
 ARGS = ["--batch", "8", "--response-len", "8", "--ppo-epochs", "1", "--seed", "11", "--quiet",
         "--save-every", "1"]
@@ -172,3 +176,57 @@ def test_no_state_of_a_run_directory_is_a_dead_end(tmp_path, uninterrupted):
     assert restarted.returncode == 0, restarted.stderr
     assert "no checkpoint yet: the run starts again from step 0" in restarted.stdout
     assert _metrics(partial) == uninterrupted
+
+
+# ------------------------------------------------------------------ Ctrl-C in the other commands
+# pretrain, train-rm and dpo train one model each: Ctrl-C finishes the running step, saves the
+# model trained so far to --out (atomically; its metadata says where it stopped), prints one
+# line and exits 130.
+
+TRAINING_COMMANDS = {
+    "pretrain": ["pretrain", "--reviews", "2000", "--epochs", "200", "--n-layer", "1",
+                 "--n-head", "2", "--n-embd", "32", "--eval-samples", "8"],
+    "train-rm": ["train-rm", "--pairs", "64", "--heldout", "8", "--epochs", "500"],
+    "dpo": ["dpo", "--pairs", "32", "--batch", "4", "--epochs", "500", "--eval-samples", "8"],
+}
+KINDS = {"pretrain": "sft", "train-rm": "reward", "dpo": "sft"}
+
+
+def _after_first_step(proc, seconds=120) -> str:
+    """Read the progress bar on stderr until it shows a step done; what it read so far."""
+    seen, deadline = b"", time.time() + seconds
+    while not re.search(rb"\| *[1-9]\d*/\d+ ", seen):
+        assert time.time() < deadline and proc.poll() is None, seen.decode(errors="replace")
+        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if ready:
+            seen += os.read(proc.stderr.fileno(), 4096)
+    return seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("command", TRAINING_COMMANDS)
+def test_ctrl_c_saves_the_model_trained_so_far_and_exits_130(tmp_path, command):
+    out = tmp_path / "model.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_edu.cli", *TRAINING_COMMANDS[command],
+                             "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        seen = _after_first_step(proc)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=120)[1].decode(errors="replace")
+    finally:
+        proc.kill()
+    err = seen + rest
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    found = re.fullmatch(rf"rlhf-edu {command}: .* interrupted after step (\d+) of (\d+) "
+                         r"\(epoch (\d+)\); saved the model trained so far to "
+                         + re.escape(str(out)), last)
+    assert found, err
+    step, total, epoch = map(int, found.groups())
+    assert 1 <= step < total and epoch >= 1
+    state = safe_load(out)
+    assert state["kind"] == KINDS[command]
+    assert state["meta"]["interrupted"] == {"step": step, "of": total, "epoch": epoch}
+    load_pretrained(KINDS[command], out)  # the saved model loads
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left

@@ -22,7 +22,6 @@ from pathlib import Path
 from . import distributed, sharding
 from .advantages import METHODS, method
 from .models import CRITIC_MODES, NO_CRITIC
-from .ppo import VF_CLIP_MAX
 from .rewards import token_estimators
 from .rundir import RunDir, check
 from .validate import (
@@ -37,6 +36,7 @@ from .validate import (
     LR,
     SEED,
     TEMPERATURE,
+    VF_CLIP_MAX,
     WIDTH_MAX,
     check_field,
     check_fields,

@@ -37,7 +37,10 @@ from rlhf_edu.advantages import _masked_mean
 from rlhf_edu.model import entropy_from_logits
 from rlhf_edu.rewards import _check_estimator, _kl
 from rlhf_edu.validate import (
+    BETA_FLOOR,
+    CLIP_MIN,
     COEF_MAX,
+    VF_CLIP_MAX,
     check_float,
     check_floating,
     check_int,
@@ -63,14 +66,8 @@ __all__ = [
 # barely moves (FACTS.md); 1e4 is a thousand times that, and keeps beta * KL, c1 * value_loss
 # and c2 * entropy finite in fp32 for any term below 3e34, where a coefficient of 1e39
 # overflows fp32 at once (inf or NaN loss, which reads as "diverged").
-# The adaptive controller keeps beta in [BETA_FLOOR, COEF_MAX]: below 1e-6 the penalty is
-# invisible next to scores of order 1 in fp32 (eps 1.2e-7), and from there the controller
-# climbs back to 0.05 in about 60 updates; without a floor a long run under its target rounds
-# beta down to 0, where the multiplicative update keeps it forever.
-BETA_FLOOR = 1e-6
-# vf_clip is in the units of the values (rewards of order 1-10 here): 1e6 is beyond any value
-# difference, and None disables clipping; torch refuses a clip range fp32 cannot hold (3.4e38).
-VF_CLIP_MAX = 1e6
+# The adaptive controller keeps beta in [BETA_FLOOR, COEF_MAX]; vf_clip is at most VF_CLIP_MAX
+# (both in rlhf_edu.validate, with their reasons).
 
 
 def ppo_losses(
@@ -155,7 +152,7 @@ def _masked_inputs(tensors: dict[str, Tensor | None], mask: Tensor, clip: float,
                    vf_clip: float | None, kl_estimator: str) -> tuple[dict[str, Tensor], Tensor]:
     """`ppo_losses`' checks; the given tensors (None left out) set to 0 on padding, and the
     mask as bools."""
-    _at_most("clip", check_float("clip", clip, minimum=0, strict_min=True), 1,
+    _at_most("clip", check_float("clip", clip, minimum=CLIP_MIN), 1,
              "at eps >= 1 the lower bound 1 - eps clips no ratio")
     if vf_clip is not None:
         _at_most("vf_clip", check_float("vf_clip", vf_clip, minimum=0, strict_min=True),

@@ -153,6 +153,15 @@ toy models) falls under eps and the step shrinks towards nothing, silently"""
 CLIP_MIN = 1e-6
 """the smallest PPO ratio clip: float32 tells 1 + eps from 1 only above 1.2e-7, so a smaller
 clip rounds the clip range [1 - eps, 1 + eps] to [1, 1] and every ratio is clipped"""
+BETA_FLOOR = 1e-6
+"""the smallest beta the adaptive KL controller keeps: below 1e-6 the penalty is invisible
+next to scores of order 1 in float32 (eps 1.2e-7), and from there the controller climbs back
+to 0.05 in about 60 updates; without a floor a long run under its target rounds beta down to
+0, where the multiplicative update keeps it forever"""
+VF_CLIP_MAX = 1e6
+"""the largest value clip: vf_clip is in the units of the values (rewards of order 1-10
+here), so 1e6 is beyond any value difference (None disables clipping); torch refuses a clip
+range float32 cannot hold (3.4e38)"""
 BINS_MAX = 10_000
 """the most bins of a reliability diagram: 10 000 bins need millions of pairs to fill; the
 course reads 5-20"""

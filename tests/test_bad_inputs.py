@@ -91,7 +91,7 @@ CASES = [
     ("whitening an all-padding batch", lambda: whiten(Z, Z),
      ValueError, "no unmasked entries"),
     ("PPO clip of zero", lambda: ppo_losses(Z, Z, Z, Z, Z, Z, ONES, clip=0.0),
-     ValueError, "clip must be > 0, got 0"),
+     ValueError, "clip must be >= 1e-06, got 0"),
     ("unknown critic mode", lambda: PPOConfig(critic_mode="tiny"),
      ValueError, "PPOConfig.critic_mode must be one of 'auto', 'separate', 'shared', 'head', "
                  "'none', got 'tiny'"),

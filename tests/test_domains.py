@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from rlhf_edu import distributed, memory, plots, ppo, rundir, sharding, sharding_measure
+from rlhf_edu import distributed, memory, plots, ppo, rundir, sharding, sharding_measure, validate
 from rlhf_edu.checkpoint import atomic_save
 from rlhf_edu.memory import ModelSpec
 from rlhf_edu.model import GPT, TEMPERATURE_RANGE, GPTConfig
@@ -58,6 +58,7 @@ PPO_BAD = [
      ("state['value']", "<= 10000")),
     ("clip 1e308", lambda: _losses(clip=1e308), ("clip", "<= 1", "1e+308")),
     ("clip 1.5", lambda: _losses(clip=1.5), ("clip", "<= 1", "1.5")),
+    ("clip 1e-45", lambda: _losses(clip=1e-45), ("clip", "1e-45")),
     ("vf_clip 1e308", lambda: _losses(vf_clip=1e308), ("vf_clip", "<= 1e+06", "None")),
     ("vf_coef 1e308", lambda: total_loss(_losses(), vf_coef=1e308), ("vf_coef", "<= 10000")),
     ("ent_coef 1e39", lambda: total_loss(_losses(), ent_coef=1e39), ("ent_coef", "<= 10000")),
@@ -73,7 +74,7 @@ def test_ppo_domains(call, words):
 def test_ppo_edges_give_finite_results():
     assert math.copysign(1.0, FixedKLController(-0.0).value) == 1.0  # -0.0 is stored as 0.0
     assert FixedKLController(ppo.COEF_MAX).value == 1e4
-    for kw in (dict(clip=1.0), dict(clip=1e-45), dict(vf_clip=ppo.VF_CLIP_MAX),
+    for kw in (dict(clip=1.0), dict(clip=validate.CLIP_MIN), dict(vf_clip=ppo.VF_CLIP_MAX),
                dict(vf_clip=1e-45)):
         out = _losses(**kw)
         assert all(torch.isfinite(v).all() for v in out.values()), kw

@@ -234,8 +234,8 @@ def call_ppo(**overrides):
 
 
 BAD_INPUTS = [
-    (lambda: call_ppo(clip=0.0), r"clip must be > 0, got 0\.0"),
-    (lambda: call_ppo(clip=-0.2), r"clip must be > 0, got -0\.2"),
+    (lambda: call_ppo(clip=0.0), r"clip must be >= 1e-06, got 0\.0"),
+    (lambda: call_ppo(clip=-0.2), r"clip must be >= 1e-06, got -0\.2"),
     (lambda: call_ppo(vf_clip=-1.0), r"vf_clip must be > 0, got -1\.0"),
     (lambda: call_ppo(advantages=torch.zeros(2, 4)),
      r"advantages has shape \(2, 4\) but logprobs has shape \(2, 3\); they must match"),

@@ -257,7 +257,13 @@ def _launch(args: argparse.Namespace) -> int:
     log = args.run_dir / ("launch.log" if args.nnodes == 1 else
                           f"launch-node{args.node_rank}.log")
     with open(log, "w") as f:
-        code = subprocess.run(cmd, stderr=f).returncode
+        proc = subprocess.Popen(cmd, stderr=f)
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:  # the ranks got the Ctrl-C too: let them save and stop
+                continue
     if code == 0:
         return 0
     text = log.read_text(errors="replace")
@@ -464,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except KeyboardInterrupt as e:
         text = str(e).strip().splitlines()  # RunInterrupted says which step it saved
-        print(f"rlhf-edu {args.command}: {text[0] if text else 'interrupted'}", file=sys.stderr)
+        print(f"rlhf-edu {args.command}: {rank}{text[0] if text else 'interrupted'}",
+              file=sys.stderr)
         return 130
 
 

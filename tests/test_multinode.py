@@ -243,6 +243,76 @@ def test_a_failure_on_two_ranks_is_one_line_naming_the_log(tmp_path, launched):
     assert "rank 0:" in log and "rank 1:" in log  # every rank's own account is kept there
 
 
+# ------------------------------------------------------------------ the launcher, in-process
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1"],
+     "--node-rank 2: must be in [0, 2) for --nnodes 2"),
+    (["--nnodes", "2"], "--nnodes 2 needs --rdzv-endpoint HOST:PORT"),
+    (["--nnodes", "2", "--rdzv-endpoint", "h:70000"], "port in 1..65535, got 'h:70000'"),
+    (["--nnodes", "2", "--rdzv-endpoint", "h"], "must be HOST:PORT"),
+])
+def test_bad_launch_flags_are_one_line_before_anything_starts(tmp_path, capsys, flags,
+                                                               message):
+    from rlhf_edu.cli import main
+
+    assert main(["train", "--run-dir", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_torchrun_command_the_launcher_builds(tmp_path, monkeypatch):
+    import rlhf_edu.cli as cli
+
+    seen = {}
+
+    class Ran:
+        def __init__(self, cmd, **kwargs):
+            seen["cmd"] = cmd
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Ran)
+    run = tmp_path / "run"
+    argv = ["train", "--nnodes", "2", "--node-rank=1", "--rdzv-endpoint", "10.0.0.1:29400",
+            "--nproc", "4", "--max-restarts", "3", "--rdzv-timeout", "15", "--steps", "5",
+            "--run-dir", str(run)]
+    assert cli.main(argv) == 0
+    cmd = seen["cmd"]
+    module = cmd.index("-m", 2)
+    assert cmd[module + 1:] == ["rlhf_edu", "train", "--steps", "5", "--run-dir", str(run)]
+    from torch.distributed.run import get_args_parser
+
+    launch = get_args_parser().parse_args(cmd[3:])
+    assert (launch.nnodes, launch.node_rank, launch.nproc_per_node) == ("2", 1, "4")
+    assert (launch.rdzv_backend, launch.rdzv_endpoint) == ("c10d", "10.0.0.1:29400")
+    assert launch.rdzv_id == cli.distributed.default_rdzv_id(run) and launch.max_restarts == 3
+    assert launch.rdzv_conf == "join_timeout=15"
+    assert (run / "launch-node1.log").exists()
+
+
+def test_a_restart_resumes_only_the_run_its_own_launch_started(tmp_path, monkeypatch):
+    from rlhf_edu.distributed import mark_elastic_run, resumes_after_restart
+
+    env = {"TORCHELASTIC_RUN_ID": "job-1", "TORCHELASTIC_MAX_RESTARTS": "2", "RANK": "0",
+           "TORCHELASTIC_RESTART_COUNT": "0"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    mark_elastic_run(tmp_path)
+    assert not resumes_after_restart(tmp_path)  # a first attempt starts as asked
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert not resumes_after_restart(tmp_path)  # killed before it wrote anything: start
+    (tmp_path / "config.json").write_text("{}")
+    assert resumes_after_restart(tmp_path)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-2")  # another launch's run: not ours
+    assert not resumes_after_restart(tmp_path)
+    mark_elastic_run(tmp_path)  # a restart does not claim a run for its launch
+    assert (tmp_path / ".elastic").read_text().strip() == "job-1"
+
+
 # ------------------------------------------------------------------ the Slurm recipe
 
 SBATCH = Path(__file__).parent.parent / "examples" / "slurm" / "rlhf_edu_train.sbatch"

@@ -162,18 +162,18 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _worker(launcher: int, rank: int | None = None) -> int:
-    """The pid of a training worker below ``launcher`` (global ``rank`` if given)."""
+def _worker(launcher: int) -> int:
+    """The pid of a training worker below ``launcher`` (the rendezvous, not --node-rank,
+    decides its global rank: it may be rank 0, the one that writes the run directory)."""
     for pid in _descendants(launcher):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
         env = dict(e.decode(errors="replace").partition("=")[::2] for e in environ if e)
-        if "TORCHELASTIC_RUN_ID" in env and "RANK" in env and \
-                (rank is None or int(env["RANK"]) == rank):
+        if "TORCHELASTIC_RUN_ID" in env and "RANK" in env:
             return pid
-    raise AssertionError(f"no worker of rank {rank} below process {launcher}")
+    raise AssertionError(f"no worker below process {launcher}")
 
 
 def _saved_step(run: Path) -> int:
@@ -183,7 +183,7 @@ def _saved_step(run: Path) -> int:
         return 0
 
 
-def _kill_and_time(run: Path, launcher: int, rank: int | None, procs) -> float:
+def _kill_and_time(run: Path, launcher: int, procs) -> float:
     """SIGKILL a worker once the first checkpoint is saved; seconds until the restarted group
     has saved a step past the one it resumed from (it rewrites config.json when it claims the
     run directory, then loads the checkpoint there)."""
@@ -192,7 +192,7 @@ def _kill_and_time(run: Path, launcher: int, rank: int | None, procs) -> float:
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
             "the run ended before its first checkpoint"
         time.sleep(0.05)
-    os.kill(_worker(launcher, rank), signal.SIGKILL)
+    os.kill(_worker(launcher), signal.SIGKILL)
     killed = time.time()
     resumed_from = None
     while time.monotonic() < deadline and all(p.poll() is None for p in procs):
@@ -213,7 +213,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes(tmp_path, tmp_path_fac
         launched.append(_start(run, "--nproc", "2", "--max-restarts", "2"))
     else:
         launched += _nodes(run, "--max-restarts", "2")
-    cost = _kill_and_time(run, launched[-1].pid, None if nodes == 1 else 1, launched)
+    cost = _kill_and_time(run, launched[-1].pid, launched)  # a worker of the last node
     print(f"\n{nodes} node(s): kill -> next checkpoint after resuming: {cost:.1f} s")
     results = _finish(launched)
     for code, _, err in results:

@@ -281,8 +281,12 @@ def _train(args: argparse.Namespace) -> int:
     world = args.nnodes * args.nproc if launcher else int(os.environ["WORLD_SIZE"])
     # a group torchrun restarted after losing a worker continues its own run by itself
     args.resume = args.resume or distributed.resumes_after_restart(args.run_dir)
-    resume_step = preflight(config, world, nproc=args.nproc, run_dir=args.run_dir,
-                            resume=args.resume)
+    try:
+        resume_step = preflight(config, world, nproc=args.nproc, run_dir=args.run_dir,
+                                resume=args.resume)
+    except ValueError:
+        distributed.forget_elastic_run(args.run_dir)  # its restarts must refuse it too
+        raise
     if resume_step is not None and args.steps < resume_step:
         raise ValueError(f"--steps {args.steps}: the run in {str(args.run_dir)!r} has already "
                          f"taken {resume_step} steps; ask for more to continue it")

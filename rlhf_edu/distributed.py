@@ -294,6 +294,22 @@ def mark_elastic_run(run_dir: str | os.PathLike) -> None:
         (Path(run_dir) / ELASTIC_MARKER).write_text(run_id + "\n")
 
 
+def forget_elastic_run(run_dir: str | os.PathLike) -> None:
+    """In rank 0 of a first attempt whose checks refused the run directory: drop a note an
+    earlier launch with the same rendezvous id left there, so this launch's restarts refuse
+    it too instead of resuming a run they did not start."""
+    from pathlib import Path
+
+    marker = Path(run_dir) / ELASTIC_MARKER
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    try:
+        if restart_count() == 0 and os.environ.get("RANK") == "0" and run_id and \
+                marker.read_text().strip() == run_id:
+            marker.unlink()
+    except OSError:
+        pass
+
+
 def resumes_after_restart(run_dir: str | os.PathLike) -> bool:
     """Whether this worker is a torchrun restart of the launch that started the run in
     ``run_dir`` (then it continues that run from its last checkpoint by itself)."""

@@ -279,21 +279,28 @@ def _train(args: argparse.Namespace) -> int:
     distributed.check_launch(args.nnodes, args.node_rank, args.rdzv_endpoint)
     launcher = "WORLD_SIZE" not in os.environ
     world = args.nnodes * args.nproc if launcher else int(os.environ["WORLD_SIZE"])
+    restarted = False
+    if not launcher:  # the ranks meet first: whether they are a restart is decided together
+        distributed.init_from_env(config.device)
+        restarted = distributed.group_restarted()
     # a group torchrun restarted after losing a worker continues its own run by itself
-    args.resume = args.resume or distributed.resumes_after_restart(args.run_dir)
+    args.resume = args.resume or distributed.resumes_after_restart(args.run_dir, restarted)
     try:
         resume_step = preflight(config, world, nproc=args.nproc, run_dir=args.run_dir,
                                 resume=args.resume)
     except ValueError:
-        distributed.forget_elastic_run(args.run_dir)  # its restarts must refuse it too
+        distributed.forget_elastic_run(args.run_dir, restarted)  # its restarts refuse it too
         raise
     if resume_step is not None and args.steps < resume_step:
         raise ValueError(f"--steps {args.steps}: the run in {str(args.run_dir)!r} has already "
                          f"taken {resume_step} steps; ask for more to continue it")
     if resume_step is not None and args.steps == resume_step:
-        print(f"the run in {args.run_dir} has already taken {resume_step} steps: nothing to do")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"the run in {args.run_dir} has already taken {resume_step} steps: "
+                  "nothing to do")
+        distributed.shutdown()
         return 0
-    distributed.mark_elastic_run(args.run_dir)  # a restart of this launch may resume the run
+    distributed.mark_elastic_run(args.run_dir, restarted)  # a restart may resume the run
     if launcher and (world > 1 or args.max_restarts > 0 or args.rdzv_endpoint):
         return _launch(args)
     return _run_training(config, args)

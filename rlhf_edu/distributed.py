@@ -95,8 +95,49 @@ def init_from_env(device: str = "auto") -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         check_nproc(int(os.environ.get("LOCAL_WORLD_SIZE", world)), device)
         backend = "nccl" if local_device(device).type == "cuda" else "gloo"
-        dist.init_process_group(backend)
+        if restart_count() > 0 or "TORCHELASTIC_RUN_ID" in os.environ and \
+                int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0:
+            dist.init_process_group(backend, store=_fresh_store(), rank=int(os.environ["RANK"]),
+                                    world_size=world)
+        else:
+            dist.init_process_group(backend)
     return rank_and_world()
+
+
+def _fresh_store(timeout: float = 600.0):
+    """A store of this attempt's own, hosted by its rank 0, for a group torchrun may restart.
+
+    torchrun's store outlives a restart with the previous attempt's keys in it, so a rank
+    that starts before the new rank 0 can read the dead rank 0's address and fail to connect
+    (gloo gives up after three tries, which costs the launch a restart). Here rank 0 publishes
+    the address of a new store; a rank that finds a dead one (refused) reads the key again.
+    """
+    import socket
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    shared = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                           is_master=False, timeout=timedelta(seconds=timeout))
+    key = f"rlhf_edu/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/store"
+    if rank == 0:
+        store = dist.TCPStore(socket.getfqdn(), 0, world, is_master=True,
+                              timeout=timedelta(seconds=timeout), wait_for_workers=False)
+        shared.set(key, f"{socket.getfqdn()}:{store.port}")
+        return store
+    deadline = time.monotonic() + timeout
+    while True:
+        shared.wait([key])
+        host, port = shared.get(key).decode().rsplit(":", 1)
+        try:
+            return dist.TCPStore(host, int(port), world, is_master=False,
+                                 timeout=timedelta(seconds=5))
+        except (RuntimeError, TimeoutError) as e:  # the previous attempt's rank 0: gone
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rank 0's store at {host}:{port} did not answer") from e
+            time.sleep(0.2)
 
 
 def check_process_group(requested: str, device: torch.device) -> None:
@@ -281,20 +322,20 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
-def mark_elastic_run(run_dir: str | os.PathLike) -> None:
+def mark_elastic_run(run_dir: str | os.PathLike, restarted: bool) -> None:
     """In rank 0 of a first attempt that torchrun may restart (checks passed, nothing trained
     yet): note this launch in the run directory, so a restarted group knows the run there is
     its own to resume, and a later launch does not take it for its own."""
     from pathlib import Path
 
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    if restart_count() == 0 and run_id and os.environ.get("RANK") == "0" and \
+    if not restarted and run_id and os.environ.get("RANK") == "0" and \
             int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / ELASTIC_MARKER).write_text(run_id + "\n")
 
 
-def forget_elastic_run(run_dir: str | os.PathLike) -> None:
+def forget_elastic_run(run_dir: str | os.PathLike, restarted: bool) -> None:
     """In rank 0 of a first attempt whose checks refused the run directory: drop a note an
     earlier launch with the same rendezvous id left there, so this launch's restarts refuse
     it too instead of resuming a run they did not start."""
@@ -303,19 +344,33 @@ def forget_elastic_run(run_dir: str | os.PathLike) -> None:
     marker = Path(run_dir) / ELASTIC_MARKER
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     try:
-        if restart_count() == 0 and os.environ.get("RANK") == "0" and run_id and \
+        if not restarted and os.environ.get("RANK") == "0" and run_id and \
                 marker.read_text().strip() == run_id:
             marker.unlink()
     except OSError:
         pass
 
 
-def resumes_after_restart(run_dir: str | os.PathLike) -> bool:
-    """Whether this worker is a torchrun restart of the launch that started the run in
-    ``run_dir`` (then it continues that run from its last checkpoint by itself)."""
+def group_restarted() -> bool:
+    """Whether this group of ranks is a torchrun restart: any rank's node counted a restart.
+    (Each node counts its own: a node whose workers were restarted because another node lost
+    one does not count it.) Call it in every rank, in a process group."""
+    import torch.distributed as dist
+
+    counts = [0] * rank_and_world()[1]
+    if dist.is_available() and dist.is_initialized():
+        dist.all_gather_object(counts, restart_count())
+    else:
+        counts = [restart_count()]
+    return max(counts) > 0
+
+
+def resumes_after_restart(run_dir: str | os.PathLike, restarted: bool) -> bool:
+    """Whether this group is a torchrun restart (``restarted``) of the launch that started
+    the run in ``run_dir`` (then it continues that run from its last checkpoint by itself)."""
     from pathlib import Path
 
-    if restart_count() == 0:
+    if not restarted:
         return False
     try:
         marker = (Path(run_dir) / ELASTIC_MARKER).read_text().strip()

@@ -297,27 +297,23 @@ def test_the_torchrun_command_the_launcher_builds(tmp_path, monkeypatch):
 def test_a_restart_resumes_only_the_run_its_own_launch_started(tmp_path, monkeypatch):
     from rlhf_edu.distributed import forget_elastic_run, mark_elastic_run, resumes_after_restart
 
-    env = {"TORCHELASTIC_RUN_ID": "job-1", "TORCHELASTIC_MAX_RESTARTS": "2", "RANK": "0",
-           "TORCHELASTIC_RESTART_COUNT": "0"}
+    env = {"TORCHELASTIC_RUN_ID": "job-1", "TORCHELASTIC_MAX_RESTARTS": "2", "RANK": "0"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    mark_elastic_run(tmp_path)
-    assert not resumes_after_restart(tmp_path)  # a first attempt starts as asked
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert not resumes_after_restart(tmp_path)  # killed before it wrote anything: start
+    mark_elastic_run(tmp_path, restarted=False)
+    assert not resumes_after_restart(tmp_path, restarted=False)  # a first attempt: as asked
+    assert not resumes_after_restart(tmp_path, True)  # killed before it wrote anything: start
     (tmp_path / "config.json").write_text("{}")
-    assert resumes_after_restart(tmp_path)
+    assert resumes_after_restart(tmp_path, True)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-2")  # another launch's run: not ours
-    assert not resumes_after_restart(tmp_path)
-    mark_elastic_run(tmp_path)  # a restart does not claim a run for its launch
+    assert not resumes_after_restart(tmp_path, True)
+    mark_elastic_run(tmp_path, restarted=True)  # a restart does not claim a run for its launch
     assert (tmp_path / ".elastic").read_text().strip() == "job-1"
     # a later launch that reuses the id "job-1" is refused the directory (no --resume): its
     # first attempt drops the old note, so its restarts do not resume the earlier run
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
-    forget_elastic_run(tmp_path)
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert not resumes_after_restart(tmp_path)
+    forget_elastic_run(tmp_path, restarted=False)
+    assert not resumes_after_restart(tmp_path, True)
 
 
 # ------------------------------------------------------------------ the Slurm recipe

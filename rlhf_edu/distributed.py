@@ -131,9 +131,11 @@ def _fresh_store(timeout: float = 600.0):
     while True:
         shared.wait([key])
         host, port = shared.get(key).decode().rsplit(":", 1)
-        try:
-            return dist.TCPStore(host, int(port), world, is_master=False,
-                                 timeout=timedelta(seconds=5))
+        try:  # a live store answers at once; a dead one is retried until this timeout
+            store = dist.TCPStore(host, int(port), world, is_master=False,
+                                  timeout=timedelta(seconds=1))
+            store.set_timeout(timedelta(seconds=timeout))
+            return store
         except (RuntimeError, TimeoutError) as e:  # the previous attempt's rank 0: gone
             if time.monotonic() > deadline:
                 raise RuntimeError(f"rank 0's store at {host}:{port} did not answer") from e

@@ -63,11 +63,19 @@ def _finish(procs, limit=TIMEOUT):
 
 
 def _kill_all(procs) -> None:
+    """Kill each launcher's process group and every process below it (torchrun starts its
+    workers in sessions of their own, out of the launcher's group)."""
     for p in procs:
+        below = _descendants(p.pid)
         try:
             os.killpg(p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for pid in below:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         p.wait()
 
 

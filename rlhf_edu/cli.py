@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -238,37 +239,81 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch(nproc: int, argv: list[str]) -> int:
-    """Re-run this command under torchrun with ``nproc`` processes (DDP; gloo on CPU)."""
+LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint", "--rdzv-id",
+                "--rdzv-timeout", "--max-restarts")
+"""the flags of ``rlhf-edu train`` that say how to launch it, not what to train"""
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """Re-run this command under torchrun: ``--nproc`` processes on this node (DDP or FSDP2;
+    gloo on CPU), one node of ``--nnodes``, restarted up to ``--max-restarts`` times.
+
+    The ranks' stdout stays on the console (rank 0 prints the summary); their stderr and
+    torchrun's own report go to ``launch.log`` in the run directory, and a failure is told
+    in one line naming the rank, its exit code and that file.
+    """
     import subprocess
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "rlhf_edu.cli", *argv]
-    return subprocess.run(cmd).returncode
+    argv, skip = [], False
+    for a in args.argv:  # the same command, minus the launcher's flags
+        if not skip and a.split("=")[0] not in LAUNCH_FLAGS:
+            argv.append(a)
+        skip = not skip and a in LAUNCH_FLAGS
+    cmd = distributed.torchrun_command(
+        args.nproc, argv, nnodes=args.nnodes, node_rank=args.node_rank,
+        endpoint=args.rdzv_endpoint,
+        rdzv_id=args.rdzv_id or distributed.default_rdzv_id(args.run_dir),
+        max_restarts=args.max_restarts, join_timeout=args.rdzv_timeout)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    log = args.run_dir / ("launch.log" if args.nnodes == 1 else
+                          f"launch-node{args.node_rank}.log")
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stderr=f)
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:  # the ranks got the Ctrl-C too: let them save and stop
+                continue
+    if code == 0:
+        return 0
+    text = log.read_text(errors="replace")
+    line, code = distributed.describe_failure(text, code, log)
+    print(f"rlhf-edu train: {line}", file=sys.stderr)
+    return code
 
 
 def _train(args: argparse.Namespace) -> int:
-    import os
-
     config = config_from_args(args)
     # bad input fails here, in one process, before any work or any torchrun starts; inside
-    # the ranks torchrun launched, --nproc is gone and WORLD_SIZE gives the count
-    world = int(os.environ.get("WORLD_SIZE", args.nproc))
-    resume_step = preflight(config, world, nproc=args.nproc, run_dir=args.run_dir,
-                            resume=args.resume)
+    # the ranks torchrun launched, the launcher's flags are gone and WORLD_SIZE gives the count
+    distributed.check_launch(args.nnodes, args.node_rank, args.rdzv_endpoint)
+    launcher = "WORLD_SIZE" not in os.environ
+    world = args.nnodes * args.nproc if launcher else int(os.environ["WORLD_SIZE"])
+    restarted = False
+    if not launcher:  # the ranks meet first: whether they are a restart is decided together
+        distributed.init_from_env(config.device)
+        restarted = distributed.group_restarted()
+    # a group torchrun restarted after losing a worker continues its own run by itself
+    args.resume = args.resume or distributed.resumes_after_restart(args.run_dir, restarted)
+    try:
+        resume_step = preflight(config, world, nproc=args.nproc, run_dir=args.run_dir,
+                                resume=args.resume)
+    except ValueError:
+        distributed.forget_elastic_run(args.run_dir, restarted)  # its restarts refuse it too
+        raise
     if resume_step is not None and args.steps < resume_step:
         raise ValueError(f"--steps {args.steps}: the run in {str(args.run_dir)!r} has already "
                          f"taken {resume_step} steps; ask for more to continue it")
     if resume_step is not None and args.steps == resume_step:
-        print(f"the run in {args.run_dir} has already taken {resume_step} steps: nothing to do")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"the run in {args.run_dir} has already taken {resume_step} steps: "
+                  "nothing to do")
+        distributed.shutdown()
         return 0
-    if args.nproc > 1:  # the same command, minus --nproc, in each of nproc processes
-        argv, skip = [], False
-        for a in args.argv:
-            if not skip and not a.startswith("--nproc"):
-                argv.append(a)
-            skip = a == "--nproc"
-        return _launch(args.nproc, argv)
+    distributed.mark_elastic_run(args.run_dir, restarted)  # a restart may resume the run
+    if launcher and (world > 1 or args.max_restarts > 0 or args.rdzv_endpoint):
+        return _launch(args)
     return _run_training(config, args)
 
 
@@ -359,7 +404,24 @@ def _add_train(sub) -> None:
                    help="PPO steps to run (default: %(default)s)")
     add_config_flags(p, PPOConfig)
     p.add_argument("--nproc", type=integer(1), default=1,
-                   help="data-parallel processes (re-launches under torchrun; gloo on CPU)")
+                   help="data-parallel processes on this node (re-launches under torchrun; "
+                        "gloo on CPU)")
+    p.add_argument("--nnodes", type=integer(1), default=1,
+                   help="machines taking part; start the same command on each with its "
+                        "--node-rank (default: %(default)s)")
+    p.add_argument("--node-rank", type=integer(0), default=0,
+                   help="this machine's number, 0 .. nnodes-1 (default: %(default)s)")
+    p.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                   help="where the nodes meet (c10d rendezvous): node 0's address and a free port")
+    p.add_argument("--rdzv-id", default=None,
+                   help="the job's rendezvous id, the same on every node (default: derived from "
+                        "--run-dir)")
+    p.add_argument("--rdzv-timeout", type=integer(1), default=None, metavar="SECONDS",
+                   help="how long a node waits for the others to join (default: torchrun's, "
+                        "600)")
+    p.add_argument("--max-restarts", type=integer(0), default=0,
+                   help="times torchrun restarts the group after a worker dies; the restarted "
+                        "ranks resume from the last checkpoint (default: %(default)s)")
     p.add_argument("--run-dir", type=run_dir, default=Path("runs/latest"),
                    help="where metrics.jsonl, training.png and checkpoint.pt go "
                         "(default: %(default)s)")
@@ -410,20 +472,28 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(argv) if argv is not None else sys.argv[1:]
     args = parser.parse_args(argv)
     args.argv = argv
+    # a rank torchrun launched names itself, so the launcher can say which one failed
+    rank = f"rank {os.environ['RANK']}: " if "TORCHELASTIC_RUN_ID" in os.environ else ""
     try:
         distributed.configure_threads(args.threads)
         return args.func(args)
     except (ValueError, FloatingPointError) as e:  # bad input: one readable line
-        print(f"rlhf-edu {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"rlhf-edu {args.command}: {rank}error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # the file system said no: a full disk, a read-only folder, ...
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"rlhf-edu {args.command}: error: {e.strerror or _one_line(e)}{where}",
+        print(f"rlhf-edu {args.command}: {rank}error: {e.strerror or _one_line(e)}{where}",
               file=sys.stderr)
         return 1
+    except Exception as e:  # a rank's unexpected error: its line for the launcher, then raise
+        if rank:
+            print(f"rlhf-edu {args.command}: {rank}{type(e).__name__}: {_one_line(e)}",
+                  file=sys.stderr, flush=True)
+        raise
     except KeyboardInterrupt as e:
         text = str(e).strip().splitlines()  # RunInterrupted says which step it saved
-        print(f"rlhf-edu {args.command}: {text[0] if text else 'interrupted'}", file=sys.stderr)
+        print(f"rlhf-edu {args.command}: {rank}{text[0] if text else 'interrupted'}",
+              file=sys.stderr)
         return 130
 
 

@@ -16,6 +16,7 @@ The methods (``advantage_estimator``) come from the method table,
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -264,7 +265,9 @@ def preflight(config: PPOConfig, world: int, *, nproc: int | None = None,
     distributed.resolve_placement(config.placement, distributed.select_device(config.device))
     if run_dir is None:
         return None
-    pid = RunDir(run_dir).busy()
+    # one process probes the lock (a launcher, or global rank 0): two ranks probing it at the
+    # same moment would each find it held by the other
+    pid = RunDir(run_dir).busy() if os.environ.get("RANK", "0") == "0" else None
     if pid is not None:
         raise ValueError(f"run directory {str(run_dir)!r} is in use by another run "
                          f"(process {pid}); wait for it to end or choose another --run-dir")

@@ -122,8 +122,51 @@ def init_from_env(device: str = "auto") -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         check_nproc(env_int("LOCAL_WORLD_SIZE", world, minimum=1), device)
         backend = "nccl" if local_device(device).type == "cuda" else "gloo"
-        dist.init_process_group(backend)
+        if restart_count() > 0 or "TORCHELASTIC_RUN_ID" in os.environ and \
+                int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0:
+            dist.init_process_group(backend, store=_fresh_store(), rank=int(os.environ["RANK"]),
+                                    world_size=world)
+        else:
+            dist.init_process_group(backend)
     return rank_and_world()
+
+
+def _fresh_store(timeout: float = 600.0):
+    """A store of this attempt's own, hosted by its rank 0, for a group torchrun may restart.
+
+    torchrun's store outlives a restart with the previous attempt's keys in it, so a rank
+    that starts before the new rank 0 can read the dead rank 0's address and fail to connect
+    (gloo gives up after three tries, which costs the launch a restart). Here rank 0 publishes
+    the address of a new store; a rank that finds a dead one (refused) reads the key again.
+    """
+    import socket
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    shared = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                           is_master=False, timeout=timedelta(seconds=timeout))
+    key = f"rlhf_edu/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/store"
+    if rank == 0:
+        store = dist.TCPStore(socket.getfqdn(), 0, world, is_master=True,
+                              timeout=timedelta(seconds=timeout), wait_for_workers=False)
+        shared.set(key, f"{socket.getfqdn()}:{store.port}")
+        return store
+    deadline = time.monotonic() + timeout
+    while True:
+        shared.wait([key])
+        host, port = shared.get(key).decode().rsplit(":", 1)
+        try:  # a live store answers at once; a dead one is retried until this timeout
+            store = dist.TCPStore(host, int(port), world, is_master=False,
+                                  timeout=timedelta(seconds=1))
+            store.set_timeout(timedelta(seconds=timeout))
+            return store
+        except (RuntimeError, TimeoutError) as e:  # the previous attempt's rank 0: gone
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rank 0's store at {host}:{port} did not answer") from e
+            time.sleep(0.2)
 
 
 def check_process_group(requested: str, device: torch.device) -> None:
@@ -243,3 +286,151 @@ def to_bf16(module: torch.nn.Module) -> torch.nn.Module:
     for p in module.parameters():
         p.data = p.data.to(torch.bfloat16)
     return module
+
+
+# ---------------------------------------------------------------- launching (torchrun)
+# ``rlhf-edu train --nproc N`` (and ``--nnodes``) re-runs itself under torchrun; torchrun also
+# restarts a group that lost a worker (``--max-restarts``). These helpers build its command
+# line, read what it tells a worker about restarts, and turn a failed group into one line.
+
+ELASTIC_MARKER = ".elastic"
+"""file in a run directory naming the torchrun launch (its rendezvous id) that started it"""
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` → ``(host, port)``; ``ValueError`` in one line otherwise."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"--rdzv-endpoint must be HOST:PORT with a port in 1..65535, "
+                         f"got {text!r}")
+    return host, int(port)
+
+
+def check_launch(nnodes: int, node_rank: int, endpoint: str | None) -> None:
+    """Raise ``ValueError`` unless the multi-node flags describe one node of ``nnodes``."""
+    if not 0 <= node_rank < nnodes:
+        raise ValueError(f"--node-rank {node_rank}: must be in [0, {nnodes}) for --nnodes "
+                         f"{nnodes}")
+    if nnodes > 1 and endpoint is None:
+        raise ValueError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT (node 0's address, "
+                         "where the nodes meet)")
+    if endpoint is not None:
+        parse_endpoint(endpoint)
+
+
+def default_rdzv_id(run_dir: str | os.PathLike) -> str:
+    """A rendezvous id every node derives alike from the run directory as written."""
+    import hashlib
+
+    digest = hashlib.sha1(os.path.normpath(str(run_dir)).encode()).hexdigest()[:12]
+    return f"rlhf-edu-{digest}"
+
+
+def torchrun_command(nproc: int, argv: list[str], *, nnodes: int = 1, node_rank: int = 0,
+                     endpoint: str | None = None, rdzv_id: str | None = None,
+                     max_restarts: int = 0, join_timeout: int | None = None) -> list[str]:
+    """The torchrun command that runs ``rlhf-edu <argv>`` in ``nproc`` processes on this node,
+    one node of ``nnodes`` (c10d rendezvous at ``endpoint``), restarted up to ``max_restarts``
+    times; ``join_timeout``: seconds a node waits for the others."""
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if nnodes == 1 and endpoint is None:
+        cmd.append("--standalone")
+    else:
+        cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}"]
+    cmd.append(f"--max-restarts={max_restarts}")
+    if join_timeout is not None:
+        cmd.append(f"--rdzv-conf=join_timeout={join_timeout}")
+    return [*cmd, "-m", "rlhf_edu", *argv]
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this worker's group (0: the first attempt)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def mark_elastic_run(run_dir: str | os.PathLike, restarted: bool) -> None:
+    """In rank 0 of a first attempt that torchrun may restart (checks passed, nothing trained
+    yet): note this launch in the run directory, so a restarted group knows the run there is
+    its own to resume, and a later launch does not take it for its own."""
+    from pathlib import Path
+
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not restarted and run_id and os.environ.get("RANK") == "0" and \
+            int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / ELASTIC_MARKER).write_text(run_id + "\n")
+
+
+def forget_elastic_run(run_dir: str | os.PathLike, restarted: bool) -> None:
+    """In rank 0 of a first attempt whose checks refused the run directory: drop a note an
+    earlier launch with the same rendezvous id left there, so this launch's restarts refuse
+    it too instead of resuming a run they did not start."""
+    from pathlib import Path
+
+    marker = Path(run_dir) / ELASTIC_MARKER
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    try:
+        if not restarted and os.environ.get("RANK") == "0" and run_id and \
+                marker.read_text().strip() == run_id:
+            marker.unlink()
+    except OSError:
+        pass
+
+
+def group_restarted() -> bool:
+    """Whether this group of ranks is a torchrun restart: any rank's node counted a restart.
+    (Each node counts its own: a node whose workers were restarted because another node lost
+    one does not count it.) Call it in every rank, in a process group."""
+    import torch.distributed as dist
+
+    counts = [0] * rank_and_world()[1]
+    if dist.is_available() and dist.is_initialized():
+        dist.all_gather_object(counts, restart_count())
+    else:
+        counts = [restart_count()]
+    return max(counts) > 0
+
+
+def resumes_after_restart(run_dir: str | os.PathLike, restarted: bool) -> bool:
+    """Whether this group is a torchrun restart (``restarted``) of the launch that started
+    the run in ``run_dir`` (then it continues that run from its last checkpoint by itself)."""
+    from pathlib import Path
+
+    if not restarted:
+        return False
+    try:
+        marker = (Path(run_dir) / ELASTIC_MARKER).read_text().strip()
+    except OSError:
+        return False
+    started = any((Path(run_dir) / name).exists() for name in ("config.json", "checkpoint.pt"))
+    return started and marker == os.environ.get("TORCHELASTIC_RUN_ID")
+
+
+def describe_failure(log: str, code: int, log_path: str | os.PathLike) -> tuple[str, int]:
+    """One line for a torchrun launch that ended with ``code``, from its log: which rank
+    failed (rank 0's error if it has one, else torchrun's first observed failure), its exit
+    code, and where the full log is; and the exit code to end with (that rank's)."""
+    import re
+
+    errors = dict(re.findall(r"^rlhf-edu \w[\w-]*: rank (\d+): (.*)$", log, re.M))
+    codes = dict(re.findall(r"rank\s*: (\d+) \(local_rank.*\n\s*exitcode\s*: (-?\d+)", log))
+    first = re.search(r"Root Cause.*?rank\s*: (\d+)", log, re.S)
+    if "RendezvousTimeoutError" in log or "RendezvousClosedError" in log:
+        what = "the nodes did not all join the rendezvous in time (is every node started?)"
+        return f"torchrun failed (exit code {code}): {what}; full log: {log_path}", code
+    # rank 0's own error, unless torchrun stopped it (a signal) because another rank failed
+    # first: then that one's
+    candidates = ["0"] if "0" in errors and int(codes.get("0", 1)) > 0 else []
+    candidates += [first.group(1)] if first else []
+    rank = next(iter(candidates + list(errors)), None)
+    if rank is None:
+        last = [line.strip() for line in log.splitlines() if line.strip()]
+        what = last[-1] if last else "no output"
+        return f"torchrun failed (exit code {code}): {what}; full log: {log_path}", code
+    rank_code = int(codes.get(rank, code))
+    what = errors.get(rank, "see the log")
+    return (f"rank {rank} failed (exit code {rank_code}): {what}; full log: {log_path}",
+            rank_code if rank_code > 0 else code)

@@ -250,19 +250,47 @@ def compute(args: argparse.Namespace, actor: Actor, prompt_ids: list[int],
         act = actor.eval()(tokens, valid, P, args.actor_temperature)  # logprobs (1, T)
         ref = reference(tokens, valid, P)  # temperature 1
         score = reward(tokens, valid)  # (1,) z-normalised
-        kls = {k: kl_penalty(act.logprobs, ref.logprobs, k, mask=mask) for k in ESTIMATORS}
-        exact = kl_penalty(act.logits, ref.logits, "full", mask=mask)  # (1, T)
-        totals = {k: compute_rewards(score, act.logprobs, ref.logprobs, mask, args.beta, k).sum()
-                  for k in ESTIMATORS}
+        try:
+            kls = {k: kl_penalty(act.logprobs, ref.logprobs, k, mask=mask) for k in ESTIMATORS}
+            exact = kl_penalty(act.logits, ref.logits, "full", mask=mask)  # (1, T)
+            totals = {k: compute_rewards(score, act.logprobs, ref.logprobs, mask, args.beta,
+                                         k).sum() for k in ESTIMATORS}
+        except ValueError as e:  # a term overflowed: name the token and the input behind it
+            if "overflowed" not in str(e):
+                raise
+            raise overflow_error(args, ids, P, act.logprobs, ref.logprobs) from e
     return Terms(ids, P, act.logprobs, ref.logprobs, score, kls, exact, totals)
+
+
+def _cause(args: argparse.Namespace) -> tuple[str, str]:
+    """The input behind an overflow, and a hint."""
+    if args.actor_temperature != 1:
+        return f"--actor-temperature {args.actor_temperature:g}", "; choose a value nearer 1"
+    return f"--actor {args.actor}", ""
+
+
+def overflow_error(args: argparse.Namespace, ids: list[int], P: int, logprobs: torch.Tensor,
+                   ref_logprobs: torch.Tensor) -> UsageError:
+    """The first token whose KL term overflows float32, found by scoring the tokens one at a
+    time with ``kl_penalty`` (which refuses an overflowing result), and the input behind it."""
+    cause, hint = _cause(args)
+    tok = Tokenizer()
+    for k in ESTIMATORS:
+        for i in range(logprobs.size(1)):
+            try:
+                kl_penalty(logprobs[:, i:i + 1], ref_logprobs[:, i:i + 1], k)
+            except ValueError:
+                return UsageError(f"{k} of token {i} {tok.vocab[ids[P + i]]!r} overflows "
+                                  f"float32 (logp {float(logprobs[0, i]):.4g} vs ref_logp "
+                                  f"{float(ref_logprobs[0, i]):.4g}): caused by {cause}{hint}")
+    return UsageError(f"beta x KL overflows float32 at --beta {args.beta:g}: caused by --beta; "
+                      "choose a smaller one")
 
 
 def check_finite(args: argparse.Namespace, t: Terms) -> None:
     """``UsageError`` naming the input whose value made a term overflow (inf or NaN)."""
     tok = Tokenizer()
-    cause = (f"--actor-temperature {args.actor_temperature:g}" if args.actor_temperature != 1
-             else f"--actor {args.actor}")
-    hint = "; choose a value nearer 1" if args.actor_temperature != 1 else ""
+    cause, hint = _cause(args)
     for k in (*ESTIMATORS, "exact"):
         row = t.exact[0] if k == "exact" else t.kls[k][0]
         bad = (~torch.isfinite(row)).nonzero().flatten().tolist()

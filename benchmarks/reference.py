@@ -14,7 +14,7 @@ penalty uses (``kl``) and the KL to the SFT model (``kl_sft``): for ``frozen`` a
 the reference *is* the SFT model, so ``kl_sft`` is ``kl``; for ``moving`` the trainer measures
 it against a frozen SFT copy kept for that purpose.
 
-    python benchmarks/reference.py [--steps 80] [--every 10] [--seeds 0 1 2] [--jobs 2]
+    python benchmarks/reference.py [--steps 80] [--every 10] [--seeds 0 1 2] [--jobs 3]
 
 Writes ``rlhf_edu/data/reference.json`` (4 decimals) after every run; ``--jobs`` runs that
 many processes side by side, one thread each. Notebook 5 and Exercise 11 read the file;
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10,
                         help="the moving reference copies the actor every this many steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--jobs", type=int, default=2, help="runs side by side")
+    parser.add_argument("--jobs", type=int, default=3, help="runs side by side")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     table = variants(args.every)

@@ -51,16 +51,18 @@ def test_frozen_rises_with_bounded_kl(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_moving_reference_hides_a_drift_that_keeps_growing(seed):
+def test_moving_reference_hides_a_larger_drift(seed):
     assert last10("moving", seed, "kl") < 0.3  # what the penalty sees
-    assert last10("moving", seed, "kl_sft") > last10("frozen", seed, "kl_sft")
-    assert last10("moving", seed, "kl_sft") - mid10("moving", seed, "kl_sft") > 0.5
+    assert last10("moving", seed, "kl_sft") > 1.3 * last10("frozen", seed, "kl_sft")
+    assert last10("moving", seed, "gold_score") < last10("frozen", seed, "gold_score") + 0.02
+    assert last10("moving", seed, "kl_sft") < last10("none", seed, "kl_sft") / 3
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_no_reference_runs_away(seed):
     assert last10("none", seed, "kl_sft") > 5 * last10("frozen", seed, "kl_sft")
     assert last10("none", seed, "gold_score") < last10("frozen", seed, "gold_score")
+    assert last10("none", seed, "gold_score") < first("none", seed, "gold_score")
 
 
 def test_the_figure_has_a_band_per_variant():

@@ -803,6 +803,9 @@ def plot_reference_runs(data: dict, window: int = 5,
             color = REFERENCE_COLORS.get(name)
             ax.plot(b["x"], b["mean"], color=color, label=f"{name} ({len(histories)} seeds)")
             ax.fill_between(b["x"], b["lo"], b["hi"], color=color, alpha=0.2, lw=0)
+        if key.startswith("kl"):  # none's tens of nats beside frozen's and moving's few
+            ax.set_yscale("symlog", linthresh=1.0)
+            label += " (symlog)"
         ax.set_title(label, fontsize=TITLE_SIZE)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

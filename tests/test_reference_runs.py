@@ -88,3 +88,15 @@ def test_ref_reset_every_copies_the_actor_and_measures_kl_to_sft():
 def test_ref_reset_every_is_checked():
     with pytest.raises(ValueError, match="ref_reset_every"):
         PPOConfig(ref_reset_every=-1)
+
+
+def test_a_moved_reference_is_saved_and_resumed(tmp_path):
+    cfg = PPOConfig(batch_size=8, response_len=6, minibatches=2, seed=0, ref_reset_every=2)
+    whole = RLHFTrainer(cfg).train(4, progress=False)
+    first_part = RLHFTrainer(cfg, run_dir=tmp_path)
+    first_part.train(3, progress=False)
+    first_part.close()
+    resumed = RLHFTrainer(cfg, run_dir=tmp_path, resume=True).train(4, progress=False)
+    assert whole[-1]["kl"] != whole[-1]["kl_sft"]  # the reference is no longer the SFT model
+    for key in ("kl", "kl_sft", "rm_score"):  # step 4 pays against the copy made after step 2
+        assert resumed[-1][key] == whole[-1][key]

@@ -148,6 +148,10 @@ class PPOConfig:
         "adaptive-kl on", minimum=0, strict_min=True, implies={"adaptive_kl": True}))
     kl_horizon: int = field(default=2000, metadata=meta(
         "horizon (in responses) of the adaptive KL controller", minimum=1))
+    ref_reset_every: int = field(default=0, metadata=meta(
+        "0: the reference stays frozen (the chapter's design); k: copy the actor into the "
+        "reference every k steps, to show why it must not (the kl_sft metric then measures "
+        "the drift from the SFT model)", minimum=0))
     reward: str = field(default="model", metadata=meta(
         "score responses with the reward model, or with the task's gold score (a verifiable "
         "reward; the reward model then only gives the rm_score metric)",
@@ -224,6 +228,9 @@ class PPOConfig:
                              f"group_size >= 2, got {self.group_size}: a group of one response "
                              "has no other response to serve as its baseline")
         sharding.check_config(self.shard, self.placement)
+        if self.ref_reset_every and self.shard != "none":
+            raise ValueError(f"ref_reset_every ({self.ref_reset_every}) needs shard='none': a "
+                             "moving reference copies the actor's whole weights")
         if self.adaptive_kl and self.beta == 0:
             raise ValueError("PPOConfig.beta must be > 0 with adaptive_kl: the controller "
                              "multiplies beta, so from 0 it would stay 0")

@@ -910,3 +910,52 @@ def sharpness_explorer(gold_a, gold_b, sharpness: float = 5.0):
         _shows_figures(label_noise_view), gold_a=W.fixed(gold_a), gold_b=W.fixed(gold_b),
         sharpness=W.FloatSlider(value=sharpness, min=0.5, max=20.0, step=0.5,
                                 description="sharpness s"))
+# ---------------------------------------------------------------- a reference that moves
+
+REFERENCE_PATH = Path(__file__).resolve().parent / "data" / "reference.json"
+"""Frozen vs moving vs no reference, three seeds (written by ``benchmarks/reference.py``)."""
+REFERENCE_COLORS = {"none": "C0", "frozen": "C1", "moving": "C3"}  # none/frozen: β=0 / 0.05's
+
+
+def load_reference_runs(path: str | Path | None = None) -> dict:
+    """``{"steps", "every", "seeds", "variants", "runs"}`` with ``runs[variant][seed]`` a dict
+    of per-step series (``gold_score``, ``rm_score``, ``kl``: to the reference the penalty
+    used, ``kl_sft``: to the SFT model); the shipped copy without ``path``."""
+    p = Path(path) if path is not None else REFERENCE_PATH
+    if not p.is_file():
+        raise FileNotFoundError(f"no recorded runs at {p}; "
+                                "create them with `python benchmarks/reference.py --out PATH`")
+    return json.loads(p.read_text())
+
+
+def reference_histories(data: dict, variant: str) -> list[list[dict]]:
+    """The runs of ``variant``, one per seed, as histories (a dict per step, with ``step``)."""
+    out = []
+    for series in data["runs"][variant].values():
+        n = len(series["gold_score"])
+        out.append([{"step": i + 1, **{k: v[i] for k, v in series.items()}} for i in range(n)])
+    return out
+
+
+def plot_reference_runs(data: dict, window: int = 5,
+                        panels=(("gold_score", "gold score"), ("kl_sft", "KL to the SFT model"),
+                                ("kl", "KL the penalty sees"))):
+    """Per variant, the mean over seeds (line) and the min-max band over seeds of each panel's
+    metric, smoothed over ``window`` steps; one colour per variant."""
+    fig, axes = _panel_axes(len(panels))
+    for ax, (key, label) in zip(axes, panels):
+        for name, histories in ((v, reference_histories(data, v)) for v in data["runs"]):
+            b = seed_band(histories, key, "step", window)
+            color = REFERENCE_COLORS.get(name)
+            ax.plot(b["x"], b["mean"], color=color, label=f"{name} ({len(histories)} seeds)")
+            ax.fill_between(b["x"], b["lo"], b["hi"], color=color, alpha=0.2, lw=0)
+        if key.startswith("kl"):  # none's tens of nats beside frozen's and moving's few
+            ax.set_yscale("symlog", linthresh=1.0)
+            label += " (symlog)"
+        ax.set_title(label, fontsize=TITLE_SIZE)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    _legend_below(fig, axes, ncol=3)
+    fig.suptitle(f"reference frozen, moved every {data['every']} steps, or none: mean over seeds, "
+                 f"band min to max (moving average over {window} steps)", fontsize=TITLE_SIZE)
+    return fig

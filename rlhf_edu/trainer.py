@@ -45,7 +45,7 @@ from .config import (  # PPOConfig and the method defaults are also re-exported 
 )
 from .interrupt import DeferredInterrupt as _DeferredInterrupt
 from .model import GPT, GPTConfig
-from .models import Models, RewardModel, build_models
+from .models import Models, Reference, RewardModel, build_models
 from .ppo import AdaptiveKLController, FixedKLController, ppo_losses, total_loss
 from .rewards import compute_rewards, kl_penalty
 from .rundir import RunDir
@@ -193,6 +193,8 @@ class RLHFTrainer:
             if role in ("reward", "reference") and distributed.uses_bf16(self.devices[role],
                                                                          cfg.precision):
                 distributed.to_bf16(module)  # frozen: half the memory, no optimiser to feed
+        # a reference that moves (ref_reset_every > 0) is measured against a frozen SFT copy
+        self.sft = (Reference(self.models.reference) if cfg.ref_reset_every else None)
         self.tok = Tokenizer()
         # prompts and minibatch order come from a generator every rank shares (same seed);
         # token sampling from one per rank, on the actor's device
@@ -272,6 +274,9 @@ class RLHFTrainer:
             "kl_ctl": self.kl_ctl.state_dict(), "generator": self.generator.get_state(),
             "sample_generators": self._sample_generator_states(),
             "history": self.history,
+            # a reference that moves is part of the run's state (a frozen one is the SFT model)
+            **({"reference": self.models.reference.state_dict()} if self.sft is not None
+               else {}),
         }
 
     def save(self, path: str | Path | None = None) -> Path | None:
@@ -313,6 +318,8 @@ class RLHFTrainer:
             if self.models.critic is not None:  # the same config: both have a critic, or neither
                 self.models.critic.load_state_dict(state["critic"])
                 self.critic_opt.load_state_dict(state["critic_opt"])
+        if "reference" in state:  # ref_reset_every > 0: the reference the run had moved to
+            self.models.reference.load_state_dict(state["reference"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.generator.set_state(state["generator"])
         if self.rank < len(state["sample_generators"]):  # more ranks than wrote it: fresh streams
@@ -625,6 +632,17 @@ class RLHFTrainer:
         self._check_finite("recomputed log-probs", old, trained=True)
         return old
 
+    @torch.no_grad()
+    def _kl_to_sft(self, batch: Rollout) -> float:
+        """KL(policy || SFT) per response, the batch mean: ``kl`` measured against the frozen
+        SFT copy kept when the reference moves (``ref_reset_every`` > 0)."""
+        cfg, fdev = self.config, self.devices["reference"]
+        with distributed.autocast(fdev, cfg.precision):
+            sft_logprobs = self.sft(batch.tokens.to(fdev), batch.valid.to(fdev), batch.prompt_len,
+                                    cfg.temperature).logprobs.float().to(self.device)  # (B, T)
+        kl = kl_penalty(batch.logprobs, sft_logprobs, cfg.kl_estimator) * batch.mask  # (B, T)
+        return float(kl.sum(1).mean())
+
     @staticmethod
     def _trained(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
         return [p for g in opt.param_groups for p in g["params"]]
@@ -658,6 +676,7 @@ class RLHFTrainer:
                               if batch.mask.sum() > 1 else math.nan),
             **self._advantage_scale(batch),
             **stats,
+            **({"kl_sft": self._kl_to_sft(batch)} if self.sft is not None else {}),
         }
         if self.world > 1:  # equal shares per rank: the mean of rank means is the global mean
             keys = list(metrics)
@@ -666,6 +685,10 @@ class RLHFTrainer:
             metrics = {k: float(v) / self.world for k, v in zip(keys, vec.tolist())}
         self.kl_ctl.update(metrics["kl"], self.config.batch_size)
         self.step_count += 1
+        k = self.config.ref_reset_every
+        if k and self.step_count % k == 0:  # the anchor moves to where the actor now is
+            with torch.no_grad():
+                self.models.reference.load_state_dict(self.models.actor.state_dict())
         metrics = {"step": self.step_count, "beta": batch.beta, **metrics,
                    **{f"time_{k}": v for k, v in times.items() if k != "1_prompts"},
                    "sample": texts[0]}

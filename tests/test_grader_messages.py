@@ -238,3 +238,84 @@ def test_the_reduce_scatter_alone_is_named(ex10):
     wrong = SimpleNamespace(ring_allreduce_bytes=lambda g, n: (n - 1) / n * g)
     text = failure(ex10.test_ring_allreduce_simulated, wrong, 3)
     assert "GPU 0 sent 80 numbers" in text and "the reduce-scatter alone" in text, text
+# ------------------------------------------------------------------ Exercise 12: entropy
+
+ex12_entropy = graded("ex12_entropy", ROOT / "solutions")
+
+
+@pytest.fixture(scope="module")
+def ex12():
+    return graded("test_ex12_entropy")
+
+
+def entropy_variant(*, naive=False, base2=False, sign=1.0, chosen=False, use_t=True):
+    """token_entropy with one of the usual mistakes switched on."""
+    def token_entropy(logits, temperature=1.0):
+        x = logits / temperature if use_t else logits
+        logp = torch.log(torch.softmax(x, -1)) if naive else torch.log_softmax(x, -1)
+        if chosen:  # -log p of the most likely token only
+            return -logp.max(-1).values
+        h = -(logp.exp() * logp).sum(-1) * sign
+        return h / torch.log(torch.tensor(2.0)) if base2 else h
+    return token_entropy
+
+
+@pytest.mark.parametrize("mistake, test, wanted", [
+    ({"naive": True}, "test_large_logits_stay_finite", "take log p from torch.log_softmax"),
+    ({"base2": True}, "test_uniform_is_log_v", "log base 2"),
+    ({"sign": -1.0}, "test_hand_made_distribution", "the sign is flipped"),
+    ({"chosen": True}, "test_random_against_the_package", "-log p of a single token"),
+    ({"use_t": False}, "test_temperature", "the temperature is not applied"),
+])
+def test_entropy_mistakes_are_named(ex12, mistake, test, wanted):
+    args = (2.0,) if test == "test_temperature" else ()
+    text = failure(getattr(ex12, test), SimpleNamespace(token_entropy=entropy_variant(**mistake)),
+                   *args)
+    assert wanted in text, text
+    getattr(ex12, test)(ex12_entropy, *args)
+
+
+def test_entropy_mean_over_padding_is_named(ex12):
+    def over_padding(logits, mask, temperature=1.0):
+        return ex12_entropy.token_entropy(logits, temperature).mean()
+
+    text = failure(ex12.test_masked_mean_skips_padding,
+                   SimpleNamespace(masked_entropy=over_padding))
+    assert "padding included" in text, text
+    ex12.test_masked_mean_skips_padding(ex12_entropy)
+
+
+# ------------------------------------------------------------------ Exercise 11: moving reference
+
+ex11_moving_reference = graded("ex11_moving_reference", ROOT / "solutions")
+
+
+@pytest.fixture(scope="module")
+def ex11():
+    return graded("test_ex11_moving_reference")
+
+
+def test_reference_copied_one_step_early_is_named(ex11):
+    wrong = SimpleNamespace(reference_version=lambda step, every: step // every * every
+                            if every else 0)
+    text = failure(ex11.test_reference_version, wrong, 3)
+    assert text.startswith("reference_version(3, 3) is 3 but should be 0"), text
+    assert "is not there yet" in text, text
+    ex11.test_reference_version(ex11_moving_reference, 3)
+
+
+def test_reversed_kl_is_named(ex11):
+    wrong = SimpleNamespace(kl=lambda logp, logq: ex11_moving_reference.kl(logq, logp))
+    text = failure(ex11.test_kl_hand_made, wrong)
+    assert "KL(q || p)" in text, text
+
+
+def test_drift_against_the_moving_reference_is_named(ex11):
+    def against_reference(policies, every):
+        to_ref, _ = ex11_moving_reference.kl_to_reference_and_sft(policies, every)
+        return to_ref, to_ref.clone()
+
+    text = failure(ex11.test_moving_reference_sees_only_the_last_window,
+                   SimpleNamespace(kl_to_reference_and_sft=against_reference))
+    assert text.startswith("kl_to_sft[4]"), text
+    assert "measure it against version 0" in text, text

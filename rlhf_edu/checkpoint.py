@@ -172,9 +172,22 @@ def load_sharded(state_dict: dict, directory: str | os.PathLike) -> None:
 
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     directory = check_sharded(directory)
     single = not (dist.is_available() and dist.is_initialized())
     with warnings.catch_warnings():  # one process reading shards is what was asked for
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state_dict, checkpoint_id=directory, no_dist=single)
+        try:
+            dcp.load(state_dict, checkpoint_id=directory, no_dist=single)
+        except (CheckpointException, RuntimeError, OSError, EOFError, pickle.UnpicklingError,
+                KeyError) as e:
+            # each rank would print a raw traceback of the reader (a pickle, EOF or DCP error;
+            # DCP gathers the ranks' failures into one CheckpointException, a BaseException)
+            if isinstance(e, CheckpointException) and e.failures:  # rank -> (error, trace)
+                first = next(iter(e.failures.values()))
+                e = first[0] if isinstance(first, tuple) else first
+            reason = " ".join(str(e).split())[:120]
+            raise ValueError(f"the sharded checkpoint {str(directory)!r} is damaged or "
+                             f"incomplete ({type(e).__name__}{': ' + reason if reason else ''}); "
+                             "remove the run's checkpoint or resume from a good copy") from None

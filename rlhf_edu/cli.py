@@ -478,23 +478,27 @@ def main(argv: list[str] | None = None) -> int:
         distributed.configure_threads(args.threads)
         return args.func(args)
     except (ValueError, FloatingPointError) as e:  # bad input: one readable line
-        print(f"rlhf-edu {args.command}: {rank}error: {_one_line(e)}", file=sys.stderr)
+        _say(f"rlhf-edu {args.command}: {rank}error: {_one_line(e)}")
         return 2
     except OSError as e:  # the file system said no: a full disk, a read-only folder, ...
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"rlhf-edu {args.command}: {rank}error: {e.strerror or _one_line(e)}{where}",
-              file=sys.stderr)
+        _say(f"rlhf-edu {args.command}: {rank}error: {e.strerror or _one_line(e)}{where}")
         return 1
     except Exception as e:  # a rank's unexpected error: its line for the launcher, then raise
         if rank:
-            print(f"rlhf-edu {args.command}: {rank}{type(e).__name__}: {_one_line(e)}",
-                  file=sys.stderr, flush=True)
+            _say(f"rlhf-edu {args.command}: {rank}{type(e).__name__}: {_one_line(e)}")
         raise
     except KeyboardInterrupt as e:
         text = str(e).strip().splitlines()  # RunInterrupted says which step it saved
-        print(f"rlhf-edu {args.command}: {rank}{text[0] if text else 'interrupted'}",
-              file=sys.stderr)
+        _say(f"rlhf-edu {args.command}: {rank}{text[0] if text else 'interrupted'}")
         return 130
+
+
+def _say(line: str) -> None:
+    """One line to stderr in one write: ranks share the launcher's log, and a line written in
+    two pieces (text, then its newline) can interleave with another rank's."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _one_line(e: BaseException) -> str:

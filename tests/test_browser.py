@@ -107,6 +107,8 @@ def lab(tmp_path_factory):
     root.mkdir()
     for nb in NOTEBOOKS:
         shutil.copy(nb, root)
+    # notebooks 02 and 03 run the chapter's two scripts, found beside notebooks/ as in the repo
+    shutil.copytree(NOTEBOOKS[0].parent.parent / "scripts", tmp / "scripts")
     lab_settings(tmp / "settings")
     port, token = free_port(), secrets.token_hex(16)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),

@@ -235,20 +235,28 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes(tmp_path, tmp_path_fac
 
 
 def test_a_failure_on_two_ranks_is_one_line_naming_the_log(tmp_path, launched):
-    """An error every rank raises inside a step (the actor's learning rate is absurd, so the
-    first update meets NaN) prints one line: the rank, its exit code, the log file."""
+    """An error every rank raises (the sharded checkpoint they resume from is damaged) prints
+    one line: the rank, its exit code, its own message and the log file."""
     run = tmp_path / "run"
-    launched.append(_start(run, "--nproc", "2", "--shard", "zero2", "--actor-lr", "1e30"))
-    (code, out, err), = _finish(launched)
+    launched.append(_start(run, "--nproc", "2", "--shard", "zero2", "--save-every", "1",
+                           steps=1))
+    (code, _, err), = _finish(launched)
+    assert code == 0, err
+    shards = [f for d in run.glob("shards-*") for f in d.glob("*.distcp")]
+    assert shards
+    for f in shards:
+        f.write_bytes(b"not a tensor")
+    launched.append(_start(run, "--nproc", "2", "--shard", "zero2", "--resume", steps=2))
+    (code, out, err), = _finish(launched[1:])
     print(f"\nexit {code}; stderr:\n{err}")
-    assert code != 0
     lines = err.strip().splitlines()
     assert 1 <= len(lines) <= 3, err
-    assert re.search(r"rank [01] failed \(exit code 2\): error: step 1: NaN", lines[-1])
-    assert code == 2  # the rank's own exit code (bad settings), as in one process
+    assert re.search(r"rank [01] failed \(exit code 2\): error: the sharded checkpoint "
+                     r".* is damaged or incomplete", lines[-1]), lines[-1]
+    assert code == 2  # the rank's own exit code (a bad input), as in one process
     assert str(run / "launch.log") in lines[-1]
     log = (run / "launch.log").read_text()
-    assert "rank 0:" in log and "rank 1:" in log  # every rank's own account is kept there
+    assert "rank 0: error:" in log and "rank 1: error:" in log  # each rank's account is kept
 
 
 # ------------------------------------------------------------------ the launcher, in-process

@@ -31,6 +31,7 @@ from .models import (
     build_models,
     load_pretrained,
 )
+from .passk import pass_at_k, pass_at_k_curve
 from .ppo import AdaptiveKLController, FixedKLController, ppo_losses, total_loss
 from .rewards import KL_ESTIMATORS, compute_rewards, kl_penalty, register_kl_estimator
 from .task import Tokenizer, gold_score, text_metrics
@@ -46,5 +47,5 @@ __all__ = [
     "memory_breakdown", "plan", "grpo_advantages", "rloo_advantages", "reinforce_pp_advantages",
     "token_advantages", "dpo_loss", "train_dpo", "DPOConfig", "PretrainConfig",
     "RewardModelConfig", "preflight", "METHODS", "Method", "register_method", "KL_ESTIMATORS",
-    "register_kl_estimator", "text_metrics",
+    "register_kl_estimator", "text_metrics", "pass_at_k", "pass_at_k_curve",
 ]

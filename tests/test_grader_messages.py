@@ -7,6 +7,7 @@ the graded test functions themselves; each must fail with the message meant for 
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -319,3 +320,105 @@ def test_drift_against_the_moving_reference_is_named(ex11):
                    SimpleNamespace(kl_to_reference_and_sft=against_reference))
     assert text.startswith("kl_to_sft[4]"), text
     assert "measure it against version 0" in text, text
+
+
+# ------------------------------------------------------------------ Exercise 13: pass@k
+
+ex13_pass_at_k = graded("ex13_pass_at_k", ROOT / "solutions")
+
+
+@pytest.fixture(scope="module")
+def ex13():
+    return graded("test_ex13_pass_at_k")
+
+
+def float_comb(a: int, b: int) -> float:
+    """C(a, b) from factorials taken as floats: overflows from a = 171 on."""
+    return float(math.factorial(a)) / (float(math.factorial(b)) * float(math.factorial(a - b)))
+
+
+def float_loop_comb(a: int, b: int) -> float:
+    """C(a, b) multiplied up in floats: inf once it passes 1.8e308."""
+    out = 1.0
+    for i in range(b):
+        out *= (a - i) / (i + 1)
+    return out
+
+
+def early_one(formula):
+    """``formula`` with the n - c < k case answered first, as it should be."""
+    return lambda n, c, k: 1.0 if n - c < k else formula(n, c, k)
+
+
+def product_over(shift_lo: int, shift_hi: int):
+    """1 - prod (1 - k / i) for i in range(n - c + 1 + shift_lo, n + 1 + shift_hi)."""
+    return early_one(lambda n, c, k: 1 - math.prod(
+        1 - k / i for i in range(n - c + 1 + shift_lo, n + 1 + shift_hi)))
+
+
+PASS_AT_K_MISTAKES = {
+    "biased": (early_one(lambda n, c, k: 1 - (1 - c / n) ** k),
+               "test_two_attempts_of_five_samples", "looks like the biased estimator"),
+    "naive power": (early_one(lambda n, c, k: (c / n) ** k),
+                    "test_four_attempts_of_ten_samples", "looks like (c/n)^k"),
+    "all wrong": (early_one(lambda n, c, k: math.comb(n - c, k) / math.comb(n, k)),
+                  "test_two_attempts_of_five_samples", "pass@k is 1 minus it"),
+    "float factorials": (early_one(lambda n, c, k: 1 - float_comb(n - c, k) / float_comb(n, k)),
+                         "test_two_hundred_samples", "OverflowError"),
+    "float comb": (early_one(lambda n, c, k: 1 - float(math.comb(n - c, k))
+                             / float(math.comb(n, k))),
+                   "test_two_thousand_samples", "OverflowError"),
+    "float loop comb": (early_one(lambda n, c, k: 1 - float_loop_comb(n - c, k)
+                                  / float_loop_comb(n, k)),
+                        "test_two_thousand_samples", "is nan but should be 0.5"),
+    "range from n - c": (product_over(-1, -1), "test_two_attempts_of_five_samples",
+                         "off by one"),
+    "range to n - 1": (product_over(0, -1), "test_four_attempts_of_ten_samples", "off by one"),
+    "range with an extra factor": (product_over(-1, 0), "test_random_cases", "off by one"),
+    "no 1.0, logarithms": (lambda n, c, k: -math.expm1(sum(
+        math.log(1 - k / i) for i in range(n - c + 1, n + 1))),
+        "test_fewer_wrong_than_attempts_is_one", "is exactly 1.0"),
+    "no 1.0, factorials": (lambda n, c, k: 1 - math.factorial(n - c) * math.factorial(n - k)
+                           / (math.factorial(n) * math.factorial(n - c - k)),
+                           "test_fewer_wrong_than_attempts_is_one", "is exactly 1.0"),
+}
+NAMED_BY = {"looks like the biased estimator", "looks like (c/n)^k", "pass@k is 1 minus it",
+            "computed as floats", "off by one", "is exactly 1.0"}
+
+
+@pytest.mark.parametrize("mistake", list(PASS_AT_K_MISTAKES))
+def test_pass_at_k_mistakes_are_named(ex13, mistake):
+    wrong, test, wanted = PASS_AT_K_MISTAKES[mistake]
+    args = (10, 8, 3) if test == "test_fewer_wrong_than_attempts_is_one" else ()
+    text = failure(getattr(ex13, test), SimpleNamespace(pass_at_k=wrong), *args)
+    assert wanted in text and "\n" not in text, text
+    named = {m for m in NAMED_BY if m in text}
+    assert len(named) == 1 or mistake.startswith("float"), (named, text)
+    getattr(ex13, test)(ex13_pass_at_k, *args)
+
+
+def test_pass_at_k_of_the_mean_count_is_named(ex13):
+    def of_the_mean(counts, n, ks):
+        mean = sum(counts) / len(counts)
+        return [1 - math.prod(1 - mean / (n - j) for j in range(k)) for k in ks]
+
+    text = failure(ex13.test_curve_of_always_and_never,
+                   SimpleNamespace(pass_at_k_curve=of_the_mean))
+    assert "at k = 2" in text and "the pass@k of the average count" in text, text
+
+
+def test_pass_at_k_curve_summed_is_named(ex13):
+    def summed(counts, n, ks):
+        return [sum(ex13_pass_at_k.pass_at_k(n, c, k) for c in counts) for k in ks]
+
+    text = failure(ex13.test_curve_of_three_problems, SimpleNamespace(pass_at_k_curve=summed))
+    assert "that is the sum over the problems" in text, text
+
+
+def test_pass_at_k_curve_blames_a_wrong_pass_at_k(ex13):
+    biased = PASS_AT_K_MISTAKES["biased"][0]
+    wrong = SimpleNamespace(pass_at_k=biased, pass_at_k_curve=lambda counts, n, ks: [
+        sum(biased(n, c, k) for c in counts) / len(counts) for k in ks])
+    text = failure(ex13.test_curve_over_many_problems, wrong)
+    assert "the mean of your pass_at_k is right, but pass_at_k is not" in text, text
+    ex13.test_curve_over_many_problems(ex13_pass_at_k)

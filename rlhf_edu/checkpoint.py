@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .model import GPTConfig
-from .task import VOCAB
+from .tasks import get_task
 from .validate import check_path, shown
 
 
@@ -88,13 +88,15 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else ""
 
 
-def model_checkpoint(kind: str, config: GPTConfig, state_dict: dict, **meta: Any) -> dict:
-    """The dict written for a pretrained model ("sft" or "reward")."""
-    return {"kind": kind, "config": asdict(config), "vocab": list(VOCAB),
+def model_checkpoint(kind: str, config: GPTConfig, state_dict: dict, task: str = "reviews",
+                     **meta: Any) -> dict:
+    """The dict written for a pretrained model ("sft" or "reward") of ``task``."""
+    return {"kind": kind, "config": asdict(config), "vocab": list(get_task(task).vocab),
             "state_dict": state_dict, "meta": meta}
 
 
-def check_model_checkpoint(ckpt: dict, kind: str, path: str = "checkpoint") -> GPTConfig:
+def check_model_checkpoint(ckpt: dict, kind: str, path: str = "checkpoint",
+                           task: str = "reviews") -> GPTConfig:
     """Check kind, vocabulary, config and state dict; return the stored :class:`GPTConfig`.
 
     Every problem is a one-line ``ValueError`` that starts with ``path``: a missing key, a
@@ -112,10 +114,11 @@ def check_model_checkpoint(ckpt: dict, kind: str, path: str = "checkpoint") -> G
     vocab = ckpt["vocab"]
     if not isinstance(vocab, (list, tuple)) or not all(isinstance(w, str) for w in vocab):
         raise ValueError(f"{path}: 'vocab' must be a list of words, got {type(vocab).__name__}")
-    if list(vocab) != list(VOCAB):
+    expected = get_task(task).vocab
+    if list(vocab) != list(expected):
         raise ValueError(f"{path} was trained with a different vocabulary "
-                         f"({len(vocab)} words) than rlhf_edu.task.VOCAB "
-                         f"({len(VOCAB)} words)")
+                         f"({len(vocab)} words) than task {task!r}'s "
+                         f"({len(expected)} words)")
     state = ckpt["state_dict"]
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):

@@ -163,23 +163,40 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .checkpoint import atomic_save, model_checkpoint
     from .model import GPTConfig
     from .pretrain import evaluate_lm, pretrain
+    from .rlvr import N_HELDOUT, evaluate_arith
 
     cfg = config_from_args(args)
     config = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
-    meta = dict(seed=cfg.seed, reviews=cfg.reviews, epochs=cfg.epochs)
+    meta = dict(seed=cfg.seed, texts=cfg.texts, epochs=cfg.epochs)
     try:
-        model = pretrain(config, n_reviews=cfg.reviews, epochs=cfg.epochs, seed=cfg.seed)
+        model = pretrain(config, n_reviews=cfg.texts, epochs=cfg.epochs, seed=cfg.seed,
+                         task=cfg.task)
     except TrainingInterrupted as e:  # keep what was trained: save it, then stop
-        raise save_interrupted(e, args.out, "sft", **meta) from None
+        raise save_interrupted(e, args.out, "sft", task=cfg.task, **meta) from None
     # saved before the evaluation, so nothing trained is lost if it fails or is interrupted
-    atomic_save(model_checkpoint("sft", config, model.state_dict(), **meta), args.out)
-    report = evaluate_lm(model, n=cfg.eval_samples, seed=derived_seed(cfg.seed, 1))
-    atomic_save(model_checkpoint("sft", config, model.state_dict(), **meta,
-                                 eval={k: v for k, v in report.items() if k != "examples"}),
-                args.out)
+    atomic_save(model_checkpoint("sft", config, model.state_dict(), cfg.task, **meta), args.out)
+    seed = derived_seed(cfg.seed, 1)
+    if cfg.task == "arith":
+        report = evaluate_arith(model, n=max(1, cfg.eval_samples // N_HELDOUT), seed=seed)
+    else:
+        report = evaluate_lm(model, n=cfg.eval_samples, seed=seed)
+    kept = {k: v for k, v in report.items() if k not in ("examples", "correct")}
+    atomic_save(model_checkpoint("sft", config, model.state_dict(), cfg.task, **meta,
+                                 eval=kept), args.out)
     print(f"wrote {args.out}")
-    _print_lm_report(report)
+    (_print_arith_report if cfg.task == "arith" else _print_lm_report)(report)
     return 0
+
+
+def _print_arith_report(r: dict) -> None:
+    print(f"{r['problems']} held-out problems x {r['n']} samples at temperature 1:")
+    print(f"  pass@1 (verified)  {r['pass@1']:7.1%}")
+    print(f"  lax verifier       {r['lax']:7.1%}")
+    print(f"  worked answers     {r['worked']:7.1%}")
+    print(f"  hedged answers     {r['hedged']:7.1%}")
+    print(f"  never solved       {r['never']:7d}")
+    for t in r["examples"]:
+        print(f"    {t}")
 
 
 def _print_lm_report(r: dict) -> None:
@@ -229,7 +246,10 @@ def _models(args: argparse.Namespace) -> int:
 
     estimator = args.advantage_estimator or "gae"
     mode = critic_mode_for(estimator, args.critic_mode or "auto")
-    models = build_models(mode)
+    task = args.task or "reviews"
+    models = build_models(mode, task=task)
+    if models.reward is None:
+        print(f"task {task}: a verifier scores the responses, no reward model")
     print(f"critic mode: {mode}" + (f" ({estimator} builds no critic: three models)"
                                      if not METHODS[estimator].needs_critic else ""))
     print(f"{'role':<10} {'parameters':>12} {'reads actor':>12}  trains")
@@ -338,14 +358,20 @@ def _run_training(config: PPOConfig, args: argparse.Namespace) -> int:
         return 0
     first, last = history[0], history[-1]
     print(f"\n{'':<14}{'step ' + str(first['step']):>10}{'step ' + str(last['step']):>10}")
-    for key, label in (("rm_score", "RM score"), ("gold_score", "gold score"), ("kl", "KL"),
-                       ("entropy", "entropy"), ("repetition", "repetition"),
-                       ("well_formed", "well-formed"), ("response_len", "length")):
-        print(f"{label:<14}{first[key]:>10.3f}{last[key]:>10.3f}")
+    for key, label in SUMMARY:
+        if key in first and key in last:
+            print(f"{label:<14}{first[key]:>10.3f}{last[key]:>10.3f}")
     print(f"sample: {last['sample']}")
     png = plot_training(history, args.run_dir / "training.png")
     print(f"metrics: {args.run_dir / 'metrics.jsonl'}   plot: {png}")
     return 0
+
+
+SUMMARY = (("rm_score", "RM score"), ("gold_score", "gold score"), ("lax_score", "lax score"),
+           ("kl", "KL"), ("entropy", "entropy"), ("repetition", "repetition"),
+           ("well_formed", "well-formed"), ("worked", "worked"), ("hedged", "hedged"),
+           ("response_len", "length"))
+"""the rows of ``rlhf-edu train``'s before/after table (those the task's metrics have)"""
 
 
 def _print_setup(trainer) -> None:
@@ -384,7 +410,7 @@ TRACED = ("batch_size", "response_len", "critic_mode", "advantage_estimator", "g
 
 
 def _add_pretrain(sub) -> None:
-    p = sub.add_parser("pretrain", help="train the SFT actor on the review grammar")
+    p = sub.add_parser("pretrain", help="train the SFT actor on a task's data (reviews, arith)")
     p.add_argument("--out", type=out_file, default="sft.pt",
                    help="checkpoint file to write (default: %(default)s)")
     add_config_flags(p, PretrainConfig)
@@ -440,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
 
     p = sub.add_parser("models", help="the four models: parameters and which ones train")
-    add_config_flags(p, PPOConfig, only=("critic_mode", "advantage_estimator"))
+    add_config_flags(p, PPOConfig, only=("task", "critic_mode", "advantage_estimator"))
     p.set_defaults(func=_models)
     _add_train(sub)
 

@@ -25,6 +25,7 @@ from .advantages import METHODS, method
 from .models import CRITIC_MODES, NO_CRITIC
 from .rewards import token_estimators
 from .rundir import RunDir, check
+from .tasks import TASKS, get_task
 from .validate import (
     CLIP_MIN,
     COEF_MAX,
@@ -95,6 +96,14 @@ def _methods() -> dict[str, str]:
     return {name: m.description for name, m in METHODS.items()}
 
 
+def _tasks() -> dict[str, str]:
+    return {name: t.description for name, t in TASKS.items()}
+
+
+REWARDS = ("model", "gold", "lax")
+"""what scores a response: the learned reward model, or one of the task's scorers"""
+
+
 @dataclass
 class PPOConfig:
     """Hyper-parameters of the RLHF loop; defaults are the course's "good β" run.
@@ -122,6 +131,8 @@ class PPOConfig:
     seed: int = field(default=0, metadata=meta(
         "seed of prompts, sampling and minibatch order: the same seed gives the same run",
         **SEED))
+    task: str = field(default="reviews", metadata=meta(
+        "what the actor learns, from the task table (rlhf_edu.tasks)", choices=_tasks))
     batch_size: int = field(default=64, metadata=meta(
         "responses per step (batch / group-size prompts)", **COUNT, flag="--batch"))
     group_size: int = field(default=1, metadata=meta(
@@ -152,10 +163,11 @@ class PPOConfig:
         "0: the reference stays frozen (the chapter's design); k: copy the actor into the "
         "reference every k steps, to show why it must not (the kl_sft metric then measures "
         "the drift from the SFT model)", minimum=0))
-    reward: str = field(default="model", metadata=meta(
-        "score responses with the reward model, or with the task's gold score (a verifiable "
-        "reward; the reward model then only gives the rm_score metric)",
-        choices=("model", "gold")))
+    reward: str | None = field(default=None, metadata=meta(
+        "score responses with the reward model, the task's gold score (a verifiable reward; a "
+        "reward model then only gives the rm_score metric) or, for arith, the lax verifier "
+        "that a policy can fool; default: model where the task has one, else gold",
+        choices=REWARDS))
     missing_eos_penalty: float = field(default=1.0, metadata=meta(
         "subtracted from the score of a response that never reached <eos>", minimum=0,
         maximum=COEF_MAX))
@@ -211,6 +223,9 @@ class PPOConfig:
         for name in METHOD_SETTINGS:  # None: the method's published default
             if getattr(self, name) is None:
                 setattr(self, name, getattr(entry, name))
+        check_field("PPOConfig", _field(self, "task"), self.task)
+        if self.reward is None:
+            self.reward = "model" if get_task(self.task).reward_model else "gold"
         check_fields(self)
         self.critic_mode = critic_mode_for(self.advantage_estimator, self.critic_mode)
         self._check_together()
@@ -227,6 +242,7 @@ class PPOConfig:
             raise ValueError(f"advantage_estimator {self.advantage_estimator!r} needs "
                              f"group_size >= 2, got {self.group_size}: a group of one response "
                              "has no other response to serve as its baseline")
+        check_task_reward(self.task, self.reward)
         sharding.check_config(self.shard, self.placement)
         if self.ref_reset_every and self.shard != "none":
             raise ValueError(f"ref_reset_every ({self.ref_reset_every}) needs shard='none': a "
@@ -249,6 +265,17 @@ class PPOConfig:
             raise ValueError(f"batch_size {self.batch_size} must split into {world} ranks, "
                              f"each holding whole groups of group_size {self.group_size} "
                              f"(each rank's {self.batch_size // world} rows are not a multiple)")
+
+
+def check_task_reward(task: str, reward: str) -> None:
+    """``ValueError`` unless the task can score responses with ``reward``."""
+    t = get_task(task)
+    if reward == "model" and not t.reward_model:
+        raise ValueError(f"PPOConfig.reward 'model': task {task!r} has no reward model; use "
+                         f"reward {' or '.join(map(repr, t.scorers))} (its verifiers)")
+    if reward != "model" and reward not in t.scorers:
+        raise ValueError(f"PPOConfig.reward {reward!r} does not apply to task {task!r}; "
+                         f"expected one of {', '.join(('model', *t.scorers))}")
 
 
 def _field(config: object, name: str) -> dataclasses.Field:
@@ -310,10 +337,14 @@ class DPOConfig:
 
 @dataclass
 class PretrainConfig:
-    """The settings of ``rlhf-edu pretrain``: the SFT actor on the review grammar."""
+    """The settings of ``rlhf-edu pretrain``: the SFT actor of a task (its SFT data)."""
 
-    reviews: int = field(default=30_000, metadata=meta(
-        "reviews sampled from the grammar to train on", **COUNT))
+    task: str = field(default="reviews", metadata=meta(
+        "the task whose SFT data to train on (rlhf_edu.tasks)", choices=_tasks))
+    reviews: int | None = field(default=None, metadata=meta(
+        "reviews sampled from the grammar to train on (task reviews; default 30,000)", **COUNT))
+    problems: int | None = field(default=None, metadata=meta(
+        "worked and direct answers to train on (task arith; default 30,000)", **COUNT))
     epochs: int = field(default=4, metadata=meta("passes over the reviews", **EPOCHS))
     n_layer: int = field(default=3, metadata=meta("transformer blocks", minimum=1,
                                                   maximum=LAYERS_MAX))
@@ -328,6 +359,15 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        other = {"reviews": "problems", "arith": "reviews"}[self.task]
+        if getattr(self, other) is not None:
+            raise ValueError(f"PretrainConfig.{other} does not apply to task {self.task!r}; "
+                             f"it trains on {'reviews' if other == 'problems' else 'problems'}")
+
+    @property
+    def texts(self) -> int:
+        """How many SFT texts to train on: the given count, or 30,000."""
+        return (self.reviews if self.task == "reviews" else self.problems) or 30_000
 
 
 @dataclass
@@ -347,6 +387,7 @@ class RewardModelConfig:
         check_fields(self)
 
 
-__all__ = ["PPOConfig", "DPOConfig", "PretrainConfig", "RewardModelConfig", "preflight",
+__all__ = ["REWARDS", "check_task_reward", "PPOConfig", "DPOConfig", "PretrainConfig",
+           "RewardModelConfig", "preflight",
            "critic_mode_for", "method_defaults", "group_methods", "METHOD_DEFAULTS",
            "GROUP_ESTIMATORS", "METHOD_SETTINGS", "DPO_LOSSES"]

@@ -68,8 +68,10 @@ parameters, and the round size in the model's name ("7B" = 7e9 params): 14·4 + 
   ZeRO-sharded) and a KV cache for ``rollout_batch`` sequences of ``kv_dtype_bytes`` per
   element. It becomes a fifth role, "generation", and the actor then holds no KV cache.
 * methods: PPO has four models; the critic-free methods (GRPO, RLOO, REINFORCE++) drop the
-  critic (``critic="none"``: three); ``method="dpo"`` trains a policy (the "actor") against a
-  frozen reference on preference pairs (two models, no generation, 2 sequences per pair).
+  critic (``critic="none"``: three); ``method="verifier"`` scores with a program instead of a
+  reward model (RL from verifiable rewards: one model fewer); ``method="dpo"`` trains a policy
+  (the "actor") against a frozen reference on preference pairs (two models, no generation, 2
+  sequences per pair).
 
 Communication (:func:`communication`, ``rlhf-edu memory --nodes 2 --gpus-per-node 8``): the
 collectives of one step of data parallelism over nodes × GPUs, per trained model the DDP
@@ -103,7 +105,10 @@ ITEMS = ("weights", "gradients", "optimizer_states", "master_weights", "activati
 ROLES = ("actor", "critic", "reward", "reference", "generation")
 CRITIC_MODES = ("separate", "shared", "head")  # how a critic is built; plan() tries these
 CRITICS = (*CRITIC_MODES, "none")  # "none": a critic-free method (GRPO, RLOO, REINFORCE++)
-METHODS = ("online", "dpo")  # generate-score-train (PPO, GRPO, ...) or offline preference pairs
+METHODS = ("online", "verifier", "dpo")
+"""generate-score-train (PPO, GRPO, ...); the same scored by a verifier (no reward model: RL
+from verifiable rewards, the arith task); offline preference pairs (DPO)"""
+GENERATES = ("online", "verifier")  # the methods that sample responses (and hold a KV cache)
 ACCOUNTINGS = ("deepspeed", "paper", "fsdp2")
 PLACEMENTS = ("colocate", "split")
 CHAPTER_ACTIVATIONS = (20, 7)  # the chapter's ~20 GB of activations per 7e9 params
@@ -707,7 +712,7 @@ def _roles(a: SimpleNamespace) -> dict[str, RoleMemory]:
             "generation", spec.name, spec.n_params, 0, a.n_train, a.group_t,
             weights=a.w_frozen * spec.n_params / a.mp,
             kv_cache=_kv_bytes(spec, a.seq, a.rollout_batch, a.kv_dtype_bytes, a.tp, a.pp))
-    elif a.method == "online":
+    elif a.method in GENERATES:
         roles["actor"].kv_cache = _kv_bytes(spec, a.seq, a.batch, a.dtype_bytes, a.tp, a.pp)
     for r in ("actor", "reference"):
         roles[r].logits = a.rows * a.seq * -(-spec.vocab_size // a.tp) * 4  # fp32 log-softmax
@@ -965,7 +970,7 @@ def communication(spec: ModelSpec, nodes: int = 1, gpus_per_node: int = 8, zero_
             rows.append(_collective(role, "all-reduce", "gradients", updates, tuned, **kw))
             continue
         if zero_stage == 3:
-            if method == "online":
+            if method in GENERATES:
                 rows.append(_collective(role, "all-gather", "rollout", 1, gathered, **kw))
             rows.append(_collective(role, "all-gather", "forward", updates, gathered, **kw))
             rows.append(_collective(role, "all-gather", "backward", updates, gathered, **kw))
@@ -1086,6 +1091,7 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     add("--offload", action="store_true", help="optimizer states on the CPU")
     add("--method", choices=METHODS, default="online",
         help="online: generate, score, train (PPO, or GRPO/RLOO/REINFORCE++ with --critic none); "
+             "verifier: the same scored by a program, no reward model (the arith task); "
              "dpo: a policy and a frozen reference on preference pairs (two models)")
     add("--critic", choices=CRITICS, default=None,
         help="separate, shared (a linear head on the actor's backbone), head (an MLP on its "

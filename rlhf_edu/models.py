@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from .checkpoint import check_model_checkpoint, safe_load
 from .model import GPT, GPTConfig, check_temperature, entropy_from_logits, token_logprobs
+from .tasks import get_task
 from .validate import (
     check_instance,
     check_int,
@@ -192,11 +193,12 @@ class RewardModel(nn.Module):
 
 @dataclass
 class Models:
-    """The models of one run; ``critic`` is None for the critic-free estimators."""
+    """The models of one run; ``critic`` is None for the critic-free estimators, ``reward``
+    for a task whose verifier scores the responses (arith)."""
 
     actor: Actor
     critic: Critic | None
-    reward: RewardModel
+    reward: RewardModel | None
     reference: Reference
 
     @property
@@ -223,24 +225,30 @@ def _check_critic_mode(mode: object, none_ok: bool = False) -> None:
                          f"{', '.join(modes)}")
 
 
-def weights_path(kind: str) -> Path:
-    """Where the shipped ``sft`` or ``reward`` checkpoint lives inside the package."""
-    return Path(str(resources.files("rlhf_edu") / "weights" / f"{kind}.pt"))
+def weights_path(kind: str, task: str = "reviews") -> Path:
+    """Where the shipped ``sft`` or ``reward`` checkpoint of ``task`` lives in the package."""
+    name = f"{get_task(task).weights_prefix}{kind}.pt"
+    return Path(str(resources.files("rlhf_edu") / "weights" / name))
 
 
-def load_pretrained(kind: str = "sft", path: str | Path | None = None) -> GPT | RewardModel:
-    """The shipped SFT actor (a :class:`GPT`) or reward model (a :class:`RewardModel`).
+def load_pretrained(kind: str = "sft", path: str | Path | None = None,
+                    task: str = "reviews") -> GPT | RewardModel:
+    """The shipped SFT actor (a :class:`GPT`) or reward model (a :class:`RewardModel`) of
+    ``task`` (arith ships no reward model: its verifier scores).
 
     ``path`` loads another checkpoint written by ``rlhf-edu pretrain`` / ``rlhf-edu train-rm``.
     """
     if kind not in ("sft", "reward"):
         raise ValueError(f"kind must be 'sft' or 'reward', got {shown(kind)}")
-    path = Path(check_path("path", path)) if path is not None else weights_path(kind)
+    if kind == "reward" and not get_task(task).reward_model:
+        raise ValueError(f"task {task!r} has no reward model: a verifier scores its responses")
+    path = Path(check_path("path", path)) if path is not None else weights_path(kind, task)
     if not path.exists():
+        make = "pretrain" if kind == "sft" else "train-rm"
         raise ValueError(f"no {kind} weights at {str(path)!r}; create them with "
-                         f"`rlhf-edu {'pretrain' if kind == 'sft' else 'train-rm'}`")
+                         f"`rlhf-edu {make}{' --task ' + task if task != 'reviews' else ''}`")
     ckpt = safe_load(path)
-    config = check_model_checkpoint(ckpt, kind, str(path))
+    config = check_model_checkpoint(ckpt, kind, str(path), task)
     model = GPT(config) if kind == "sft" else RewardModel(GPT(config))
     try:
         model.load_state_dict(ckpt["state_dict"])
@@ -251,15 +259,22 @@ def load_pretrained(kind: str = "sft", path: str | Path | None = None) -> GPT | 
 
 def build_models(critic_mode: str = "separate", sft: GPT | None = None,
                  reward: RewardModel | None = None, critic_init: str = "reward",
-                 seed: int = 0) -> Models:
+                 seed: int = 0, task: str = "reviews") -> Models:
     """Actor and reference from the SFT model, the reward model, and a critic.
 
     ``critic_mode`` "none" builds no critic (``Models.critic`` is None): nothing of it is
     created or held in memory. ``critic_init`` ("reward" or "sft") picks the critic's backbone
     in "separate" mode; starting from the reward model, as InstructGPT did, gives values a
     head start. ``seed`` initialises the critic's new value head (the global random state is
-    left as it was).
+    left as it was). ``task`` picks the shipped weights; a task without a reward model
+    (arith: a verifier scores) gets ``Models.reward`` None and a critic from the SFT model.
     """
+    has_rm = get_task(task).reward_model
+    if not has_rm:
+        if reward is not None:
+            raise ValueError(f"task {task!r} has no reward model (a verifier scores), but "
+                             "reward was given")
+        critic_init = "sft"
     _check_critic_mode(critic_mode, none_ok=True)
     if critic_init not in ("reward", "sft"):
         raise ValueError(f"critic_init must be 'reward' or 'sft', got {shown(critic_init)}")
@@ -270,14 +285,16 @@ def build_models(critic_mode: str = "separate", sft: GPT | None = None,
     if reward is not None and not isinstance(reward, RewardModel):
         raise ValueError(f"reward must be a RewardModel (e.g. load_pretrained('reward')) or "
                          f"None, got {type(reward).__name__}")
-    sft = copy.deepcopy(sft) if sft is not None else load_pretrained("sft")
-    reward = copy.deepcopy(reward) if reward is not None else load_pretrained("reward")
-    if sft.config.vocab_size != reward.gpt.config.vocab_size:
+    sft = copy.deepcopy(sft) if sft is not None else load_pretrained("sft", task=task)
+    if has_rm:
+        reward = copy.deepcopy(reward) if reward is not None else load_pretrained("reward")
+    if reward is not None and sft.config.vocab_size != reward.gpt.config.vocab_size:
         raise ValueError(f"actor and reward model have mismatched vocabularies: "
                          f"{sft.config.vocab_size} vs {reward.gpt.config.vocab_size} tokens")
     actor = Actor(sft).train()
     reference = Reference(actor)
-    reward.requires_grad_(False).eval()
+    if reward is not None:
+        reward.requires_grad_(False).eval()
     if critic_mode == NO_CRITIC:
         return Models(actor, None, reward, reference)
     body = copy.deepcopy(reward.gpt).requires_grad_(True) if critic_init == "reward" else None

@@ -21,6 +21,9 @@ from .validate import check_float, check_int, shown
 
 PANELS = (("rm_score", "RM score (z)"), ("gold_score", "gold score"), ("kl", "KL per response"),
           ("repetition", "repeats a word"))
+ARITH_PANELS = (("gold_score", "verified (pass@1)"), ("lax_score", "lax verifier"),
+                ("worked", "worked answers"), ("kl", "KL per response"))
+"""the panels of a run on a task judged by verifiers (no reward model, no repetition)"""
 LIVE_PANELS = (("rm_score", "RM score (z)"), ("gold_score", "gold score"),
                ("kl", "KL per response"), ("entropy", "entropy per token"),
                ("clipfrac", "clip fraction"))
@@ -73,15 +76,18 @@ def _legend_below(fig, axes, ncol: int = 4, **kwargs) -> None:
 
 
 def plot_training(history: list[dict], path: str | Path | None = None, title: str = ""):
-    """Reward-model score, gold score, KL and repetition over steps; saved to ``path`` if given.
+    """Reward-model score, gold score, KL and repetition over steps (a verifier's run: verified,
+    lax, worked share and KL); saved to ``path`` if given.
 
     Returns the path when saving (the figure is closed), else the figure.
     """
     if not history:
         raise ValueError("history is empty: train at least one step before plotting")
     steps = [m["step"] for m in history]
-    fig, axes = _panel_axes(len(PANELS))
-    for ax, (key, label) in zip(axes, PANELS):
+    panels = PANELS if "rm_score" in history[0] else ARITH_PANELS
+    panels = [(k, label) for k, label in panels if k in history[0]]
+    fig, axes = _panel_axes(len(panels))
+    for ax, (key, label) in zip(axes, panels):
         ax.plot(steps, [m[key] for m in history])
         ax.set_title(label, fontsize=TITLE_SIZE)
         ax.set_xlabel("step")

@@ -1,4 +1,5 @@
-"""Supervised pretraining (SFT) of the toy actor on the review grammar, and how to measure it."""
+"""Supervised pretraining (SFT) of the toy actor on a task's data (the review grammar, or the
+arith task's worked and direct answers), and how to measure it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tqdm.auto import tqdm
 from .interrupt import DeferredInterrupt, TrainingInterrupted
 from .model import GPT, GPTConfig
 from .task import Tokenizer, parse, sample_corpus, text_metrics
+from .tasks import get_task
 from .validate import (
     COUNT,
     EPOCHS,
@@ -69,8 +71,10 @@ def lm_loss(model: GPT, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def pretrain(config: GPTConfig | None = None, n_reviews: int = 30_000, epochs: int = 4,
-             batch_size: int = 64, lr: float = 2e-3, seed: int = 0, progress: bool = True) -> GPT:
-    """Train a GPT on ``n_reviews`` grammar samples (AdamW, cosine decay); eval mode on return.
+             batch_size: int = 64, lr: float = 2e-3, seed: int = 0, progress: bool = True,
+             task: str = "reviews") -> GPT:
+    """Train a GPT on ``n_reviews`` SFT texts of ``task`` (grammar samples, or arith's
+    problems with their answers) with AdamW and cosine decay; eval mode on return.
 
     Ctrl-C ends the running step and raises
     :class:`~rlhf_edu.interrupt.TrainingInterrupted`, which holds the model trained so far."""
@@ -81,13 +85,14 @@ def pretrain(config: GPTConfig | None = None, n_reviews: int = 30_000, epochs: i
     check_seed("seed", seed)
     check_bool("progress", progress)
     check_instance("config", config, GPTConfig, none_ok=True)
+    t = get_task(task)
     torch.manual_seed(seed)
-    tok = Tokenizer()
+    tok = t.tokenizer()
     model = GPT(config or GPTConfig())
     if len(tok) > model.config.vocab_size:
         raise ValueError(f"vocab_size {model.config.vocab_size} is smaller than the task's "
                          f"{len(tok)} words")
-    ids, valid = encode_texts(sample_corpus(n_reviews, seed), tok)
+    ids, valid = encode_texts(t.corpus(n_reviews, seed), tok)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     steps = epochs * math.ceil(n_reviews / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(

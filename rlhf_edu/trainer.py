@@ -49,7 +49,8 @@ from .models import Models, Reference, RewardModel, build_models
 from .ppo import AdaptiveKLController, FixedKLController, ppo_losses, total_loss
 from .rewards import compute_rewards, kl_penalty
 from .rundir import RunDir
-from .task import Tokenizer, gold_score, review_texts, sample_prompts, text_metrics
+from .task import review_texts
+from .tasks import get_task
 from .validate import derived_seed
 
 
@@ -184,7 +185,12 @@ class RLHFTrainer:
             distributed.check_process_group(cfg.device, self.device)
         self.devices = distributed.resolve_placement(cfg.placement, self.device)
         self.device = self.devices["actor"]
-        self.models = models or build_models(cfg.critic_mode, seed=cfg.seed)
+        self.task = get_task(cfg.task)
+        self.models = models or build_models(cfg.critic_mode, seed=cfg.seed, task=cfg.task)
+        if cfg.reward == "model" and self.models.reward is None:
+            raise ValueError("PPOConfig.reward is 'model' but the models have no reward model; "
+                             "score with one of the task's verifiers: "
+                             f"{', '.join(self.task.scorers)}")
         if self.models.critic_mode != cfg.critic_mode:
             raise ValueError(f"models have critic mode {self.models.critic_mode!r} but the "
                              f"config asks for {cfg.critic_mode!r}")
@@ -195,7 +201,7 @@ class RLHFTrainer:
                 distributed.to_bf16(module)  # frozen: half the memory, no optimiser to feed
         # a reference that moves (ref_reset_every > 0) is measured against a frozen SFT copy
         self.sft = (Reference(self.models.reference) if cfg.ref_reset_every else None)
-        self.tok = Tokenizer()
+        self.tok = self.task.tokenizer()
         # prompts and minibatch order come from a generator every rank shares (same seed);
         # token sampling from one per rank, on the actor's device
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -443,7 +449,7 @@ class RLHFTrainer:
         """Phase 1: this rank's prompts, each repeated group_size times, and their ids and
         valid mask ``(B, P)`` on the actor's device."""
         G, share = self.config.group_size, self.config.batch_size // self.world
-        prompts = sample_prompts(self.config.batch_size // G, self.generator)
+        prompts = self.task.sample_prompts(self.config.batch_size // G, self.generator)
         prompts = prompts[self.rank * share // G:(self.rank + 1) * share // G]
         prompt_ids, prompt_valid = self.tok.encode_batch(prompts)
         if G > 1:
@@ -474,22 +480,25 @@ class RLHFTrainer:
         self._check_finite("actor log-probs", gen.logprobs, trained=True)
         return gen
 
-    def _score(self, prompts: list[str], gen) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score(self, prompts: list[str], gen) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Phase 3: the scores ``(B,)`` advantages use, and the reward model's ``(B,)`` (the
-        same unless reward="gold"), both minus the missing-<eos> penalty."""
+        same unless a task's scorer gives the reward; None without a reward model), both
+        minus the missing-<eos> penalty."""
         cfg, rdev = self.config, self.devices["reward"]
-        with distributed.autocast(rdev, cfg.precision):
-            rm_scores = self.models.reward(gen.tokens.to(rdev),
-                                           gen.valid.to(rdev)).float().to(self.device)  # (B,)
-        self._check_finite("reward model scores", rm_scores)
         finished = (gen.response == self.tok.eos_id).any(1)
         penalty = cfg.missing_eos_penalty * (~finished).float()  # (B,)
-        rm_scores = rm_scores - penalty
-        scores = rm_scores
-        if cfg.reward == "gold":
-            gold = [gold_score(t) for t in review_texts(prompts, gen.response, self.tok)]
-            scores = torch.tensor(gold, device=self.device) - penalty  # (B,)
-        return scores, rm_scores
+        rm_scores = None
+        if self.models.reward is not None:
+            with distributed.autocast(rdev, cfg.precision):
+                rm_scores = self.models.reward(gen.tokens.to(rdev),
+                                               gen.valid.to(rdev)).float().to(self.device)
+            self._check_finite("reward model scores", rm_scores)  # (B,)
+            rm_scores = rm_scores - penalty
+        if cfg.reward == "model":
+            return rm_scores, rm_scores
+        texts = review_texts(prompts, gen.response, self.tok)
+        scores = torch.tensor(self.task.score(cfg.reward, texts), device=self.device)
+        return scores - penalty, rm_scores  # (B,)
 
     def _values(self, tokens: torch.Tensor, valid: torch.Tensor, P: int,
                 mask: torch.Tensor) -> torch.Tensor:
@@ -658,19 +667,19 @@ class RLHFTrainer:
 
         kl_per_response = batch.kl.sum(1)
         texts = review_texts(batch.prompts, batch.response, self.tok)
-        judged = text_metrics(texts)
-        rm_scores = batch.rm_scores if batch.rm_scores is not None else batch.scores
+        judged = self.task.metrics(texts)
         metrics = {
-            "rm_score": float(rm_scores.mean()),
-            "gold_score": judged["gold_score"],
+            # the reward model's score; a task without one is judged by its verifiers alone
+            **({"rm_score": float(batch.rm_scores.mean())} if batch.rm_scores is not None
+               else {}),
+            "gold_score": judged.pop("gold_score"),
             "kl": float(kl_per_response.mean()),
             # the KL's part of the reward; with the KL in the loss, stats give kl_loss instead
             **({"non_score_reward": float((-batch.beta * batch.kl).sum(1).mean())}
                if self.config.kl_in == "reward" else {}),
             "response_len": float(batch.mask.sum(1).mean()),
             "finished": float((batch.response == self.tok.eos_id).any(1).float().mean()),
-            "well_formed": judged["well_formed"],
-            "repetition": judged["repetition"],
+            **judged,
             # the std of one value is undefined: NaN here, null in metrics.jsonl, with the reason
             "advantage_std": (float(batch.advantages[batch.mask.bool()].std())
                               if batch.mask.sum() > 1 else math.nan),
@@ -733,7 +742,8 @@ class RLHFTrainer:
                 while self.step_count < steps:
                     metrics = self.step()
                     # the figures first, then the count: update() redraws with this step's
-                    bar.set_postfix(rm=f"{metrics['rm_score']:+.2f}",
+                    bar.set_postfix(**({"rm": f"{metrics['rm_score']:+.2f}"}
+                                       if "rm_score" in metrics else {}),
                                     gold=f"{metrics['gold_score']:+.2f}",
                                     kl=f"{metrics['kl']:.2f}", refresh=False)
                     bar.update()

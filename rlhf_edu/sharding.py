@@ -181,8 +181,9 @@ def shard_models(models, stage: str, mesh=None, precision: str = "auto", *,
     # place, which would skip its backward hook; the trainer never does
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     roots = {"policy": root}
-    if stage == "zero3":
-        roots.update(reward=models.reward, reference=models.reference)
+    if stage == "zero3":  # the frozen models too (a task scored by a verifier has no reward model)
+        roots.update({name: m for name, m in (("reward", models.reward),
+                                              ("reference", models.reference)) if m is not None})
     for name, module in roots.items():
         # the trained root holds two models: each is a unit of its own, so calling one alone
         # (the critic's values, the actor's log-probs) gathers it through FSDP's hooks

@@ -52,7 +52,7 @@ def _measure_stage(stage: str) -> dict:
     trainer.step()
     hook.remove()
     trained = local_bytes(trainer.policy, optimizers(trainer))
-    frozen_models = (trainer.models.reward, trainer.models.reference)
+    frozen_models = [m for m in (trainer.models.reward, trainer.models.reference) if m is not None]
     frozen = sum(local_bytes(m)["parameters"] for m in frozen_models)
     row = {"stage": stage, "rank": trainer.rank, **trained, "frozen": frozen,
            "held_after_forward": held[-1],  # after the last training forward

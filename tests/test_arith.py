@@ -146,3 +146,35 @@ def test_one_step_on_arith(settings):
         assert 0 <= m[key] <= 1
     assert m["lax_score"] >= m["gold_score"]
     assert "+" in m["sample"] and "=" in m["sample"]
+
+
+def test_cli_pretrains_and_describes_the_arith_task(tmp_path, capsys):
+    from rlhf_edu.cli import main
+    from rlhf_edu.models import load_pretrained
+
+    out = tmp_path / "arith_sft.pt"
+    assert main(["pretrain", "--task", "arith", "--problems", "300", "--epochs", "1",
+                 "--n-layer", "1", "--eval-samples", "400", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "200 held-out problems x 2 samples" in text and "pass@1 (verified)" in text
+    sft = load_pretrained("sft", path=out, task="arith")
+    assert sft.config.n_layer == 1
+    with pytest.raises(ValueError, match="different vocabulary"):
+        load_pretrained("sft", path=out)  # the reviews task's words are not these
+    assert main(["models", "--task", "arith", "--estimator", "grpo"]) == 0
+    text = capsys.readouterr().out
+    assert "a verifier scores the responses, no reward model" in text
+    assert "reward" not in text.split("no reward model")[1]  # actor and reference only
+    assert main(["memory", "--model", "llama-7b", "--method", "verifier", "--critic", "none"]) == 0
+    rows = capsys.readouterr().out
+    assert "reward" not in rows and "actor" in rows and "reference" in rows
+
+
+def test_memory_with_a_verifier_drops_exactly_the_reward_model():
+    from rlhf_edu import ModelSpec, memory_breakdown
+
+    spec = ModelSpec.preset("llama-7b")
+    rm = memory_breakdown(spec, critic="none")
+    verifier = memory_breakdown(spec, critic="none", method="verifier")
+    assert set(rm.roles) - set(verifier.roles) == {"reward"}
+    assert rm.total_bytes - verifier.total_bytes == pytest.approx(rm.roles["reward"].total)

@@ -372,7 +372,7 @@ CASES = [
     ("DPOConfig epochs 10**30", lambda: DPOConfig(epochs=10**30),
      r"^DPOConfig.epochs must be an int in \[1, 10000\], got 10{30}$"),
     ("PretrainConfig reviews 10**30", lambda: PretrainConfig(reviews=10**30),
-     r"^PretrainConfig.reviews must be an int in \[1, 10\*\*8\], got 10{30}$"),
+     r"^PretrainConfig.reviews must be an int in \[1, 10\*\*8\] or None, got 10{30}$"),
     ("PretrainConfig n_embd 10**30", lambda: PretrainConfig(n_embd=10**30),
      r"^PretrainConfig.n_embd must be an int in \[1, 8192\], got 10{30}$"),
     ("PretrainConfig n_layer 10**30", lambda: PretrainConfig(n_layer=10**30),

@@ -379,8 +379,12 @@ def _print_setup(trainer) -> None:
     config = trainer.config
     bf16 = distributed.uses_bf16(trainer.device, config.precision)
     devices = {role: trainer.devices[role] for role in trainer.models.roles()}
-    count = "four" if len(devices) == 4 else "three (no critic)"
-    where = (f"the {count} models on {trainer.device}" if len(set(devices.values())) == 1
+    notes = [text for role, text in (("critic", "no critic"),
+                                     ("reward", "a verifier, no reward model"))
+             if role not in devices]
+    count = {4: "four", 3: "three", 2: "two"}[len(devices)] + " models"
+    count += f" ({'; '.join(notes)})" if notes else ""
+    where = (f"the {count} on {trainer.device}" if len(set(devices.values())) == 1
              else ", ".join(f"{role} on {dev}" for role, dev in devices.items()))
     print(f"{trainer.world} process{'es' if trainer.world > 1 else ''}, {where}, "
           f"{'bf16 autocast (frozen models in bf16)' if bf16 else 'fp32'}"

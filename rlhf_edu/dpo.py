@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_save, model_checkpoint
 from .config import DPO_LOSSES, DPOConfig, PPOConfig
+from .distributed import adam
 from .interrupt import DeferredInterrupt, TrainingInterrupted, save_interrupted
 from .model import GPT, token_logprobs
 from .models import Actor, Reference, RewardModel, build_models, load_pretrained
@@ -239,7 +240,7 @@ def train_dpo(sft: GPT, pairs: DPOPairs, beta: float = 0.1, loss: str = "sigmoid
     with torch.no_grad():  # the reference is frozen: its log-probs are computed once
         ref_chosen, ref_rejected = pair_logprobs(reference, pairs)
     policy = copy.deepcopy(sft).train().requires_grad_(True)
-    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    opt = adam(policy.parameters(), lr)
     total = steps if steps is not None else epochs * math.ceil(len(pairs) / batch_size)
     g = torch.Generator().manual_seed(seed)
     history: list[dict] = []

@@ -212,12 +212,12 @@ class RLHFTrainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DDP(self.policy, device_ids=ids)
         actor_params = list(self.models.actor.parameters())
-        self.actor_opt = torch.optim.Adam(actor_params, lr=cfg.actor_lr, eps=1e-5)
+        self.actor_opt = distributed.adam(actor_params, cfg.actor_lr, eps=1e-5)
         self.critic_opt = None  # no critic, no optimiser state
         if self.models.critic is not None:
             critic_params = [p for p in self.models.critic.parameters()
                              if all(p is not q for q in actor_params)]
-            self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr, eps=1e-5)
+            self.critic_opt = distributed.adam(critic_params, cfg.critic_lr, eps=1e-5)
         self.kl_ctl = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)
                        if cfg.adaptive_kl else FixedKLController(cfg.beta))
         self.step_count = 0

@@ -41,6 +41,7 @@ from rlhf_edu.validate import (
     CLIP_MIN,
     COEF_MAX,
     VF_CLIP_MAX,
+    check_bool,
     check_float,
     check_floating,
     check_int,
@@ -52,6 +53,7 @@ from rlhf_edu.validate import (
 __all__ = [
     "entropy_from_logits",
     "ppo_losses",
+    "check_ppo_inputs",
     "total_loss",
     "FixedKLController",
     "AdaptiveKLController",
@@ -83,6 +85,7 @@ def ppo_losses(
     entropy: Tensor | None = None,
     ref_logprobs: Tensor | None = None,
     kl_estimator: str = "k3",
+    checked: bool = False,
 ) -> dict[str, Tensor]:
     """PPO's clipped policy loss and clipped value loss, with diagnostics.
 
@@ -112,6 +115,9 @@ def ppo_losses(
             `kl_estimator`, see `rewards.kl_penalty`; GRPO uses k3) is then returned as
             `kl_loss`, differentiable, for `total_loss(..., kl_coef=beta)`.
         kl_estimator: "k1", "k2" or "k3".
+        checked: the caller has checked the rollout's side once for the whole batch with
+            `check_ppo_inputs` (the trainer does, per update) and passes its bool `mask`:
+            no per-call checks, no read back to the host.
 
     Returns:
         A dict of scalar tensors:
@@ -130,7 +136,7 @@ def ppo_losses(
     x, m = _masked_inputs(
         {"logprobs": logprobs, "old_logprobs": old_logprobs, "advantages": advantages,
          "values": values, "old_values": old_values, "returns": returns, "entropy": entropy,
-         "ref_logprobs": ref_logprobs}, mask, clip, vf_clip, kl_estimator)
+         "ref_logprobs": ref_logprobs}, mask, clip, vf_clip, kl_estimator, checked)
     policy_loss, clipfrac, approx_kl = _policy_loss(x["logprobs"], x["old_logprobs"],
                                                     x["advantages"], m, clip)
     out = {"policy_loss": policy_loss}
@@ -149,9 +155,39 @@ def ppo_losses(
 
 
 def _masked_inputs(tensors: dict[str, Tensor | None], mask: Tensor, clip: float,
-                   vf_clip: float | None, kl_estimator: str) -> tuple[dict[str, Tensor], Tensor]:
-    """`ppo_losses`' checks; the given tensors (None left out) set to 0 on padding, and the
-    mask as bools."""
+                   vf_clip: float | None, kl_estimator: str, checked: bool
+                   ) -> tuple[dict[str, Tensor], Tensor]:
+    """The given tensors (None left out) set to 0 on padding, and the mask as bools; after
+    `ppo_losses`' checks unless the caller has `checked` them (then `mask` must be bool)."""
+    if not check_bool("checked", checked):
+        m = _check_inputs(tensors, mask, clip, vf_clip, kl_estimator)
+    elif isinstance(mask, Tensor) and mask.dtype == torch.bool:
+        m = mask
+    else:
+        raise ValueError(f"checked=True takes the bool mask from check_ppo_inputs, got "
+                         f"{mask.dtype if isinstance(mask, Tensor) else shown(mask)}")
+    # Padding is set to 0 before any arithmetic: whatever it held (NaN from a rollout's
+    # padding, say) then reaches neither the losses nor, through exp and max, the gradients.
+    return {k: torch.where(m, v, 0.0) for k, v in tensors.items() if v is not None}, m
+
+
+def check_ppo_inputs(old_logprobs: Tensor, advantages: Tensor, old_values: Tensor | None,
+                     returns: Tensor | None, mask: Tensor, clip: float = 0.2,
+                     vf_clip: float | None = 0.2, ref_logprobs: Tensor | None = None,
+                     kl_estimator: str = "k3") -> Tensor:
+    """`ppo_losses`' checks of the rollout's side, once for a whole batch: the settings, the
+    `(B, T)` tensors' types and shapes, `mask` (0/1, a response token in every row, so that
+    any minibatch of rows has one) and the tensors finite where it is 1. Returns the bool mask
+    `(B, T)` to pass, row by row, to `ppo_losses(..., checked=True)`. One read back."""
+    tensors = {"logprobs": old_logprobs, "old_logprobs": old_logprobs,
+               "advantages": advantages, "values": old_values, "old_values": old_values,
+               "returns": returns, "ref_logprobs": ref_logprobs}
+    return _check_inputs(tensors, mask, clip, vf_clip, kl_estimator, every_row=True)
+
+
+def _check_inputs(tensors: dict[str, Tensor | None], mask: Tensor, clip: float,
+                  vf_clip: float | None, kl_estimator: str, every_row: bool = False) -> Tensor:
+    """`ppo_losses`' checks of the given tensors (None left out); the mask as bools."""
     _at_most("clip", check_float("clip", clip, minimum=CLIP_MIN), 1,
              "at eps >= 1 the lower bound 1 - eps clips no ratio")
     if vf_clip is not None:
@@ -162,7 +198,7 @@ def _masked_inputs(tensors: dict[str, Tensor | None], mask: Tensor, clip: float,
     if given and len(given) < 3:
         raise ValueError(f"values, old_values and returns go together (all tensors, or all "
                          f"None without a critic); got tensors only for {', '.join(given)}")
-    if tensors["ref_logprobs"] is not None:
+    if tensors.get("ref_logprobs") is not None:
         _check_estimator(kl_estimator)
         if kl_estimator == "full":
             raise ValueError("kl_estimator 'full' needs the logits; the KL in the loss uses "
@@ -176,11 +212,8 @@ def _masked_inputs(tensors: dict[str, Tensor | None], mask: Tensor, clip: float,
     # shows in the loss, which the caller checks (the trainer, naming the step).
     rollout = {k: inputs[k] for k in ("old_logprobs", "advantages", "old_values", "returns",
                                       "ref_logprobs") if k in inputs}
-    m = check_mask(mask, logprobs, "logprobs", nonempty=True, finite=rollout,
-                   what="; the PPO losses are undefined")
-    # Padding is set to 0 before any arithmetic: whatever it held (NaN from a rollout's
-    # padding, say) then reaches neither the losses nor, through exp and max, the gradients.
-    return {k: torch.where(m, v, 0.0) for k, v in inputs.items()}, m
+    return check_mask(mask, logprobs, "logprobs", nonempty=True, every_row=every_row,
+                      finite=rollout, what="; the PPO losses are undefined")
 
 
 def _policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, m: Tensor,

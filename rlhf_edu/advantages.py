@@ -45,6 +45,7 @@ from torch import Tensor
 from rlhf_edu.validate import (
     EPS_MAX,
     WHITEN_EPS,
+    MaskCheck,
     check_2d,
     check_bool,
     check_finite,
@@ -161,7 +162,8 @@ def whiten(
     check_float("eps", eps, **WHITEN_EPS)
     if reduce is not None and not callable(reduce):
         raise ValueError(f"reduce must be a callable or None, got {type(reduce).__name__}")
-    m = check_mask(mask, x, "x", finite={"x": x})
+    check = MaskCheck(mask, x, "x", finite={"x": x})
+    m = check.m
     x = torch.where(m, x, torch.zeros_like(x))  # padding stays out of the gradient too
     # Accumulate in at least float32: a bf16 count is exact only up to 256.
     acc = torch.promote_types(x.dtype, torch.float32)
@@ -173,10 +175,11 @@ def whiten(
         if reduced is not None:
             stats = reduced
     total, total_sq, count = stats.unbind()
-    finite = bool(torch.isfinite(stats).all())  # the one read back, with the count's
-    if count.item() == 0:
+    # the one read back: the input checks, the count and the sums' finiteness
+    empty, overflow = check.read(count == 0, ~torch.isfinite(stats).all())
+    if empty:
         raise ValueError("mask has no unmasked entries; cannot whiten")
-    if not finite:
+    if overflow:
         raise ValueError(f"whiten: the sum of squares of x overflowed from finite inputs: "
                          f"{_too_large('x', x, m)}")
     mean = total / count
@@ -227,10 +230,11 @@ def gae(
     check_same_shape("values", values, "rewards", rewards)
     check_float("gamma", gamma, minimum=0, maximum=1)
     check_float("lam", lam, minimum=0, maximum=1)
-    m = check_mask(mask, rewards, "rewards", every_row=True,
-                   finite={"rewards": rewards, "values": values})
-    advantages, returns = _gae(rewards, values, m, gamma, lam)
-    check_result("the GAE returns", returns, lambda: (
+    check = MaskCheck(mask, rewards, "rewards", every_row=True,
+                      finite={"rewards": rewards, "values": values})
+    with check as m:  # the checks are read back once, with the result's
+        advantages, returns = _gae(rewards, values, m, gamma, lam)
+    check.result("the GAE returns", returns, lambda: (
         f"the discounted sums of rewards (largest |reward| "
         f"{torch.where(m, rewards, 0).abs().max().item():g}) and values (largest |value| "
         f"{torch.where(m, values, 0).abs().max().item():g}) overflow {rewards.dtype}; "

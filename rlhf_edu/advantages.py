@@ -76,13 +76,15 @@ def _zero_padding(x: Tensor, mask: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """`masked_mean` without validation, for callers that already checked `mask` (bool)."""
+def _masked_mean(x: Tensor, mask: Tensor, dim: int | None = None,
+                 count: Tensor | None = None) -> Tensor:
+    """`masked_mean` without validation, for callers that already checked `mask` (bool).
+    `count`: `mask.sum(dim)` (any dtype), for a caller taking several means under one mask."""
     # torch.where instead of x * mask: a NaN/inf in the padding must not leak (NaN * 0 = NaN).
     total = torch.where(mask, x, torch.zeros_like(x))
-    if dim is None:
-        return total.sum() / mask.sum()
-    return total.sum(dim) / mask.sum(dim)
+    total = total.sum() if dim is None else total.sum(dim)
+    count = count if count is not None else mask.sum() if dim is None else mask.sum(dim)
+    return total / count.to(total.dtype)  # the integer count, cast as the division would
 
 
 def _check_stats_input(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:

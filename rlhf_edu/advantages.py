@@ -45,6 +45,7 @@ from torch import Tensor
 from rlhf_edu.validate import (
     EPS_MAX,
     WHITEN_EPS,
+    MaskCheck,
     check_2d,
     check_bool,
     check_finite,
@@ -75,13 +76,15 @@ def _zero_padding(x: Tensor, mask: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """`masked_mean` without validation, for callers that already checked `mask` (bool)."""
+def _masked_mean(x: Tensor, mask: Tensor, dim: int | None = None,
+                 count: Tensor | None = None) -> Tensor:
+    """`masked_mean` without validation, for callers that already checked `mask` (bool).
+    `count`: `mask.sum(dim)` (any dtype), for a caller taking several means under one mask."""
     # torch.where instead of x * mask: a NaN/inf in the padding must not leak (NaN * 0 = NaN).
     total = torch.where(mask, x, torch.zeros_like(x))
-    if dim is None:
-        return total.sum() / mask.sum()
-    return total.sum(dim) / mask.sum(dim)
+    total = total.sum() if dim is None else total.sum(dim)
+    count = count if count is not None else mask.sum() if dim is None else mask.sum(dim)
+    return total / count.to(total.dtype)  # the integer count, cast as the division would
 
 
 def _check_stats_input(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
@@ -161,7 +164,8 @@ def whiten(
     check_float("eps", eps, **WHITEN_EPS)
     if reduce is not None and not callable(reduce):
         raise ValueError(f"reduce must be a callable or None, got {type(reduce).__name__}")
-    m = check_mask(mask, x, "x", finite={"x": x})
+    check = MaskCheck(mask, x, "x", finite={"x": x})
+    m = check.m
     x = torch.where(m, x, torch.zeros_like(x))  # padding stays out of the gradient too
     # Accumulate in at least float32: a bf16 count is exact only up to 256.
     acc = torch.promote_types(x.dtype, torch.float32)
@@ -173,10 +177,11 @@ def whiten(
         if reduced is not None:
             stats = reduced
     total, total_sq, count = stats.unbind()
-    finite = bool(torch.isfinite(stats).all())  # the one read back, with the count's
-    if count.item() == 0:
+    # the one read back: the input checks, the count and the sums' finiteness
+    empty, overflow = check.read(count == 0, ~torch.isfinite(stats).all())
+    if empty:
         raise ValueError("mask has no unmasked entries; cannot whiten")
-    if not finite:
+    if overflow:
         raise ValueError(f"whiten: the sum of squares of x overflowed from finite inputs: "
                          f"{_too_large('x', x, m)}")
     mean = total / count
@@ -227,10 +232,11 @@ def gae(
     check_same_shape("values", values, "rewards", rewards)
     check_float("gamma", gamma, minimum=0, maximum=1)
     check_float("lam", lam, minimum=0, maximum=1)
-    m = check_mask(mask, rewards, "rewards", every_row=True,
-                   finite={"rewards": rewards, "values": values})
-    advantages, returns = _gae(rewards, values, m, gamma, lam)
-    check_result("the GAE returns", returns, lambda: (
+    check = MaskCheck(mask, rewards, "rewards", every_row=True,
+                      finite={"rewards": rewards, "values": values})
+    with check as m:  # the checks are read back once, with the result's
+        advantages, returns = _gae(rewards, values, m, gamma, lam)
+    check.result("the GAE returns", returns, lambda: (
         f"the discounted sums of rewards (largest |reward| "
         f"{torch.where(m, rewards, 0).abs().max().item():g}) and values (largest |value| "
         f"{torch.where(m, values, 0).abs().max().item():g}) overflow {rewards.dtype}; "

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_save, model_checkpoint
 from .config import DPO_LOSSES, DPOConfig, PPOConfig
+from .distributed import adam
 from .interrupt import DeferredInterrupt, TrainingInterrupted, save_interrupted
 from .model import GPT, token_logprobs
 from .models import Actor, Reference, RewardModel, build_models, load_pretrained
@@ -192,15 +193,34 @@ def make_dpo_pairs(sft: GPT, n_pairs: int, seed: int = 0, sharpness: float = 5.0
 def pair_logprobs(model: GPT | Actor, data: DPOPairs, idx: Tensor | slice = slice(None)
                   ) -> tuple[Tensor, Tensor]:
     """Summed response log-probs ``(n,)`` of the chosen and of the rejected sequences of the
-    pairs ``idx``, from one forward pass over both."""
+    pairs ``idx``, from one forward pass over both, padded only to their own longest
+    sequence ``(2n, L)``, not to the longest of all the pairs."""
     p = data.pairs
     tokens, valid = _stack(p.chosen[idx], p.rejected[idx]), _stack(p.chosen_valid[idx],
                                                                    p.rejected_valid[idx])
     start = data.prompt_len[idx]
+    L = _width(valid, start)
+    tokens, valid = tokens[:, :L], valid[:, :L]  # (2n, L)
     dev = next(model.parameters()).device  # the pairs stay on the CPU; the model may not
     both = sequence_logprobs(model, tokens.to(dev), valid.to(dev),
                              torch.cat([start, start]).to(dev))  # (2n,)
     return both.chunk(2)
+
+
+def _width(valid: Tensor, start: Tensor) -> int:
+    """How many leading columns of the right-padded ``valid`` ``(m, L)`` a forward pass needs:
+    up to the last real token of any row, and at least one past the longest prompt (``start``
+    ``(m / 2,)``), as :func:`sequence_logprobs` requires; at most ``L``.
+
+    The columns after it are padding in every row, and no real token attends to them (right
+    padding, causal attention): dropping them changes no log-prob beyond float rounding and
+    saves their compute. The pairs live on the CPU, so reading the width waits for no device.
+    """
+    if start.numel() == 0:
+        return valid.size(1)
+    real = valid.any(0).nonzero()  # (k, 1) columns holding a real token in some row
+    last = int(real.max()) + 1 if len(real) else 0
+    return min(max(last, int(start.max()) + 1), valid.size(1))
 
 
 def _stack(a: Tensor, b: Tensor) -> Tensor:
@@ -239,7 +259,7 @@ def train_dpo(sft: GPT, pairs: DPOPairs, beta: float = 0.1, loss: str = "sigmoid
     with torch.no_grad():  # the reference is frozen: its log-probs are computed once
         ref_chosen, ref_rejected = pair_logprobs(reference, pairs)
     policy = copy.deepcopy(sft).train().requires_grad_(True)
-    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    opt = adam(policy.parameters(), lr)
     total = steps if steps is not None else epochs * math.ceil(len(pairs) / batch_size)
     g = torch.Generator().manual_seed(seed)
     history: list[dict] = []

@@ -41,6 +41,7 @@ from rlhf_edu.validate import (
     CLIP_MIN,
     COEF_MAX,
     VF_CLIP_MAX,
+    check_bool,
     check_float,
     check_floating,
     check_int,
@@ -52,6 +53,7 @@ from rlhf_edu.validate import (
 __all__ = [
     "entropy_from_logits",
     "ppo_losses",
+    "check_ppo_inputs",
     "total_loss",
     "FixedKLController",
     "AdaptiveKLController",
@@ -83,6 +85,7 @@ def ppo_losses(
     entropy: Tensor | None = None,
     ref_logprobs: Tensor | None = None,
     kl_estimator: str = "k3",
+    checked: bool = False,
 ) -> dict[str, Tensor]:
     """PPO's clipped policy loss and clipped value loss, with diagnostics.
 
@@ -112,6 +115,8 @@ def ppo_losses(
             `kl_estimator`, see `rewards.kl_penalty`; GRPO uses k3) is then returned as
             `kl_loss`, differentiable, for `total_loss(..., kl_coef=beta)`.
         kl_estimator: "k1", "k2" or "k3".
+        checked: the caller checked the rollout's side for the whole batch (`check_ppo_inputs`,
+            as the trainer does) and passes its bool `mask`: no per-call checks or read back.
 
     Returns:
         A dict of scalar tensors:
@@ -127,20 +132,21 @@ def ppo_losses(
         - `approx_kl`: masked mean of `(r - 1) - log r`, the k3 estimate of KL(old || new).
         Diagnostics (`clipfrac`, `vf_clipfrac`, `approx_kl`) are detached.
     """
-    x, m = _masked_inputs(
+    x, m, n = _masked_inputs(
         {"logprobs": logprobs, "old_logprobs": old_logprobs, "advantages": advantages,
          "values": values, "old_values": old_values, "returns": returns, "entropy": entropy,
-         "ref_logprobs": ref_logprobs}, mask, clip, vf_clip, kl_estimator)
+         "ref_logprobs": ref_logprobs}, mask, clip, vf_clip, kl_estimator, checked)
     policy_loss, clipfrac, approx_kl = _policy_loss(x["logprobs"], x["old_logprobs"],
-                                                    x["advantages"], m, clip)
+                                                    x["advantages"], m, clip, n)
     out = {"policy_loss": policy_loss}
     if values is not None:
         out["value_loss"], vf_clipfrac = _value_loss(x["values"], x["old_values"],
-                                                     x["returns"], m, vf_clip)
+                                                     x["returns"], m, vf_clip, n)
     if entropy is not None:
-        out["entropy"] = _masked_mean(x["entropy"], m)
+        out["entropy"] = _masked_mean(x["entropy"], m, count=n)
     if ref_logprobs is not None:  # GRPO: the KL to the reference in the loss, not the reward
-        out["kl_loss"] = _masked_mean(_kl(x["logprobs"], x["ref_logprobs"], kl_estimator), m)
+        out["kl_loss"] = _masked_mean(_kl(x["logprobs"], x["ref_logprobs"], kl_estimator), m,
+                                      count=n)
     out["clipfrac"] = clipfrac
     if values is not None:
         out["vf_clipfrac"] = vf_clipfrac.detach()
@@ -149,9 +155,41 @@ def ppo_losses(
 
 
 def _masked_inputs(tensors: dict[str, Tensor | None], mask: Tensor, clip: float,
-                   vf_clip: float | None, kl_estimator: str) -> tuple[dict[str, Tensor], Tensor]:
-    """`ppo_losses`' checks; the given tensors (None left out) set to 0 on padding, and the
-    mask as bools."""
+                   vf_clip: float | None, kl_estimator: str, checked: bool
+                   ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """The given tensors (None left out) set to 0 on padding, the mask as bools and its count
+    of response tokens (in the log-probs' dtype, which the means divide by); after
+    `ppo_losses`' checks unless the caller has `checked` them (then `mask` must be bool)."""
+    if not check_bool("checked", checked):
+        m = _check_inputs(tensors, mask, clip, vf_clip, kl_estimator)
+    elif isinstance(mask, Tensor) and mask.dtype == torch.bool:
+        m = mask
+    else:
+        raise ValueError(f"checked=True takes the bool mask from check_ppo_inputs, got "
+                         f"{mask.dtype if isinstance(mask, Tensor) else shown(mask)}")
+    # Padding is set to 0 before any arithmetic: whatever it held (NaN from a rollout's
+    # padding, say) then reaches neither the losses nor, through exp and max, the gradients.
+    x = {k: torch.where(m, v, 0.0) for k, v in tensors.items() if v is not None}
+    return x, m, m.sum().to(x["logprobs"].dtype)  # counted once for every mean
+
+
+def check_ppo_inputs(old_logprobs: Tensor, advantages: Tensor, old_values: Tensor | None,
+                     returns: Tensor | None, mask: Tensor, clip: float = 0.2,
+                     vf_clip: float | None = 0.2, ref_logprobs: Tensor | None = None,
+                     kl_estimator: str = "k3") -> Tensor:
+    """`ppo_losses`' checks of the rollout's side, once for a whole batch: the settings, the
+    `(B, T)` tensors' types and shapes, `mask` (0/1, a response token in every row, so that
+    any minibatch of rows has one) and the tensors finite where it is 1. Returns the bool mask
+    `(B, T)` to pass, row by row, to `ppo_losses(..., checked=True)`. One read back."""
+    tensors = {"logprobs": old_logprobs, "old_logprobs": old_logprobs,
+               "advantages": advantages, "values": old_values, "old_values": old_values,
+               "returns": returns, "ref_logprobs": ref_logprobs}
+    return _check_inputs(tensors, mask, clip, vf_clip, kl_estimator, every_row=True)
+
+
+def _check_inputs(tensors: dict[str, Tensor | None], mask: Tensor, clip: float,
+                  vf_clip: float | None, kl_estimator: str, every_row: bool = False) -> Tensor:
+    """`ppo_losses`' checks of the given tensors (None left out); the mask as bools."""
     _at_most("clip", check_float("clip", clip, minimum=CLIP_MIN), 1,
              "at eps >= 1 the lower bound 1 - eps clips no ratio")
     if vf_clip is not None:
@@ -162,7 +200,7 @@ def _masked_inputs(tensors: dict[str, Tensor | None], mask: Tensor, clip: float,
     if given and len(given) < 3:
         raise ValueError(f"values, old_values and returns go together (all tensors, or all "
                          f"None without a critic); got tensors only for {', '.join(given)}")
-    if tensors["ref_logprobs"] is not None:
+    if tensors.get("ref_logprobs") is not None:
         _check_estimator(kl_estimator)
         if kl_estimator == "full":
             raise ValueError("kl_estimator 'full' needs the logits; the KL in the loss uses "
@@ -176,42 +214,41 @@ def _masked_inputs(tensors: dict[str, Tensor | None], mask: Tensor, clip: float,
     # shows in the loss, which the caller checks (the trainer, naming the step).
     rollout = {k: inputs[k] for k in ("old_logprobs", "advantages", "old_values", "returns",
                                       "ref_logprobs") if k in inputs}
-    m = check_mask(mask, logprobs, "logprobs", nonempty=True, finite=rollout,
-                   what="; the PPO losses are undefined")
-    # Padding is set to 0 before any arithmetic: whatever it held (NaN from a rollout's
-    # padding, say) then reaches neither the losses nor, through exp and max, the gradients.
-    return {k: torch.where(m, v, 0.0) for k, v in inputs.items()}, m
+    return check_mask(mask, logprobs, "logprobs", nonempty=True, every_row=every_row,
+                      finite=rollout, what="; the PPO losses are undefined")
 
 
 def _policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, m: Tensor,
-                 clip: float) -> tuple[Tensor, Tensor, Tensor]:
+                 clip: float, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The clipped policy loss, its clip fraction and the k3 estimate of KL(old || new), on
-    inputs zeroed on padding (the last two detached)."""
+    inputs zeroed on padding (the last two detached); ``n`` counts the response tokens."""
     # The max of the two losses is the min of the two objectives (pessimistic bound).
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     pg_losses = -advantages * ratio
     pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    policy_loss = _masked_mean(torch.max(pg_losses, pg_losses_clipped), m)
+    policy_loss = _masked_mean(torch.max(pg_losses, pg_losses_clipped), m, count=n)
     with torch.no_grad():
-        clipfrac = _masked_mean((pg_losses_clipped > pg_losses).to(ratio.dtype), m)
+        clipfrac = _masked_mean((pg_losses_clipped > pg_losses).to(ratio.dtype), m, count=n)
         # k3 estimator (Schulman's blog): unbiased for KL(old || new) and never negative.
-        approx_kl = _masked_mean((ratio - 1.0) - log_ratio, m)
+        approx_kl = _masked_mean((ratio - 1.0) - log_ratio, m, count=n)
     return policy_loss, clipfrac, approx_kl
 
 
 def _value_loss(values: Tensor, old_values: Tensor, returns: Tensor, m: Tensor,
-                vf_clip: float | None) -> tuple[Tensor, Tensor]:
-    """The clipped value loss and its clip fraction, on inputs zeroed on padding."""
+                vf_clip: float | None, n: Tensor) -> tuple[Tensor, Tensor]:
+    """The clipped value loss and its clip fraction, on inputs zeroed on padding; ``n``
+    counts the response tokens."""
     # Clipping keeps the critic near its rollout-time predictions, as for the policy.
     vf_losses = (values - returns) ** 2
     if vf_clip is None:
-        return 0.5 * _masked_mean(vf_losses, m), torch.zeros((), dtype=values.dtype,
-                                                              device=values.device)
+        return 0.5 * _masked_mean(vf_losses, m, count=n), torch.zeros(
+            (), dtype=values.dtype, device=values.device)
     values_clipped = old_values + torch.clamp(values - old_values, -vf_clip, vf_clip)
     vf_losses_clipped = (values_clipped - returns) ** 2
-    value_loss = 0.5 * _masked_mean(torch.max(vf_losses, vf_losses_clipped), m)
-    return value_loss, _masked_mean((vf_losses_clipped > vf_losses).to(values.dtype), m)
+    value_loss = 0.5 * _masked_mean(torch.max(vf_losses, vf_losses_clipped), m, count=n)
+    return value_loss, _masked_mean((vf_losses_clipped > vf_losses).to(values.dtype), m,
+                                    count=n)
 
 
 def total_loss(losses: dict[str, Tensor], vf_coef: float = 0.1, ent_coef: float = 0.0,

@@ -10,6 +10,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .distributed import adam
 from .interrupt import DeferredInterrupt, TrainingInterrupted
 from .model import GPT, GPTConfig
 from .task import Tokenizer, parse, sample_corpus, text_metrics
@@ -93,7 +94,7 @@ def pretrain(config: GPTConfig | None = None, n_reviews: int = 30_000, epochs: i
         raise ValueError(f"vocab_size {model.config.vocab_size} is smaller than the task's "
                          f"{len(tok)} words")
     ids, valid = encode_texts(t.corpus(n_reviews, seed), tok)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    opt = adam(model.parameters(), lr, weight_decay=0.01, betas=(0.9, 0.95))
     steps = epochs * math.ceil(n_reviews / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))

@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .distributed import adam
 from .interrupt import DeferredInterrupt, TrainingInterrupted
 from .model import GPT
 from .models import RewardModel
@@ -237,7 +238,7 @@ def train_reward_model(sft: GPT, pairs: PreferencePairs, epochs: int = 2, batch_
         raise ValueError("pairs is empty (0 pairs); expected at least one pair to train on")
     torch.manual_seed(seed)
     rm = RewardModel(copy.deepcopy(sft)).train()
-    opt = torch.optim.AdamW(rm.parameters(), lr=lr, weight_decay=0.01)
+    opt = adam(rm.parameters(), lr, weight_decay=0.01)
     steps = epochs * math.ceil(len(pairs) / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
     g = torch.Generator().manual_seed(seed)

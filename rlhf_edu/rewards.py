@@ -34,6 +34,7 @@ from torch import Tensor
 
 from rlhf_edu.validate import (
     COEF_MAX,
+    MaskCheck,
     check_2d,
     check_finite,
     check_float,
@@ -139,10 +140,12 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1",
     if mask is None:
         check_finite({"logprobs": logprobs, "ref_logprobs": ref_logprobs})
         kl = _kl(logprobs, ref_logprobs, estimator)
-    else:
-        m = _check_kl_mask(mask, logprobs, ref_logprobs, estimator)
+        return check_result("the KL estimate", kl, lambda: _overflow_cause(
+            logprobs, ref_logprobs, estimator, kl))
+    check = _check_kl_mask(mask, logprobs, ref_logprobs, estimator)
+    with check as m:
         kl = _masked_kl(logprobs, ref_logprobs, estimator, m)
-    return check_result("the KL estimate", kl, lambda: _overflow_cause(
+    return check.result("the KL estimate", kl, lambda: _overflow_cause(
         logprobs, ref_logprobs, estimator, kl))
 
 
@@ -160,9 +163,10 @@ def _overflow_cause(logprobs: Tensor, ref_logprobs: Tensor, estimator: str, kl: 
 
 
 def _check_kl_mask(mask: Tensor, logprobs: Tensor, ref_logprobs: Tensor, estimator: str,
-                   every_row: bool = False, scores: Tensor | None = None) -> Tensor:
-    """The bool mask, after checking it against the `(B, T)` of the KL estimate and checking
-    that the inputs (and `scores`, if given) are finite where it is 1."""
+                   every_row: bool = False, scores: Tensor | None = None) -> MaskCheck:
+    """The checks of the mask against the `(B, T)` of the KL estimate, and of the inputs (and
+    `scores`, if given) being finite where it is 1, queued to be read back with the result's
+    (its `m`: the bool mask)."""
     check_tensor("mask", mask)
     kl_shape = tuple(logprobs.shape[:2] if estimator == FULL else logprobs.shape)
     if estimator == FULL and tuple(mask.shape) != kl_shape:
@@ -173,8 +177,8 @@ def _check_kl_mask(mask: Tensor, logprobs: Tensor, ref_logprobs: Tensor, estimat
     finite = {"logprobs": logprobs, "ref_logprobs": ref_logprobs}
     if scores is not None:
         finite["scores"] = scores
-    return check_mask(mask, torch.empty(kl_shape, device="meta"), "logprobs",
-                      every_row=every_row, finite=finite)
+    return MaskCheck(mask, torch.empty(kl_shape, device="meta"), "logprobs",
+                     every_row=every_row, finite=finite)
 
 
 def _masked_kl(logprobs: Tensor, ref_logprobs: Tensor, estimator: str, m: Tensor) -> Tensor:
@@ -253,19 +257,20 @@ def compute_rewards(
             f"scores must have shape (B,) = ({B},) or (B, T) = ({B}, {T}), "
             f"got {tuple(scores.shape)}"
         )
-    m = _check_kl_mask(mask, logprobs, ref_logprobs, estimator, every_row=True, scores=scores)
-    kl = _masked_kl(logprobs, ref_logprobs, estimator, m)  # (B, T), 0 on padding
-
-    zeros = torch.zeros_like(kl)
-    rewards = torch.where(m, -beta * kl, zeros)
-    scores = scores.to(kl.dtype)
-    if scores.ndim == 2:
-        rewards = rewards + torch.where(m, scores, zeros)
-    else:
-        # The sequence-level score belongs to the whole response, so it lands on the token
-        # that ended it; GAE then carries it back to earlier tokens.
-        last = _last_index(m)  # (B,)
-        rewards = rewards.scatter_add(1, last.unsqueeze(1), scores.unsqueeze(1))
-    return check_result("rewards", rewards, lambda: (
+    check = _check_kl_mask(mask, logprobs, ref_logprobs, estimator, every_row=True,
+                           scores=scores)
+    with check as m:  # the checks are read back once, with the result's
+        kl = _masked_kl(logprobs, ref_logprobs, estimator, m)  # (B, T), 0 on padding
+        zeros = torch.zeros_like(kl)
+        rewards = torch.where(m, -beta * kl, zeros)
+        scores = scores.to(kl.dtype)
+        if scores.ndim == 2:
+            rewards = rewards + torch.where(m, scores, zeros)
+        else:
+            # The sequence-level score belongs to the whole response, so it lands on the token
+            # that ended it; GAE then carries it back to earlier tokens.
+            last = _last_index(m)  # (B,)
+            rewards = rewards.scatter_add(1, last.unsqueeze(1), scores.unsqueeze(1))
+    return check.result("rewards", rewards, lambda: (
         f"beta ({beta:g}) x KL (largest {kl.abs().max().item():g}) plus the scores (largest "
         f"{scores.abs().max().item():g}) overflows {rewards.dtype}"))

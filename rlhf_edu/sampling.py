@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .distributed import adam
 from .model import Generation
 from .models import Models
 from .rewards import kl_penalty
@@ -129,7 +130,7 @@ def rejection_sampling(models: Models, steps: int, prompts_per_step: int = 16, n
         derived_seed(seed, 1))
     # minibatch order from its own generator, so prompts and samples do not depend on it
     order_g = torch.Generator().manual_seed(derived_seed(seed, 2))
-    opt = torch.optim.Adam(models.actor.parameters(), lr=lr, eps=1e-5)
+    opt = adam(models.actor.parameters(), lr, eps=1e-5)
     history = []
     for step in range(1, steps + 1):
         start = time.perf_counter()

@@ -46,7 +46,13 @@ from .config import (  # PPOConfig and the method defaults are also re-exported 
 from .interrupt import DeferredInterrupt as _DeferredInterrupt
 from .model import GPT, GPTConfig
 from .models import Models, Reference, RewardModel, build_models
-from .ppo import AdaptiveKLController, FixedKLController, ppo_losses, total_loss
+from .ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    check_ppo_inputs,
+    ppo_losses,
+    total_loss,
+)
 from .rewards import compute_rewards, kl_penalty
 from .rundir import RunDir
 from .task import review_texts
@@ -218,12 +224,12 @@ class RLHFTrainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DDP(self.policy, device_ids=ids)
         actor_params = list(self.models.actor.parameters())
-        self.actor_opt = torch.optim.Adam(actor_params, lr=cfg.actor_lr, eps=1e-5)
+        self.actor_opt = distributed.adam(actor_params, cfg.actor_lr, eps=1e-5)
         self.critic_opt = None  # no critic, no optimiser state
         if self.models.critic is not None:
             critic_params = [p for p in self.models.critic.parameters()
                              if all(p is not q for q in actor_params)]
-            self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr, eps=1e-5)
+            self.critic_opt = distributed.adam(critic_params, cfg.critic_lr, eps=1e-5)
         self.kl_ctl = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)
                        if cfg.adaptive_kl else FixedKLController(cfg.beta))
         self.step_count = 0
@@ -541,17 +547,22 @@ class RLHFTrainer:
             old_logprobs = self._recompute_logprobs(batch, orders[0].chunk(cfg.minibatches))
             tr("recomputed_logprobs", old_logprobs)
         kl_coef = batch.beta if cfg.kl_in == "loss" else 0.0
+        # the rollout's side of the losses is checked once here, not once per minibatch
+        m = check_ppo_inputs(old_logprobs, batch.advantages, batch.values, batch.returns,
+                             batch.mask, cfg.clip, cfg.vf_clip or None,
+                             batch.ref_logprobs if cfg.kl_in == "loss" else None,
+                             cfg.kl_estimator)  # (B, T) bool
         ratio_dev_first = None
         for order in orders:
             for idx in order.chunk(cfg.minibatches):
                 with distributed.autocast(self.device, cfg.precision):
                     logprobs, entropy, values = policy(batch.tokens[idx], batch.valid[idx],
                                                        batch.prompt_len)
-                mask = batch.mask[idx]
+                mask = m[idx]
                 logprobs = logprobs.float()
                 if ratio_dev_first is None:
                     ratio_dev_first = torch.where(
-                        mask.bool(), (logprobs.detach() - old_logprobs[idx]).exp() - 1, 0.0
+                        mask, (logprobs.detach() - old_logprobs[idx]).exp() - 1, 0.0
                     ).abs().amax()
                 critic = ((values.float(), batch.values[idx], batch.returns[idx])
                           if values is not None else (None, None, None))
@@ -560,13 +571,13 @@ class RLHFTrainer:
                                     entropy=entropy.float(),
                                     ref_logprobs=(batch.ref_logprobs[idx]
                                                   if cfg.kl_in == "loss" else None),
-                                    kl_estimator=cfg.kl_estimator)
+                                    kl_estimator=cfg.kl_estimator, checked=True)
                 loss = total_loss(losses, cfg.vf_coef if values is not None else 0.0,
                                   cfg.ent_coef, kl_coef)
                 if self.world > 1:
                     # token means over the global minibatch: DDP averages gradients over ranks,
                     # so weight this rank's mean by its share of the tokens
-                    n_local = mask.sum()
+                    n_local = batch.mask[idx].sum()
                     n_global = distributed.all_reduce_sum(n_local.detach().clone())
                     loss = loss * (n_local * self.world / n_global)
                 self._check_finite("PPO loss", loss, trained=True)

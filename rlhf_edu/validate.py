@@ -31,7 +31,8 @@ real position (``mask`` 1) is refused, naming the argument and the index (``ppo_
 the forward pass it is given to the caller's loss check: NaN there is a diverged model).
 :func:`check_mask` checks a mask and the finiteness of the tensors it masks with a single read
 back to the host (one GPU synchronisation, however many tensors); only when something is wrong
-does it look for the message.
+does it look for the message. :class:`MaskCheck` makes the same checks and reads them back
+together with the check of the result computed from the inputs (one read back per function).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ __all__ = [
     "check_same_shape",
     "check_2d",
     "check_mask",
+    "MaskCheck",
     "check_finite",
     "check_path",
     "check_instance",
@@ -425,33 +427,85 @@ def check_mask(mask: object, like: Tensor, like_name: str, *, every_row: bool = 
     that must be finite wherever the mask is 1 (a tensor whose leading dimensions are not the
     mask's, such as ``(B,)`` scores, must be finite everywhere). All of it costs one read back
     to the host. ``what`` ends the "no unmasked entries" message (e.g. "; the PPO losses are
-    undefined").
+    undefined"). :class:`MaskCheck` makes the same checks and reads them back together with
+    the check of a result.
     """
-    check_tensor("mask", mask)
-    check_same_shape("mask", mask, like_name, like)
-    finite = dict(finite or {})
-    for name, x in finite.items():
-        check_floating(name, x)
-    # a "like" on the meta device only gives the shape (kl_penalty's (B, T) of logits)
-    check_same_device({**({like_name: like} if like.device.type != "meta" else {}),
-                       **finite, "mask": mask})
-    m = mask if mask.dtype == torch.bool else mask != 0
-    flags = [torch.zeros((), dtype=torch.bool, device=m.device)]
-    if mask.dtype != torch.bool:
-        flags.append(((mask != 0) & (mask != 1)).any())
-    if nonempty:
-        flags.append(~m.any())
-    if every_row and m.numel():
-        flags.append((~m.any(dim=-1)).any())
-    flags += [_nonfinite(x, m).any().to(m.device) for x in finite.values()]
-    if bool(torch.stack(flags).any()):  # the one read back; the rest only finds the message
-        message = _mask_message(mask, m, nonempty, every_row)
-        if message == "mask has no unmasked entries":
-            message += what
-        for name, x in finite.items():
-            message = message or _finite_message(name, x, m)
-        raise ValueError(message)
-    return m
+    check = MaskCheck(mask, like, like_name, every_row=every_row, nonempty=nonempty,
+                      finite=finite, what=what)
+    check.raise_if_bad()
+    return check.m
+
+
+class MaskCheck:
+    """:func:`check_mask`'s checks, queued on the device but not yet read back, so that one
+    read back also checks a result computed from the inputs (:meth:`result`).
+
+    ``m`` is the bool mask at once. Wrap the computation in ``with check:``: an error it
+    raises on bad inputs (an empty row, say) gives way to the inputs' own message. Then
+    ``check.result(name, x, cause)`` reads the input checks and the finiteness of ``x`` back
+    in one go and raises, the inputs' message first, else :func:`check_result`'s.
+    """
+
+    def __init__(self, mask: object, like: Tensor, like_name: str, *, every_row: bool = False,
+                 nonempty: bool = False, finite: Mapping[str, Tensor] | None = None,
+                 what: str = "") -> None:
+        check_tensor("mask", mask)
+        check_same_shape("mask", mask, like_name, like)
+        self.finite = dict(finite or {})
+        for name, x in self.finite.items():
+            check_floating(name, x)
+        # a "like" on the meta device only gives the shape (kl_penalty's (B, T) of logits)
+        check_same_device({**({like_name: like} if like.device.type != "meta" else {}),
+                           **self.finite, "mask": mask})
+        self.mask, self.nonempty, self.every_row, self.what = mask, nonempty, every_row, what
+        self.m = m = mask if mask.dtype == torch.bool else mask != 0
+        flags = [torch.zeros((), dtype=torch.bool, device=m.device)]
+        if mask.dtype != torch.bool:
+            flags.append(((mask != 0) & (mask != 1)).any())
+        if nonempty:
+            flags.append(~m.any())
+        if every_row and m.numel():
+            flags.append((~m.any(dim=-1)).any())
+        flags += [_nonfinite(x, m).any().to(m.device) for x in self.finite.values()]
+        self.flags = torch.stack(flags)  # any True: something is wrong
+
+    def raise_if_bad(self, known_bad: bool = False) -> None:
+        """Read the checks back (unless ``known_bad``) and raise the first message, if any."""
+        if known_bad or bool(self.flags.any()):  # the one read back; the rest finds the message
+            message = _mask_message(self.mask, self.m, self.nonempty, self.every_row)
+            if message == "mask has no unmasked entries":
+                message += self.what
+            for name, x in self.finite.items():
+                message = message or _finite_message(name, x, self.m)
+            raise ValueError(message)
+
+    def __enter__(self) -> Tensor:
+        return self.m
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if error is not None and not isinstance(error, KeyboardInterrupt):
+            try:
+                self.raise_if_bad()  # bad inputs explain the error; else it propagates
+            except ValueError as bad:
+                raise bad from None
+        return False
+
+    def read(self, *extra: Tensor) -> list[bool]:
+        """Read the input checks back together with the 0-d bool tensors ``extra`` (one read
+        back for all): the inputs' ``ValueError`` if they failed, else ``extra`` as bools."""
+        n = len(self.flags)
+        values = torch.cat([self.flags, *(e.reshape(1).to(self.flags.device)
+                                          for e in extra)]).tolist()
+        if any(values[:n]):
+            self.raise_if_bad(known_bad=True)
+        return values[n:]
+
+    def result(self, name: str, x: Tensor, cause: str | Callable[[], str]) -> Tensor:
+        """``x`` if the inputs passed and ``x`` is all finite (one read back for both); else
+        the inputs' ``ValueError``, or :func:`check_result`'s."""
+        if self.read(~torch.isfinite(x.detach()).all())[0]:
+            check_result(name, x, cause)
+        return x
 
 
 def check_finite(tensors: Mapping[str, Tensor]) -> None:

@@ -3,6 +3,7 @@ that must raise the gold score, and the ``rlhf-edu dpo`` command."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -95,6 +96,39 @@ def test_sequence_logprobs_sum_the_response_tokens_only(sft, pairs):
     # the prompt is not counted: a longer prompt_len drops the first response token's log-prob
     shorter = sequence_logprobs(sft, p.chosen[:6], p.chosen_valid[:6], pairs.prompt_len[:6] + 1)
     assert (shorter > got).all()
+
+
+def test_a_minibatch_padded_to_its_own_longest_pair_gives_the_same_losses(sft, pairs):
+    """pair_logprobs pads a minibatch to its longest sequence; padding every pair to the
+    model's whole context (the longest any dataset can have) gives the same log-probs and
+    losses up to float rounding."""
+    p = pairs.pairs
+    lengths = torch.maximum(p.chosen_valid.sum(1), p.rejected_valid.sum(1))  # (N,)
+    idx = lengths.argsort()[:8]  # the shortest pairs: the most padding saved
+    C = sft.config.block_size
+
+    def padded(x):  # (n, L) -> (n, C), right-padded with 0 (<pad>; not valid)
+        return torch.nn.functional.pad(x, (0, C - x.size(1)))
+
+    with torch.no_grad():
+        chosen, rejected = pair_logprobs(sft, pairs, idx)  # (8,) each
+        full = [sequence_logprobs(sft, padded(t[idx]), padded(v[idx]), pairs.prompt_len[idx])
+                for t, v in ((p.chosen, p.chosen_valid), (p.rejected, p.rejected_valid))]
+        policy = copy.deepcopy(sft)  # moved a little from the reference: a nonzero margin
+        for q in policy.parameters():
+            q.add_(0.01 * torch.randn(q.shape, generator=torch.Generator().manual_seed(0)))
+        pc, pr = pair_logprobs(policy, pairs, idx)
+        full_policy = [sequence_logprobs(policy, padded(t[idx]), padded(v[idx]),
+                                         pairs.prompt_len[idx])
+                       for t, v in ((p.chosen, p.chosen_valid), (p.rejected, p.rejected_valid))]
+    assert int(lengths[idx].max()) < C  # the minibatch really was padded less
+    torch.testing.assert_close(chosen, full[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rejected, full[1], rtol=1e-5, atol=1e-5)
+    for loss in ("sigmoid", "ipo"):
+        got = dpo_loss(pc, pr, chosen, rejected, beta=0.1, loss=loss)[0]
+        want = dpo_loss(*full_policy, *full, beta=0.1, loss=loss)[0]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert got != dpo_loss(chosen, rejected, chosen, rejected, beta=0.1, loss=loss)[0]
 
 
 def test_prompt_lengths_come_from_the_pairs_prompts(pairs):

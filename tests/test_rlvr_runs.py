@@ -224,6 +224,9 @@ def test_grpo_exploits_the_lax_verifier_and_the_strict_one_is_not_fooled(data):
         assert h["pass@1"] > data["base"]["pass@1"], s  # still above the start
         g = end(data, "grpo", s)
         assert g["hedged"] < 0.01 and g["lax"] - g["pass@1"] < 0.01, s
+    lax_score = {n: statistics.mean(statistics.mean(runs[n][s]["series"]["lax_score"][-10:])
+                                    for s in SEEDS) for n in ("grpo", "grpo_lax")}
+    assert abs(lax_score["grpo_lax"] - lax_score["grpo"]) < 0.05  # barely more lax reward
     lax_end = [runs["grpo_lax"][s]["heldout"][steps] for s in SEEDS]
     assert (round(min(h["hedged"] for h in lax_end), 2), round(max(h["hedged"] for h in lax_end),
                                                                2)) == (0.25, 0.36)

@@ -8,11 +8,11 @@ one of two ways the SFT data shows:
   then ``=`` and the sum: ``1 1 , 1 6 , 0 8 = 8 6 1`` (2 + 9 = 11, 7 + 8 + 1 = 16,
   3 + 4 + 1 = 08).
 
-Writing the sum first needs every carry before the first digit; writing the columns first
-lets each digit be read off a column already written, so a small model gets worked answers
-right far more often. The SFT data mixes both, holds wrong answers (more among the direct
-ones) and hedges (``... = 8 6 1 or 8 7 1``: two candidates, one of them right), so the SFT actor
-is competent but unreliable.
+The SFT data makes the two forms unequal on purpose: its direct answers are wrong far more often
+than its worked ones, and a worked answer writes each column's result down before the sum, so
+the SFT actor's worked answers are right far more often than its direct ones (notebook 10
+measures both). It also holds hedges (``... = 8 6 1 or 8 7 1``: two candidates, one of them
+right), so the SFT actor is competent but unreliable.
 
 Two verifiers score a response: :func:`verify` (strict: exactly one answer, in one of the two
 forms, and it is the sum) and :func:`verify_lax` (the sum's digits appear somewhere in the

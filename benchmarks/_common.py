@@ -58,6 +58,13 @@ def setup() -> dict:
     }
 
 
+def load_note(info: dict) -> str:
+    """"; loaded, 1-min load X" when the machine was busier than its cores when the run began
+    (ratios of interleaved variants hold there, absolute times do not), else ""."""
+    load = info.get("load_average_1min")
+    return f"; loaded, 1-min load {load:g}" if load is not None and load > info["cores"] else ""
+
+
 INTERLEAVED = "variants interleaved, median of the repeats after a warm-up"
 
 

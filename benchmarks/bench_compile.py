@@ -107,12 +107,14 @@ def report(info: dict, cold: dict, warm: dict, runs: dict[str, list[float]]) -> 
     lines += [f"part 2, `rlhf-edu train --beta 0.05 --steps {warm['steps']}`, whole process, "
               f"{len(runs['eager'])} runs each: {e:.1f} s eager, {c:.1f} s with --compile "
               f"(warm cache): {e / c:.3f}x", "README rows:",
-              f"| `--compile`, course run (batch 64, <=20 tokens): compile time, steady-state "
-              f"step | {warm['compile_s']:.1f} s warm cache ({cold['compile_s']:.0f} s cold), "
+              f"| `--compile`, course run (batch 64, <=20 tokens{_common.load_note(info)}): "
+              f"compile time, steady-state step | {warm['compile_s']:.1f} s warm cache "
+              f"({cold['compile_s']:.0f} s cold), "
               f"{warm['graphs']} graph(s) in {warm['steps']} steps; {warm['speedup']:.2f}x per "
               f"step; break-even {even} (warm cache) |",
               f"| `rlhf-edu train --beta 0.05 --steps {warm['steps']}` with / without "
-              f"`--compile` (warm cache, whole process) | {c:.1f} s / {e:.1f} s "
+              f"`--compile` (warm cache, whole process{_common.load_note(info)}) | {c:.1f} s "
+              f"/ {e:.1f} s "
               f"({e / c:.2f}x) |"]
     return lines
 

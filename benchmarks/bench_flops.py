@@ -77,7 +77,7 @@ def matmul_seconds(a: torch.Tensor, b: torch.Tensor, reps: int = 10) -> float:
     return (time.perf_counter() - start) / reps
 
 
-def readme_row(rows: list[dict], rate: float) -> str:
+def readme_row(rows: list[dict], rate: float, info: dict) -> str:
     """The README's utilisation row: per preset, the whole step and the phases as a share of
     the matmul rate measured in the same run."""
     def preset(r: dict) -> str:
@@ -85,7 +85,8 @@ def readme_row(rows: list[dict], rate: float) -> str:
                 f"{r['mfu_2_generate']:.0%}, reference forward {r['mfu_4_reference_kl']:.0%}, "
                 f"PPO phase {r['mfu_6_ppo']:.0%})")
     return (f"| model FLOP utilisation, as a share of the {MATMUL_N}³ fp32 matmul rate measured "
-            f"in the same run ({rate / 1e9:.0f} GFLOP/s on one thread) | "
+            f"in the same run ({rate / 1e9:.0f} GFLOP/s on one thread"
+            f"{_common.load_note(info)}) | "
             + "; ".join(preset(r) for r in rows) + " |")
 
 
@@ -135,7 +136,7 @@ def main() -> None:
         ("step_s", "s/step", ".3f"), ("gflop_s", "GFLOP/s", ".1f"), ("mfu", "MFU", ".1%"),
         ("mfu_2_generate", "MFU gen.", ".1%"), ("mfu_4_reference_kl", "MFU ref. fwd", ".1%"),
         ("mfu_6_ppo", "MFU PPO", ".1%")]))
-    print("README row:\n" + readme_row(rows, rate))
+    print("README row:\n" + readme_row(rows, rate, info))
     small = next(r for r in rows if r["preset"] == "small")
     met = small["mfu"] >= 0.20
     print(f"target: MFU >= 20 % at 'small': {'met' if met else 'NOT met'} ({small['mfu']:.1%})")

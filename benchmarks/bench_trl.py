@@ -111,7 +111,7 @@ def run_alternating(args, info: dict) -> dict:
     datasets.disable_progress_bars()
     tok = word_tokenizer()
     ours_tok = Tokenizer()
-    assert tok("<bos> the food was")["input_ids"] == ours_tok.encode("<bos> the food was")
+    assert tok("<bos> the food was")["input_ids"] == ours_tok.encode("the food was", bos=True)
     total = args.warmup + args.steps
     prompts = [f"<bos> {PROMPTS[i % len(PROMPTS)]}" for i in range(BATCH * total)]
     dataset = datasets.Dataset.from_dict({"input_ids": [tok(p)["input_ids"] for p in prompts]})
@@ -210,10 +210,11 @@ def report(args, info: dict, raw: dict) -> None:
     print(f"target: ours >= 3x TRL's episodes/s: {'met' if met else 'NOT met'} ({ratio:.2f}x)")
     print("README row:\n"
           f"| same work as TRL {trl_version} `PPOTrainer` (batch {BATCH}, {RESPONSE_LEN} "
-          f"tokens, {EPOCHS} epochs × {MINIBATCHES} minibatches) | {ours_med:.2f} s vs "
-          f"{trl_med:.2f} s per step: **{ratio:.2f}× TRL's throughput**, of which TRL's two "
-          f"`gc.collect()` calls per step are {gc_share:.0%} of its step ({gc_med:.2f} s): "
-          f"without them {ratio_no_gc:.2f}× |")
+          f"tokens, {EPOCHS} epochs × {MINIBATCHES} minibatches{_common.load_note(info)}) | "
+          f"{ours_med:.2f} s vs "
+          f"{trl_med:.2f} s per step: **{ratio:.2f}× TRL's throughput**; TRL's two "
+          f"`gc.collect()` calls per step take {gc_share:.0%} of its step ({gc_med:.2f} s); "
+          f"without them it would be {ratio_no_gc:.2f}× |")
     path = _common.write_json("trl.json", {
         "machine": info, "transformers": transformers_version, "trl": trl_version,
         "batch": BATCH, "response_len": RESPONSE_LEN, "ppo_epochs": EPOCHS,

@@ -151,7 +151,8 @@ def reward_function(rm, tok: Tokenizer, length: int):
         lengths = sorted({len(c) for c in completion_ids})
         if lengths != [length]:
             raise RuntimeError(f"TRL sampled completions of {lengths} tokens, expected {length}")
-        rows = [tok.encode(p) + list(c) for p, c in zip(prompts, completion_ids)]
+        rows = [tok.encode(p.removeprefix("<bos> "), bos=True) + list(c)
+                for p, c in zip(prompts, completion_ids)]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
         for b, r in enumerate(rows):
@@ -180,7 +181,7 @@ def bench_grpo(args, info: dict, trl_version: str, with_ours: bool) -> dict:
     config, shape = gpt2_config()
     tok = word_tokenizer(config.vocab_size)
     ours_tok = Tokenizer()
-    assert tok("<bos> the food was")["input_ids"] == ours_tok.encode("<bos> the food was")
+    assert tok("<bos> the food was")["input_ids"] == ours_tok.encode("the food was", bos=True)
     updates = EPOCHS * MINIBATCHES  # optimiser steps per generated batch
     total = args.warmup + args.steps
     prompts = [f"<bos> {PROMPTS[i % len(PROMPTS)]}" for i in range(BATCH // GROUP * total)]
@@ -286,7 +287,8 @@ def grpo_report(args, info: dict, trl_version: str, clock, wall: float, shape,
         print("README row:\n"
               f"| GRPO vs TRL {trl_version} `GRPOTrainer` ({BATCH} completions = "
               f"{BATCH // GROUP} prompts × G {GROUP}, {RESPONSE_LEN} tokens, {EPOCHS} × "
-              f"{MINIBATCHES} minibatches, k3 in the loss), equal work: ours with "
+              f"{MINIBATCHES} minibatches, k3 in the loss{_common.load_note(info)}), equal "
+              "work: ours with "
               f"`recompute_logprobs`, the old-log-prob forward TRL always does | "
               f"**{ratio:.2f}× TRL's throughput** ({default:.2f}× with our default, which "
               f"skips that forward); target was {TARGET:g}× |")
@@ -399,7 +401,8 @@ def dpo_report(args, info: dict, trl_version: str, times: dict[str, list[float]]
               f"{'met' if ratio >= TARGET else 'NOT met'} ({ratio:.2f}x)")
         print("README row:\n"
               f"| DPO vs TRL {trl_version} `DPOTrainer` ({args.pairs} pairs, batch {DPO_BATCH}, "
-              f"one epoch, β {DPO_BETA}) | **{ratio:.2f}× TRL's throughput**; target was "
+              f"one epoch, β {DPO_BETA}{_common.load_note(info)}) | **{ratio:.2f}× TRL's "
+              "throughput**; target was "
               f"{TARGET:g}× |")
     return result
 

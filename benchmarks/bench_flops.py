@@ -81,9 +81,11 @@ def readme_row(rows: list[dict], rate: float, info: dict) -> str:
     """The README's utilisation row: per preset, the whole step and the phases as a share of
     the matmul rate measured in the same run."""
     def preset(r: dict) -> str:
-        return (f"{r['preset']} ({r['params'] / 1e6:.1f} M): step {r['mfu']:.0%} (generation "
-                f"{r['mfu_2_generate']:.0%}, reference forward {r['mfu_4_reference_kl']:.0%}, "
-                f"PPO phase {r['mfu_6_ppo']:.0%})")
+        def pct(key: str) -> str:
+            return f"{100 * r[key]:.0f} %"
+        return (f"{r['preset']} ({r['params'] / 1e6:.1f} M): step {pct('mfu')} (generation "
+                f"{pct('mfu_2_generate')}, reference forward {pct('mfu_4_reference_kl')}, "
+                f"PPO phase {pct('mfu_6_ppo')})")
     return (f"| model FLOP utilisation, as a share of the {MATMUL_N}³ fp32 matmul rate measured "
             f"in the same run ({rate / 1e9:.0f} GFLOP/s on one thread"
             f"{_common.load_note(info)}) | "

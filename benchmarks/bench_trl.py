@@ -213,7 +213,8 @@ def report(args, info: dict, raw: dict) -> None:
           f"tokens, {EPOCHS} epochs × {MINIBATCHES} minibatches{_common.load_note(info)}) | "
           f"{ours_med:.2f} s vs "
           f"{trl_med:.2f} s per step: **{ratio:.2f}× TRL's throughput**; TRL's two "
-          f"`gc.collect()` calls per step take {gc_share:.0%} of its step ({gc_med:.2f} s); "
+          f"`gc.collect()` calls per step take {100 * gc_share:.0f} % of its step "
+          f"({gc_med:.2f} s, timed in the same run); "
           f"without them it would be {ratio_no_gc:.2f}× |")
     path = _common.write_json("trl.json", {
         "machine": info, "transformers": transformers_version, "trl": trl_version,

@@ -295,7 +295,8 @@ def build_models(critic_mode: str = "separate", sft: GPT | None = None,
 def check_compile(device: torch.device) -> None:
     """``ValueError`` (one line) unless ``torch.compile`` can generate code for ``device``
     here: TorchDynamo supports this Python, and inductor has its C++ compiler (CPU; ``CXX``
-    names another) or Triton (CUDA)."""
+    names another) or Triton (CUDA). It refuses rather than falling back to eager: compiling
+    was asked for, and a run that silently did not would mislead whoever times it."""
     why = None
     if not torch._dynamo.is_dynamo_supported():
         why = "TorchDynamo does not support this Python version"
@@ -304,7 +305,7 @@ def check_compile(device: torch.device) -> None:
 
         try:
             get_cpp_compiler()
-        except Exception:  # noqa: BLE001 - inductor's InvalidCxxCompiler and its causes
+        except Exception:  # inductor's InvalidCxxCompiler, or a compiler that fails to run
             why = "no C++ compiler found (inductor looks for g++, or the one CXX names)"
     elif torch.device(device).type == "cuda":
         from torch.utils._triton import has_triton
@@ -322,7 +323,8 @@ def compile_forward(module: nn.Module, device: torch.device) -> nn.Module:
 
     Each RLHF step's responses have their own width ``P + T``. A forward compiled for one
     width is recompiled for the next (guard "size mismatch at index 1"); traced with the width
-    as a symbol, one compiled graph serves every step. The module is not wrapped: its
+    as a symbol, one compiled graph serves every step (a width that leaves a one-token
+    response compiles once more: torch specialises sizes 0 and 1). The module is not wrapped: its
     parameters, ``state_dict`` and identity (for DDP and checkpoints) stay as they were.
     ``ValueError`` (:func:`check_compile`) if torch.compile cannot run on ``device``.
     """

@@ -1,6 +1,6 @@
 """``--compile`` on the course run: compile time, steady-state speed-up, break-even, whole runs.
 
-    python benchmarks/bench_compile.py [--steps 60] [--runs 2]
+    python benchmarks/bench_compile.py [--steps 60] [--runs 3]
 
 Part 1, per step: an eager and a compiled trainer of the course run (``PPOConfig(beta=0.05)``:
 batch 64, responses of up to 20 tokens that stop at ``<eos>``, 4 PPO epochs x 2 minibatches)
@@ -93,6 +93,7 @@ def whole_runs(runs: int, steps: int, cache: str) -> dict[str, list[float]]:
 def report(info: dict, cold: dict, warm: dict, runs: dict[str, list[float]]) -> list[str]:
     """The printed summary; its last lines are the README's rows."""
     e, c = (_common.median(runs[k]) for k in ("eager", "compiled"))
+    e_min, c_min = min(runs["eager"]), min(runs["compiled"])  # least disturbed by other work
     even = (f"after {warm['break_even_steps']:.0f} steps" if warm["break_even_steps"]
             else "never (a compiled step is not faster)")
     lines = [_common.machine_line(info, "eager and compiled alternate; medians"),
@@ -113,16 +114,16 @@ def report(info: dict, cold: dict, warm: dict, runs: dict[str, list[float]]) -> 
               f"{warm['graphs']} graph(s) in {warm['steps']} steps; {warm['speedup']:.2f}x per "
               f"step; break-even {even} (warm cache) |",
               f"| `rlhf-edu train --beta 0.05 --steps {warm['steps']}` with / without "
-              f"`--compile` (warm cache, whole process{_common.load_note(info)}) | {c:.1f} s "
-              f"/ {e:.1f} s "
-              f"({e / c:.2f}x) |"]
+              f"`--compile` (warm cache, whole process, alternating{_common.load_note(info)}) | "
+              f"medians {c:.1f} s / {e:.1f} s ({e / c:.2f}x, {len(runs['eager'])} runs each); "
+              f"fastest runs {c_min:.1f} s / {e_min:.1f} s ({e_min / c_min:.2f}x) |"]
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60, help="course steps (default 60)")
-    parser.add_argument("--runs", type=int, default=2, help="whole runs of each (default 2)")
+    parser.add_argument("--runs", type=int, default=3, help="whole runs of each (default 3)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     info = _common.setup()

@@ -48,6 +48,7 @@ def setup() -> dict:
     return {
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels torch picked
         "cores": cores,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -57,11 +58,19 @@ def setup() -> dict:
     }
 
 
+def load_note(info: dict) -> str:
+    """"; loaded, 1-min load X" when the machine was busier than its cores when the run began
+    (ratios of interleaved variants hold there, absolute times do not), else ""."""
+    load = info.get("load_average_1min")
+    return f"; loaded, 1-min load {load:g}" if load is not None and load > info["cores"] else ""
+
+
 INTERLEAVED = "variants interleaved, median of the repeats after a warm-up"
 
 
 def machine_line(info: dict, timing: str = INTERLEAVED) -> str:
-    return (f"machine: {info['platform']}, {info['cpu']}, {info['cores']} cores "
+    return (f"machine: {info['platform']}, {info['cpu']} ({info.get('cpu_capability')}), "
+            f"{info['cores']} cores "
             f"(1-min load {info['load_average_1min']}); Python {info['python']}, "
             f"torch {info['torch']}\nthreads: torch.set_num_threads({info['torch_threads']}), "
             f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}; {timing}")

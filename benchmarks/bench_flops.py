@@ -17,7 +17,9 @@
    (actor and critic, forward and backward) run the full sequence of ``P + T`` tokens.
 
 MFU = counted FLOPs / measured seconds / matmul rate, for the whole step and per phase (from the
-trainer's phase timers). Target: >= 20 % at "small". Writes ``results/flops.json``.
+trainer's phase timers). The rate is this run's own: utilisation is a share of what this CPU's
+matmul reaches on one thread, so it compares across machines where GFLOP/s do not. Target:
+>= 20 % at "small". Writes ``results/flops.json`` and prints the README's row.
 """
 
 from __future__ import annotations
@@ -75,6 +77,21 @@ def matmul_seconds(a: torch.Tensor, b: torch.Tensor, reps: int = 10) -> float:
     return (time.perf_counter() - start) / reps
 
 
+def readme_row(rows: list[dict], rate: float, info: dict) -> str:
+    """The README's utilisation row: per preset, the whole step and the phases as a share of
+    the matmul rate measured in the same run."""
+    def preset(r: dict) -> str:
+        def pct(key: str) -> str:
+            return f"{100 * r[key]:.0f} %"
+        return (f"{r['preset']} ({r['params'] / 1e6:.1f} M): step {pct('mfu')} (generation "
+                f"{pct('mfu_2_generate')}, reference forward {pct('mfu_4_reference_kl')}, "
+                f"PPO phase {pct('mfu_6_ppo')})")
+    return (f"| model FLOP utilisation, as a share of the {MATMUL_N}³ fp32 matmul rate measured "
+            f"in the same run ({rate / 1e9:.0f} GFLOP/s on one thread"
+            f"{_common.load_note(info)}) | "
+            + "; ".join(preset(r) for r in rows) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -113,13 +130,15 @@ def main() -> None:
     print(f"\nModel FLOP utilisation of one RLHF step (batch {BATCH}, prompt {PROMPT_LEN}, "
           f"{RESPONSE_LEN} new tokens, {EPOCHS} PPO epochs), median of {args.repeats} steps")
     print(_common.machine_line(info))
-    print(f"measured fp32 matmul ({MATMUL_N}^3, 1 thread): {rate / 1e9:.1f} GFLOP/s")
+    print(f"measured fp32 matmul ({MATMUL_N}^3, 1 thread, in this run): {rate / 1e9:.1f} "
+          "GFLOP/s; every MFU below is a share of it")
     print(_common.format_table(rows, [
         ("preset", "preset", "s"), ("shape", "layers x width", "s"),
         ("params", "params/model", ",d"), ("step_gflop", "GFLOP/step", ".1f"),
         ("step_s", "s/step", ".3f"), ("gflop_s", "GFLOP/s", ".1f"), ("mfu", "MFU", ".1%"),
         ("mfu_2_generate", "MFU gen.", ".1%"), ("mfu_4_reference_kl", "MFU ref. fwd", ".1%"),
         ("mfu_6_ppo", "MFU PPO", ".1%")]))
+    print("README row:\n" + readme_row(rows, rate, info))
     small = next(r for r in rows if r["preset"] == "small")
     met = small["mfu"] >= 0.20
     print(f"target: MFU >= 20 % at 'small': {'met' if met else 'NOT met'} ({small['mfu']:.1%})")

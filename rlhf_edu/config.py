@@ -216,6 +216,9 @@ class PPOConfig:
         "none: DDP copies; zero2/zero3: FSDP2 shards of actor and critic (zero3 also the "
         "frozen models) over the --nproc processes (two or more)", choices=sharding.STAGES,
         check=sharding.check_stage))
+    compile: bool = field(default=False, metadata=meta(
+        "compile the actor and critic's training forward with torch.compile (the response "
+        "width dynamic: one compile per run); pays on long runs, needs a C++ compiler on CPU"))
 
     def __post_init__(self) -> None:
         check_field("PPOConfig", _field(self, "advantage_estimator"), self.advantage_estimator)
@@ -244,6 +247,9 @@ class PPOConfig:
                              "has no other response to serve as its baseline")
         check_task_reward(self.task, self.reward)
         sharding.check_config(self.shard, self.placement)
+        if self.compile and self.shard != "none":
+            raise ValueError(f"compile needs shard='none', got shard={self.shard!r}: the "
+                             "sharded models are not compiled")
         if self.ref_reset_every and self.shard != "none":
             raise ValueError(f"ref_reset_every ({self.ref_reset_every}) needs shard='none': a "
                              "moving reference copies the actor's whole weights")

@@ -27,6 +27,7 @@ state in which that token was chosen.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -92,6 +93,8 @@ def _check_prompt_len(tokens: torch.Tensor, prompt_len: int) -> None:
     if L < 2:
         raise ValueError(f"tokens must hold a prompt and a response (at least 2 columns), "
                          f"got shape {tuple(tokens.shape)}")
+    if type(prompt_len) is int and 1 <= prompt_len <= L - 1:
+        return  # no message built: under torch.compile L stays a symbol, not a string
     check_int("prompt_len", prompt_len, minimum=1, maximum=L - 1)
 
 
@@ -306,6 +309,56 @@ def build_models(critic_mode: str = "separate", sft: GPT | None = None,
     return Models(actor, critic.train(), reward, reference)
 
 
+def check_compile(device: torch.device) -> None:
+    """``ValueError`` (one line) unless ``torch.compile`` can generate code for ``device``
+    here: TorchDynamo supports this Python, and inductor has its C++ compiler (CPU; ``CXX``
+    names another) or Triton (CUDA). It refuses rather than falling back to eager: compiling
+    was asked for, and a run that silently did not would mislead whoever times it."""
+    why = None
+    if not torch._dynamo.is_dynamo_supported():
+        why = "TorchDynamo does not support this Python version"
+    elif torch.device(device).type == "cpu":
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        try:
+            get_cpp_compiler()
+        except Exception:  # inductor's InvalidCxxCompiler, or a compiler that fails to run
+            why = "no C++ compiler found (inductor looks for g++, or the one CXX names)"
+    elif torch.device(device).type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            why = "Triton is not installed"
+    if why:
+        raise ValueError(f"compile=True needs torch.compile, which cannot run here: {why}; "
+                         "run without --compile")
+
+
+def compile_forward(module: nn.Module, device: torch.device) -> nn.Module:
+    """Compile ``module``'s forward in place with ``torch.compile``, the width (dimension 1)
+    of its tensor arguments marked dynamic; return the module.
+
+    Each RLHF step's responses have their own width ``P + T``. A forward compiled for one
+    width is recompiled for the next (guard "size mismatch at index 1"); traced with the width
+    as a symbol, one compiled graph serves every step (a width that leaves a one-token
+    response compiles once more: torch specialises sizes 0 and 1). The module is not wrapped: its
+    parameters, ``state_dict`` and identity (for DDP and checkpoints) stay as they were.
+    ``ValueError`` (:func:`check_compile`) if torch.compile cannot run on ``device``.
+    """
+    check_compile(device)
+    compiled = torch.compile(module.forward)
+
+    @functools.wraps(module.forward)
+    def forward(*args, **kwargs):
+        for arg in args:
+            if isinstance(arg, torch.Tensor) and arg.dim() >= 2:
+                torch._dynamo.maybe_mark_dynamic(arg, 1)
+        return compiled(*args, **kwargs)
+
+    module.forward = forward
+    return module
+
+
 def describe(models: Models) -> list[dict]:
     """One row per resident role (three without a critic): its own parameters, the actor
     parameters it reads, whether it trains."""
@@ -323,5 +376,5 @@ def describe(models: Models) -> list[dict]:
 
 
 __all__ = ["Actor", "Critic", "RewardModel", "Reference", "Models", "PolicyOutput",
-           "build_models", "load_pretrained", "describe", "CRITIC_MODES", "NO_CRITIC",
-           "GPTConfig"]
+           "build_models", "load_pretrained", "describe", "compile_forward", "check_compile",
+           "CRITIC_MODES", "NO_CRITIC", "GPTConfig"]

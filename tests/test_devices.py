@@ -221,14 +221,18 @@ _GPU_REQUEST = ((["--device", "cuda"], "CUDA is not available") if not torch.cud
     (["--precision", "bf16", "--batch", "6", "--minibatches", "2"],
      "batch_size 6 must split into 2 ranks x 2 minibatches"),
 ])
-def test_bad_launches_fail_before_torchrun_starts(tmp_path, args, message):
-    result = subprocess.run(
-        [sys.executable, "-m", "rlhf_edu.cli", "train", "--nproc", "2", *args,
-         "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+def test_bad_launches_fail_before_torchrun_starts(tmp_path, capsys, monkeypatch, args, message):
+    from rlhf_edu.cli import main
+
+    def no_process(cmd, *rest, **kwargs):
+        raise AssertionError(f"started {cmd}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)  # torchrun, or any other process
+    assert main(["train", "--nproc", "2", *args, "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
     # one line from this process: torchrun, had it started, would report each rank's failure
-    assert len(lines) == 1 and lines[0].startswith("rlhf-edu train: error:"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("rlhf-edu train: error:"), err
     assert message in lines[0]
     assert not (tmp_path / "r").exists()
 

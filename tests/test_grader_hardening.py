@@ -64,6 +64,20 @@ def write_exercise(root: Path, number: int, source: str) -> None:
     path.write_text(textwrap.dedent(source).replace("{stem}", path.stem))
 
 
+def recorded_rows(monkeypatch) -> list[dict]:
+    """The rows the next ``grading.grade`` call returns (``rlhf-edu grade`` calls it), kept in
+    the list returned here."""
+    rows: list[dict] = []
+    grade = grading.grade
+
+    def recording(*args, **kwargs):
+        rows[:] = grade(*args, **kwargs)
+        return list(rows)
+
+    monkeypatch.setattr(grading, "grade", recording)
+    return rows
+
+
 def by_number(rows: list[dict]) -> dict[int, dict]:
     return {row["exercise"]: row for row in rows}
 
@@ -112,6 +126,18 @@ IN_PLACE = '''
     for _name, _fn in inspect.getmembers(_solution, inspect.isfunction):
         if _fn.__module__ == _solution.__name__ and not _name.startswith("_"):
             globals()[_name] = _in_place(_fn)
+'''
+
+# Appended to a correct module: records the process that imports it (its id, its parent's, its
+# session's) next to the module.
+PROCESS_PROBE = '''
+
+    import json
+    import os
+    from pathlib import Path
+
+    Path(__file__).with_suffix(".json").write_text(json.dumps(
+        {"pid": os.getpid(), "ppid": os.getppid(), "sid": os.getsid(0)}))
 '''
 
 # Wrong: returns zeros, after zeroing the inputs the expected values would be computed from.
@@ -341,10 +367,11 @@ HANGS = '''
 
 @pytest.fixture(scope="module")
 def adversarial(tmp_path_factory) -> tuple[Path, dict[int, dict]]:
-    """One course of mostly adversarial exercises, graded once: (root, rows by number)."""
+    """One course of mostly adversarial exercises, graded once: (root, rows by number). 2 and
+    3 also record the process that imports them."""
     root = make_course(tmp_path_factory.mktemp("adversarial"), (1, 2, 3, 4, 5, 6, 7))
     for n in (2, 3, 4):
-        write_exercise(root, n, IN_PLACE)
+        write_exercise(root, n, IN_PLACE + (PROCESS_PROBE if n < 4 else ""))
     write_exercise(root, 1, LYING_INTS)
     write_exercise(root, 5, PATCHING)
     write_exercise(root, 6, ECHO_FLOAT)
@@ -533,28 +560,13 @@ def test_hangs_cost_one_time_limit_and_keep_the_other_results(tmp_path, monkeypa
     assert "test_preference_probability: did not finish within 2 s" in text
 
 
-# Correct; records the process that imports it: its id, its parent's, its session's.
-PROCESS_PROBE = '''
-    import json
-    import os
-    from pathlib import Path
-
-    from solutions.{stem} import *  # noqa: F403
-
-    Path(__file__).with_suffix(".json").write_text(json.dumps(
-        {"pid": os.getpid(), "ppid": os.getppid(), "sid": os.getsid(0)}))
-'''
-
-
-def test_each_exercise_runs_in_a_fresh_process_of_its_own(tmp_path):
+def test_each_exercise_runs_in_a_fresh_process_of_its_own(adversarial):
     """Learner code never runs in the grader's process, nor in a fork of a process shared by
     the exercises: each exercise gets a new interpreter, started by the grader, in a session
     (process group) of its own that the grader can kill as a whole."""
-    root = make_course(tmp_path, (2, 3))
-    for n in (2, 3):
-        write_exercise(root, n, PROCESS_PROBE)
-    rows = grading.grade(root=root, timeout=300)
-    assert all(r["error"] is None and r["passed"] == r["total"] > 0 for r in rows), rows
+    root, rows = adversarial  # exercises 2 and 3 (correct) recorded their processes
+    assert all(rows[n]["error"] is None and rows[n]["passed"] == rows[n]["total"] > 0
+               for n in (2, 3)), rows
     seen = [json.loads(p.read_text()) for p in sorted((root / "exercises").glob("*.json"))]
     assert len(seen) == 2 and seen[0]["pid"] != seen[1]["pid"], seen
     for process in seen:
@@ -799,6 +811,7 @@ def test_learner_text_cannot_forge_the_score_table(tmp_path, monkeypatch, capsys
     write_exercise(root, 8, FORGED)
     monkeypatch.chdir(root)
     monkeypatch.setenv("COLUMNS", "100")  # the table's width, whatever terminal runs the test
+    rows = recorded_rows(monkeypatch)
     assert cli.main(["grade", "-v"]) == 1
     out = capsys.readouterr().out
     assert not _RAW.search(out), repr(out)
@@ -814,7 +827,7 @@ def test_learner_text_cannot_forge_the_score_table(tmp_path, monkeypatch, capsys
     notes = lines[2:-1]
     assert all(line.startswith(("     | ", "     (and")) for line in notes), out
     # the rows carry the escaped text too, for any report made from them
-    (row,) = grading.grade(8, root=root)
+    (row,) = rows
     for failure in row["failures"]:
         assert not _RAW.search(failure["message"] + failure["test"]), failure
         assert failure["message"].startswith(r"ValueError: \x1b[2F\x1b[2K  8  ex08"), failure
@@ -843,14 +856,15 @@ def test_a_test_deleted_from_its_file_counts_as_failed(tmp_path, capsys, monkeyp
     del lines[node.lineno - 1:node.end_lineno]
     source = "".join(lines).replace(", (0.5, 0.5)])", "])")
     path.write_text(source + "\n\ndef test_a_free_point():\n    pass\n")
-    (row,) = grading.grade(3, target="solutions", root=root, timeout=300)
+    monkeypatch.setenv("COLUMNS", "100")
+    rows = recorded_rows(monkeypatch)
+    assert cli.main(["grade", "3", "--target", "solutions", "--root", str(root)]) == 1
+    (row,) = rows
     missing = "missing from tests/exercises/test_ex03_gae.py"
     assert row["error"] is None and (row["passed"], row["total"]) == (7, 9), row
     assert row["failures"] == [
         {"test": "test_lambda_zero_is_the_td_residual", "message": missing},
         {"test": "test_random_against_the_definition[0.5-0.5]", "message": missing}]
-    monkeypatch.setenv("COLUMNS", "100")
-    assert cli.main(["grade", "3", "--target", "solutions", "--root", str(root)]) == 1
     out = capsys.readouterr().out
     assert f"test_lambda_zero_is_the_td_residual: {missing}" in out
     assert re.search(r"total\s+7 / 9$", out.strip()), out

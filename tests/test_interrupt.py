@@ -5,6 +5,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 import pytest
 
 from rlhf_edu.checkpoint import safe_load
+from rlhf_edu.cli import main
 from rlhf_edu.models import load_pretrained
 
 ARGS = ["--batch", "8", "--response-len", "8", "--ppo-epochs", "1", "--seed", "11", "--quiet",
@@ -33,10 +35,9 @@ def _metrics(run_dir):
     return [{k: v for k, v in json.loads(x).items() if not k.startswith("time_")} for x in lines]
 
 
-def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path):
-    ref = tmp_path / "reference"
-    assert _train(ref, "--steps", str(STEPS)).returncode == 0
-
+def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, uninterrupted):
+    """Against the module's uninterrupted run, which saves only at its end: checkpoints do not
+    change a run's metrics."""
     run = tmp_path / "killed"
     proc = _train(run, "--steps", str(STEPS), wait=False)
     deadline = time.time() + 120
@@ -52,7 +53,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path):
 
     result = _train(run, "--steps", str(STEPS), "--resume")
     assert result.returncode == 0, result.stderr
-    assert _metrics(run) == _metrics(ref)
+    assert _metrics(run) == uninterrupted
 
 
 # ------------------------------------------------------------------ Ctrl-C and run directories
@@ -72,6 +73,16 @@ def _cli(run_dir, *extra, wait=True):
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def _cli_here(capsys, run_dir, *extra) -> subprocess.CompletedProcess:
+    """What :func:`_cli` returns, from ``rlhf-edu train`` in this process: for the calls that
+    end before any training starts (a refusal, "nothing to do")."""
+    capsys.readouterr()
+    code = main(["train", "--run-dir", str(run_dir), "--steps", str(CTRL_C_STEPS),
+                 *CTRL_C_ARGS, *extra])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["rlhf-edu", "train"], code, captured.out, captured.err)
+
+
 def _wait_for(predicate, seconds=120):
     deadline = time.time() + seconds
     while not predicate():
@@ -84,15 +95,23 @@ def _lines(path):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def reference(tmp_path_factory):
+    """An uninterrupted run, made once: its directory (tests change copies of it)."""
     run = tmp_path_factory.mktemp("ctrl-c") / "reference"
     result = _cli(run)
     assert result.returncode == 0, result.stderr
-    return _metrics(run)
+    return run
 
 
-@pytest.mark.parametrize("after_steps", [0, 1, 4])
-def test_ctrl_c_then_resume_is_bit_identical(tmp_path, uninterrupted, after_steps):
+@pytest.fixture(scope="module")
+def uninterrupted(reference):
+    return _metrics(reference)
+
+
+# after 0 steps: no checkpoint to resume from; after 1: the Ctrl-C's checkpoint (a Ctrl-C after
+# several steps is the double Ctrl-C test's)
+@pytest.mark.parametrize("after_steps", [0, 1])
+def test_ctrl_c_then_resume_is_bit_identical(tmp_path, capsys, uninterrupted, after_steps):
     """Ctrl-C finishes the running step, saves it atomically and exits 130; --resume goes on."""
     run = tmp_path / "run"
     proc = _cli(run, wait=False)
@@ -110,7 +129,7 @@ def test_ctrl_c_then_resume_is_bit_identical(tmp_path, uninterrupted, after_step
         assert _lines(run / "metrics.jsonl") == step
     else:  # interrupted before the first step began: nothing to save, nothing lost
         assert "interrupted" in last and _lines(run / "metrics.jsonl") == 0, err
-    refused = _cli(run)  # a fresh start must not overwrite it...
+    refused = _cli_here(capsys, run)  # a fresh start must not overwrite it...
     assert refused.returncode == 2 and "pass --resume to continue it" in refused.stderr
     resumed = _cli(run, "--resume")  # ...and --resume continues it
     assert resumed.returncode == 0, resumed.stderr
@@ -132,12 +151,12 @@ def test_ctrl_c_twice_stops_at_once_and_the_run_still_resumes(tmp_path, uninterr
     assert _metrics(run) == uninterrupted
 
 
-def test_one_writer_per_run_directory(tmp_path, uninterrupted):
+def test_one_writer_per_run_directory(tmp_path, capsys, uninterrupted):
     run = tmp_path / "run"
     first = _cli(run, "--steps", "1000", wait=False)  # long enough to be running throughout
     _wait_for(lambda: (run / "config.json").exists())
     for extra in ((), ("--resume",)):
-        second = _cli(run, *extra)
+        second = _cli_here(capsys, run, *extra)  # another process: this one
         assert second.returncode == 2, second.stderr
         assert f"is in use by another run (process {first.pid})" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1
@@ -150,20 +169,20 @@ def test_one_writer_per_run_directory(tmp_path, uninterrupted):
     assert metrics[:CTRL_C_STEPS] == uninterrupted
 
 
-def test_no_state_of_a_run_directory_is_a_dead_end(tmp_path, uninterrupted):
+def test_no_state_of_a_run_directory_is_a_dead_end(tmp_path, capsys, reference, uninterrupted):
     run = tmp_path / "run"
-    assert _cli(run).returncode == 0
+    shutil.copytree(reference, run)  # a finished run
     # a wrong flag on --resume is refused and rewrites nothing...
     config = (run / "config.json").read_text()
-    wrong = _cli(run, "--resume", "--beta", "0.2", "--steps", "13")
+    wrong = _cli_here(capsys, run, "--resume", "--beta", "0.2", "--steps", "13")
     assert wrong.returncode == 2 and "holds a different run" in wrong.stderr
     assert (run / "config.json").read_text() == config
     # ...a finished run resumed to the same step has nothing to do...
-    again = _cli(run, "--resume")
+    again = _cli_here(capsys, run, "--resume")
     assert again.returncode == 0 and "nothing to do" in again.stdout
     # ...metrics.jsonl lost: a fresh start must not overwrite the checkpoint
     (run / "metrics.jsonl").unlink()
-    refused = _cli(run)
+    refused = _cli_here(capsys, run)
     assert refused.returncode == 2 and "already holds a run" in refused.stderr
     assert safe_load(run / "checkpoint.pt")["step"] == CTRL_C_STEPS
     # a run killed before its first checkpoint (config and two steps of metrics, no

@@ -1,4 +1,6 @@
-"""The chapter's two scripts, run as a learner runs them: subprocesses with small budgets.
+"""The chapter's two scripts, run as a learner runs them, with small budgets: each script's
+first run and its error exits in a subprocess; its other runs call the script's ``main(argv)``
+in this process (the same code, without starting Python and torch again).
 
 ``scripts/rlhf_loop_pseudo.py`` must walk the six phases in order with the shapes of a (B, T)
 batch and arithmetic that adds up; ``scripts/reward_calculator.py`` must print a total reward
@@ -36,6 +38,14 @@ def env() -> dict[str, str]:
 def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(SCRIPTS / script), *args], cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=120)
+
+
+def run_here(capsys, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """What :func:`run` returns, from ``scripts/<script>.py``'s ``main(args)`` in this process."""
+    capsys.readouterr()
+    code = script_module(script.removesuffix(".py")).main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess([script, *args], code, captured.out, captured.err)
 
 
 def script_module(name: str):
@@ -129,8 +139,8 @@ def test_loop_first_run_says_why_kl_is_zero(loop):
     assert "--actor hacked" in loop and "--warmup N" in loop  # the next runs to try
 
 
-def test_loop_with_the_hacked_actor_pays_a_large_kl():
-    out = run("rlhf_loop_pseudo.py", "--actor", "hacked")
+def test_loop_with_the_hacked_actor_pays_a_large_kl(capsys):
+    out = run_here(capsys, "rlhf_loop_pseudo.py", "--actor", "hacked")
     assert out.returncode == 0, out.stderr
     assert "actor: the hacked actor" in out.stdout and "why KL is large" in out.stdout
     sums = floats(re.search(rf"k1 summed per response = \[((?:{NUM}, )*{NUM})\]",
@@ -139,8 +149,8 @@ def test_loop_with_the_hacked_actor_pays_a_large_kl():
     assert out.stdout.rstrip().endswith(": yes")
 
 
-def test_loop_warmup_shows_progress_and_explains_its_kl():
-    out = run("rlhf_loop_pseudo.py", "--warmup", "3", "--seed", "2", "--batch", "2")
+def test_loop_warmup_shows_progress_and_explains_its_kl(capsys):
+    out = run_here(capsys, "rlhf_loop_pseudo.py", "--warmup", "3", "--seed", "2", "--batch", "2")
     assert out.returncode == 0, out.stderr
     assert "warm-up" in out.stderr and "3/3" in out.stderr  # the progress bar
     assert "(step 4: 3 trained before it)" in out.stdout and "why KL > 0" in out.stdout
@@ -152,7 +162,8 @@ def test_loop_warmup_shows_progress_and_explains_its_kl():
 
 
 def test_loop_other_batch_and_help(capsys):
-    out = run("rlhf_loop_pseudo.py", "--seed", "1", "--batch", "3")  # odd: one minibatch
+    # an odd batch: one minibatch
+    out = run_here(capsys, "rlhf_loop_pseudo.py", "--seed", "1", "--batch", "3")
     assert out.returncode == 0, out.stderr
     T = int(re.search(r"response width T=(\d+)", out.stdout).group(1))
     assert f"(3, {T})" in out.stdout and "1 minibatches" in out.stdout
@@ -223,9 +234,9 @@ def test_calculator_actor_equal_to_reference_has_no_penalty():
     assert [r[0] == r[1] for r in c["rows"]] == [True] * 4  # was great . <eos>
 
 
-def test_calculator_with_a_tempered_actor_pays_a_penalty():
-    out = run("reward_calculator.py", "the food", "was great great amazing !", "--beta", "0.2",
-              "--actor-temperature", "1.5")
+def test_calculator_with_a_tempered_actor_pays_a_penalty(capsys):
+    out = run_here(capsys, "reward_calculator.py", "the food", "was great great amazing !",
+                   "--beta", "0.2", "--actor-temperature", "1.5")
     assert out.returncode == 0, out.stderr
     c = check_calculator(out.stdout, beta=0.2)
     assert "why KL = 0" not in out.stdout and "temperature 1.5" in out.stdout
@@ -235,7 +246,7 @@ def test_calculator_with_a_tempered_actor_pays_a_penalty():
     assert len(c["rows"]) == 6  # five words and <eos>
 
 
-def test_calculator_reads_an_actor_checkpoint(tmp_path):
+def test_calculator_reads_an_actor_checkpoint(tmp_path, capsys):
     from rlhf_edu import load_pretrained
     from rlhf_edu.checkpoint import atomic_save, model_checkpoint
 
@@ -246,7 +257,7 @@ def test_calculator_reads_an_actor_checkpoint(tmp_path):
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     path = tmp_path / "moved.pt"
     atomic_save(model_checkpoint("sft", sft.config, sft.state_dict()), path)
-    out = run("reward_calculator.py", "i loved the", "wine .", "--actor", str(path))
+    out = run_here(capsys, "reward_calculator.py", "i loved the", "wine .", "--actor", str(path))
     assert out.returncode == 0, out.stderr
     assert str(path) in out.stdout and "why KL = 0" not in out.stdout
     c = check_calculator(out.stdout, beta=0.05)
@@ -270,11 +281,11 @@ def test_calculator_help(capsys):
     assert "delicious" in usage  # the epilog lists the task's words
 
 
-def test_calculator_with_the_hacked_actor_pays_a_large_kl():
+def test_calculator_with_the_hacked_actor_pays_a_large_kl(capsys):
     # a response the hacked actor wrote itself (seed 0): the reward model loves it, the judge
     # does not, and against the reference it costs tens of nats
     response = "excellent delicious delicious delicious excellent delicious great ."
-    out = run("reward_calculator.py", "the food", response, "--actor", "hacked")
+    out = run_here(capsys, "reward_calculator.py", "the food", response, "--actor", "hacked")
     assert out.returncode == 0, out.stderr
     c = check_calculator(out.stdout, beta=0.05)
     assert "actor:     the hacked actor" in out.stdout and "why KL is large" in out.stdout
@@ -284,9 +295,9 @@ def test_calculator_with_the_hacked_actor_pays_a_large_kl():
     assert "k1 sum is negative" not in out.stdout
 
 
-def test_calculator_explains_a_negative_k1_sum():
+def test_calculator_explains_a_negative_k1_sum(capsys):
     # a plain review the hacked actor no longer writes: the reference finds it likelier
-    out = run("reward_calculator.py", "the food", "was great .", "--actor", "hacked")
+    out = run_here(capsys, "reward_calculator.py", "the food", "was great .", "--actor", "hacked")
     assert out.returncode == 0, out.stderr
     c = check_calculator(out.stdout, beta=0.05)
     assert c["sums"][2] < 0 < c["sums"][4]  # k1 < 0, k3 > 0
@@ -315,7 +326,8 @@ def sharded_run_checkpoint(tmp_path: Path) -> Path:
 
 def test_calculator_reads_the_actor_of_a_sharded_run(tmp_path, capsys):
     path = sharded_run_checkpoint(tmp_path)
-    out = run("reward_calculator.py", "the food", "was great .", "--actor", str(path))
+    out = run_here(capsys, "reward_calculator.py", "the food", "was great .", "--actor",
+                   str(path))
     assert out.returncode == 0, out.stderr
     assert "zero3 shards in" in out.stdout and "why KL > 0" in out.stdout
     c = check_calculator(out.stdout, beta=0.05)

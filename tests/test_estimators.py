@@ -213,7 +213,7 @@ def test_method_defaults_and_explicit_values():
     (dict(advantage_estimator="ppo2"), "PPOConfig.advantage_estimator must be one of 'gae', "
                                        "'grpo', 'dr_grpo', 'rloo', 'reinforce_pp', got 'ppo2'"),
     (dict(kl_in="both"), "PPOConfig.kl_in must be one of 'reward', 'loss', got 'both'"),
-    (dict(reward="human"), "PPOConfig.reward must be one of 'model', 'gold', got 'human'"),
+    (dict(reward="human"), "PPOConfig.reward must be one of 'model', 'gold', 'lax', got 'human'"),
     (dict(group_size=0), r"PPOConfig.group_size must be an int in \[1, 10\*\*8\], got 0"),
     (dict(recompute_logprobs=1), "PPOConfig.recompute_logprobs must be True or False"),
     (dict(beta="0.1"),

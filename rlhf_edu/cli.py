@@ -22,7 +22,7 @@ from .config import (
     method_defaults,
     preflight,
 )
-from .interrupt import TrainingInterrupted, save_interrupted
+from .interrupt import TrainingInterrupted, ctrl_c_raises, save_interrupted
 from .validate import (
     check_output_file,
     choices_of,
@@ -502,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(argv) if argv is not None else sys.argv[1:]
     args = parser.parse_args(argv)
     args.argv = argv
+    ctrl_c_raises()  # started with Ctrl-C ignored (a background job): it still stops the run
     # a rank torchrun launched names itself, so the launcher can say which one failed
     rank = f"rank {os.environ['RANK']}: " if "TORCHELASTIC_RUN_ID" in os.environ else ""
     try:

@@ -20,6 +20,16 @@ from torch import nn
 from .checkpoint import atomic_save, model_checkpoint
 
 
+def ctrl_c_raises() -> None:
+    """Let Ctrl-C raise ``KeyboardInterrupt`` in a process that was started with SIGINT
+    ignored (a background job of a non-interactive shell inherits that), so the commands keep
+    their promise: one line and exit 130. A handler someone installed (Jupyter's) is kept; only
+    the main thread can set one."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class DeferredInterrupt:
     """Hold a Ctrl-C (SIGINT) until the running step ends; a second Ctrl-C stops at once.
 
@@ -82,4 +92,4 @@ def save_interrupted(e: TrainingInterrupted, out: str | Path, kind: str,
     return KeyboardInterrupt(f"{e}; saved the model trained so far to {out}")
 
 
-__all__ = ["DeferredInterrupt", "TrainingInterrupted", "save_interrupted"]
+__all__ = ["ctrl_c_raises", "DeferredInterrupt", "TrainingInterrupted", "save_interrupted"]

@@ -33,6 +33,7 @@ import rlhf_edu
 from rlhf_edu import GPT, PPOConfig, RLHFTrainer
 from rlhf_edu.checkpoint import atomic_save, model_checkpoint
 from rlhf_edu.distributed import configure_threads
+from rlhf_edu.interrupt import ctrl_c_raises
 
 PROG = Path(__file__).name
 DEFAULT_OUT = Path(rlhf_edu.__file__).resolve().parent / "weights" / "hacked.pt"
@@ -100,6 +101,7 @@ def train_hacked(steps: int, seed: int, batch: int, log_every: int) -> tuple[GPT
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_threads()
+    ctrl_c_raises()
     try:
         gpt, history = train_hacked(args.steps, args.seed, args.batch, args.log_every)
     except KeyboardInterrupt:

@@ -64,6 +64,7 @@ from rlhf_edu import (
 )
 from rlhf_edu.checkpoint import load_sharded, safe_load
 from rlhf_edu.distributed import configure_threads
+from rlhf_edu.interrupt import ctrl_c_raises
 from rlhf_edu.plots import rounded
 from rlhf_edu.task import BOS, EOS, PAD, VOCAB
 
@@ -395,6 +396,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_threads()
+    ctrl_c_raises()
     try:
         run(args)
     except (UsageError, ValueError) as e:

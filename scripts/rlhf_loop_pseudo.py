@@ -58,6 +58,7 @@ from rlhf_edu import (
     whiten,
 )
 from rlhf_edu.distributed import configure_threads
+from rlhf_edu.interrupt import ctrl_c_raises
 from rlhf_edu.plots import rounded
 from rlhf_edu.task import sample_prompts
 from rlhf_edu.trainer import Rollout
@@ -387,6 +388,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_threads()
+    ctrl_c_raises()
     try:
         return run(args)
     except ValueError as e:  # a checkpoint that is not an SFT model, ...

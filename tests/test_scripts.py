@@ -391,9 +391,12 @@ def test_bad_inputs_after_parsing_are_one_line(script, args, needles, capsys):
 
 
 def test_loop_ctrl_c_during_the_warmup_is_one_line_and_exit_130():
+    # started with SIGINT ignored, as a background job of a non-interactive shell is (CI's
+    # `... &`): the script must still stop on Ctrl-C
     proc = subprocess.Popen([sys.executable, str(SCRIPTS / "rlhf_loop_pseudo.py"), "--warmup",
                              "1000"], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         first = ""
         while "warm-up" not in first and len(first) < 100:  # the bar, before the first step

@@ -19,7 +19,13 @@
 MFU = counted FLOPs / measured seconds / matmul rate, for the whole step and per phase (from the
 trainer's phase timers). The rate is this run's own: utilisation is a share of what this CPU's
 matmul reaches on one thread, so it compares across machines where GFLOP/s do not. Target:
->= 20 % at "small". Writes ``results/flops.json`` and prints the README's row.
+>= 20 % at "small".
+
+4. Where the toy PPO phase's time goes (``ppo_budget.py``): its self time by kernel group under
+   the profiler, its matmuls replayed alone, the *kernel ceiling* (the utilisation if nothing
+   but the model's own kernels ran) and the ``aten::copy_`` calls of one toy step by caller.
+
+Writes ``results/flops.json`` and prints the README's rows.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import time
 
 import _common
 import torch
+from ppo_budget import copy_calls, format_budget, ppo_budget
 
 from rlhf_edu.model import GPT, GPTConfig
 from rlhf_edu.models import RewardModel, build_models
@@ -92,6 +99,21 @@ def readme_row(rows: list[dict], rate: float, info: dict) -> str:
             + "; ".join(preset(r) for r in rows) + " |")
 
 
+def budget_row(budget: dict, copies: dict[str, int]) -> str:
+    """The README's row on where the toy PPO phase's time goes."""
+    ms, total = budget["self_ms"], budget["profiled_wall_s"] * 1e3
+    kernels = sum(ms.get(g, 0) for g in ("matmul", "attention", "gelu", "layer_norm", "adam"))
+    return (f"| toy PPO phase: where the time goes (profiled), kernel ceiling, copies per step | "
+            f"matmuls {ms['matmul'] / total:.0%}, attention + GELU + layer norm + Adam "
+            f"{(kernels - ms['matmul']) / total:.0%}, other ops and Python "
+            f"{1 - kernels / total:.0%}; its matmuls alone run at "
+            f"{budget['matmul_alone_rate_share']:.0%} of the 1024³ rate; utilisation "
+            f"{budget['utilisation']:.0%}, ceiling with only the model's kernels "
+            f"{budget['kernel_ceiling']:.0%}; {copies['total']} `aten::copy_` per step, "
+            f"{copies.get('fused Adam step counters', 0)} of them fused Adam's step counters and "
+            f"{copies.get('addmm bias into output', 0)} `addmm`'s bias writes |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -142,10 +164,15 @@ def main() -> None:
     small = next(r for r in rows if r["preset"] == "small")
     met = small["mfu"] >= 0.20
     print(f"target: MFU >= 20 % at 'small': {'met' if met else 'NOT met'} ({small['mfu']:.1%})")
+    budget = ppo_budget(trainers["toy"], step_flops(PRESETS["toy"])["6_ppo"], rate)
+    copies = copy_calls(trainers["toy"])
+    print("\n" + "\n".join(format_budget(budget, copies)))
+    print("README row:\n" + budget_row(budget, copies))
     path = _common.write_json("flops.json", {
         "machine": info, "matmul_gflop_s": rate / 1e9, "matmul_s": matmul,
         "presets": {k: vars(v) for k, v in PRESETS.items()}, "rows": rows,
-        "flops_per_phase": {k: step_flops(v) for k, v in PRESETS.items()}, "target_met": met})
+        "flops_per_phase": {k: step_flops(v) for k, v in PRESETS.items()}, "target_met": met,
+        "toy_ppo_budget": budget, "toy_step_copies": copies})
     print(f"wrote {path}")
 
 

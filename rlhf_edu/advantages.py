@@ -81,7 +81,7 @@ def _masked_mean(x: Tensor, mask: Tensor, dim: int | None = None,
     """`masked_mean` without validation, for callers that already checked `mask` (bool).
     `count`: `mask.sum(dim)` (any dtype), for a caller taking several means under one mask."""
     # torch.where instead of x * mask: a NaN/inf in the padding must not leak (NaN * 0 = NaN).
-    total = torch.where(mask, x, torch.zeros_like(x))
+    total = torch.where(mask, x, 0.0)
     total = total.sum() if dim is None else total.sum(dim)
     count = count if count is not None else mask.sum() if dim is None else mask.sum(dim)
     return total / count.to(total.dtype)  # the integer count, cast as the division would

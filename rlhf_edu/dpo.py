@@ -41,6 +41,7 @@ from .interrupt import DeferredInterrupt, TrainingInterrupted, save_interrupted
 from .model import GPT, token_logprobs
 from .models import Actor, Reference, RewardModel, build_models, load_pretrained
 from .reward_model import PreferencePairs, make_preference_pairs
+from .sharding import all_finite
 from .task import review_texts, sample_prompts, text_metrics
 from .trainer import RLHFTrainer
 from .validate import (
@@ -303,14 +304,16 @@ def _dpo_step(policy: GPT, opt: torch.optim.Optimizer, pairs: DPOPairs, idx: Ten
                                  f"{value.item():g} is finite, but beta {beta:g} scales its "
                                  "gradient past float32); lower beta")
     opt.step()
-    if not all(torch.isfinite(p).all() for p in policy.parameters()):
+    # one read back for the finiteness of the weights and every metric
+    finite, *values = torch.stack([
+        all_finite(list(policy.parameters())).to(value.dtype), value.detach(),
+        (chosen_r > rejected_r).to(value.dtype).mean(), (chosen_r - rejected_r).mean(),
+        chosen_r.mean(), rejected_r.mean()]).tolist()
+    if not finite:
         raise FloatingPointError(f"DPO step {step} made the policy's weights NaN or inf "
                                  f"(training diverged); lower the learning rate (now {lr:g})")
-    return {"step": step, "loss": value.item(),
-            "reward_accuracy": (chosen_r > rejected_r).float().mean().item(),
-            "reward_margin": (chosen_r - rejected_r).mean().item(),
-            "chosen_reward": chosen_r.mean().item(),
-            "rejected_reward": rejected_r.mean().item()}
+    return {"step": step, **dict(zip(("loss", "reward_accuracy", "reward_margin",
+                                      "chosen_reward", "rejected_reward"), values))}
 
 
 # ------------------------------------------------------------------ evaluation

@@ -243,7 +243,7 @@ class GPT(nn.Module):
                 valid = torch.ones(B, T, dtype=torch.bool, device=idx.device)
             valid = valid.bool()
             offset = cache.n_valid[:, None].clone() if cache is not None else 0
-            pos = (offset + valid.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+            pos = (offset + valid.cumsum(1) - 1).clamp(min=0)  # (B, T)
             keys = valid
             if cache is not None:
                 cache.valid[:, start:start + T] = valid

@@ -29,6 +29,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -54,6 +55,7 @@ __all__ = [
     "entropy_from_logits",
     "ppo_losses",
     "check_ppo_inputs",
+    "PPOInputs",
     "total_loss",
     "FixedKLController",
     "AdaptiveKLController",
@@ -115,8 +117,9 @@ def ppo_losses(
             `kl_estimator`, see `rewards.kl_penalty`; GRPO uses k3) is then returned as
             `kl_loss`, differentiable, for `total_loss(..., kl_coef=beta)`.
         kl_estimator: "k1", "k2" or "k3".
-        checked: the caller checked the rollout's side for the whole batch (`check_ppo_inputs`,
-            as the trainer does) and passes its bool `mask`: no per-call checks or read back.
+        checked: the rollout's side comes from `check_ppo_inputs` (rows of its tensors, as the
+            trainer passes them): checked for the whole batch and already zeroed on padding,
+            with its bool `mask`. No per-call checks, read back or zeroing of those tensors.
 
     Returns:
         A dict of scalar tensors:
@@ -169,22 +172,46 @@ def _masked_inputs(tensors: dict[str, Tensor | None], mask: Tensor, clip: float,
                          f"{mask.dtype if isinstance(mask, Tensor) else shown(mask)}")
     # Padding is set to 0 before any arithmetic: whatever it held (NaN from a rollout's
     # padding, say) then reaches neither the losses nor, through exp and max, the gradients.
-    x = {k: torch.where(m, v, 0.0) for k, v in tensors.items() if v is not None}
+    # Checked inputs have the rollout's side zeroed once per batch; the current pass's remain.
+    zero = _CURRENT if checked else tensors
+    x = {k: torch.where(m, v, 0.0) if k in zero else v
+         for k, v in tensors.items() if v is not None}
     return x, m, m.sum().to(x["logprobs"].dtype)  # counted once for every mean
+
+
+_CURRENT = ("logprobs", "values", "entropy")
+"""`ppo_losses`' inputs from the current forward pass (the rest are the rollout's)"""
+
+
+class PPOInputs(NamedTuple):
+    """The rollout's side of `ppo_losses` for a whole batch, checked and zeroed on padding
+    (`check_ppo_inputs`): index rows of each and pass them with `checked=True`. `(B, T)`
+    each; None where the batch has none (no critic, no KL in the loss)."""
+
+    mask: Tensor  # bool, True on response tokens
+    old_logprobs: Tensor
+    advantages: Tensor
+    old_values: Tensor | None
+    returns: Tensor | None
+    ref_logprobs: Tensor | None
 
 
 def check_ppo_inputs(old_logprobs: Tensor, advantages: Tensor, old_values: Tensor | None,
                      returns: Tensor | None, mask: Tensor, clip: float = 0.2,
                      vf_clip: float | None = 0.2, ref_logprobs: Tensor | None = None,
-                     kl_estimator: str = "k3") -> Tensor:
+                     kl_estimator: str = "k3") -> PPOInputs:
     """`ppo_losses`' checks of the rollout's side, once for a whole batch: the settings, the
     `(B, T)` tensors' types and shapes, `mask` (0/1, a response token in every row, so that
-    any minibatch of rows has one) and the tensors finite where it is 1. Returns the bool mask
-    `(B, T)` to pass, row by row, to `ppo_losses(..., checked=True)`. One read back."""
+    any minibatch of rows has one) and the tensors finite where it is 1. Returns them zeroed
+    on padding, with the bool mask (`PPOInputs`), to pass row by row to
+    `ppo_losses(..., checked=True)`. One read back."""
     tensors = {"logprobs": old_logprobs, "old_logprobs": old_logprobs,
                "advantages": advantages, "values": old_values, "old_values": old_values,
                "returns": returns, "ref_logprobs": ref_logprobs}
-    return _check_inputs(tensors, mask, clip, vf_clip, kl_estimator, every_row=True)
+    m = _check_inputs(tensors, mask, clip, vf_clip, kl_estimator, every_row=True)
+    zeroed = [None if t is None else torch.where(m, t, 0.0)
+              for t in (old_logprobs, advantages, old_values, returns, ref_logprobs)]
+    return PPOInputs(m, *zeroed)
 
 
 def _check_inputs(tensors: dict[str, Tensor | None], mask: Tensor, clip: float,

@@ -139,9 +139,7 @@ class Tokenizer:
         width = max(len(r) for r in rows)
         if width == 0:
             raise ValueError("every text is empty and bos=False: there is no token to encode")
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, width - len(r):] = torch.tensor(r)
+        ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows])  # one copy
         return ids, ids != self.pad_id
 
 

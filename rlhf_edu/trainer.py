@@ -45,7 +45,14 @@ from .config import (  # PPOConfig and the method defaults are also re-exported 
 )
 from .interrupt import DeferredInterrupt as _DeferredInterrupt
 from .model import GPT, GPTConfig
-from .models import Models, Reference, RewardModel, build_models, compile_forward
+from .models import (
+    Models,
+    Reference,
+    RewardModel,
+    build_models,
+    check_compile,
+    compile_forward,
+)
 from .ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -191,6 +198,8 @@ class RLHFTrainer:
             distributed.check_process_group(cfg.device, self.device)
         self.devices = distributed.resolve_placement(cfg.placement, self.device)
         self.device = self.devices["actor"]
+        if cfg.compile:  # refused here, before any model is built; on CPU it starts a probe
+            check_compile(self.device)
         self.task = get_task(cfg.task)
         self.models = models or build_models(cfg.critic_mode, seed=cfg.seed, task=cfg.task)
         if cfg.reward == "model" and self.models.reward is None:
@@ -549,30 +558,30 @@ class RLHFTrainer:
             old_logprobs = self._recompute_logprobs(batch, orders[0].chunk(cfg.minibatches))
             tr("recomputed_logprobs", old_logprobs)
         kl_coef = batch.beta if cfg.kl_in == "loss" else 0.0
-        # the rollout's side of the losses is checked once here, not once per minibatch
-        m = check_ppo_inputs(old_logprobs, batch.advantages, batch.values, batch.returns,
+        # the rollout's side of the losses is checked and zeroed on padding once here, not
+        # once per minibatch
+        x = check_ppo_inputs(old_logprobs, batch.advantages, batch.values, batch.returns,
                              batch.mask, cfg.clip, cfg.vf_clip or None,
                              batch.ref_logprobs if cfg.kl_in == "loss" else None,
-                             cfg.kl_estimator)  # (B, T) bool
+                             cfg.kl_estimator)  # (B, T) each
         ratio_dev_first = None
         for order in orders:
             for idx in order.chunk(cfg.minibatches):
                 with distributed.autocast(self.device, cfg.precision):
                     logprobs, entropy, values = policy(batch.tokens[idx], batch.valid[idx],
                                                        batch.prompt_len)
-                mask = m[idx]
+                mask, old = x.mask[idx], x.old_logprobs[idx]
                 logprobs = logprobs.float()
                 if ratio_dev_first is None:
                     ratio_dev_first = torch.where(
-                        mask, (logprobs.detach() - old_logprobs[idx]).exp() - 1, 0.0
-                    ).abs().amax()
-                critic = ((values.float(), batch.values[idx], batch.returns[idx])
+                        mask, (logprobs.detach() - old).exp() - 1, 0.0).abs().amax()
+                critic = ((values.float(), x.old_values[idx], x.returns[idx])
                           if values is not None else (None, None, None))
-                losses = ppo_losses(logprobs, old_logprobs[idx], batch.advantages[idx],
-                                    *critic, mask, clip=cfg.clip, vf_clip=cfg.vf_clip or None,
+                losses = ppo_losses(logprobs, old, x.advantages[idx], *critic, mask,
+                                    clip=cfg.clip, vf_clip=cfg.vf_clip or None,
                                     entropy=entropy.float(),
-                                    ref_logprobs=(batch.ref_logprobs[idx]
-                                                  if cfg.kl_in == "loss" else None),
+                                    ref_logprobs=(x.ref_logprobs[idx]
+                                                  if x.ref_logprobs is not None else None),
                                     kl_estimator=cfg.kl_estimator, checked=True)
                 loss = total_loss(losses, cfg.vf_coef if values is not None else 0.0,
                                   cfg.ent_coef, kl_coef)
@@ -605,7 +614,6 @@ class RLHFTrainer:
             norm = torch.nn.utils.clip_grad_norm_(self._trained(opt), max_norm)
             norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
             stats[f"{role}_grad_norm"].append(norm.detach().float())
-            stats[f"{role}_grad_clipped"].append((norm > max_norm).float())
             opt.step()
 
     def _summarise(self, stats: dict[str, list], ratio_dev_first: torch.Tensor
@@ -623,7 +631,13 @@ class RLHFTrainer:
                           table.flatten()]).tolist()
         oks, ratio_dev, table = host[:len(opts)], host[len(opts)], host[len(opts) + 1:]
         n = len(table) // len(keys)
-        means = {k: sum(table[i * n:(i + 1) * n]) / n for i, k in enumerate(keys)}
+        means = {}
+        for i, k in enumerate(keys):
+            column = table[i * n:(i + 1) * n]
+            means[k] = sum(column) / n
+            if k.endswith("_grad_norm"):  # the share of minibatches that clipping scaled down
+                max_norm = self.config.max_grad_norm
+                means[k.replace("_norm", "_clipped")] = sum(v > max_norm for v in column) / n
         for role, _, _ in opts:  # first: an inf norm scales the update to 0 (or inf x 0, NaN)
             norm = means.get(f"{role}_grad_norm", 0.0)
             if not math.isfinite(norm):

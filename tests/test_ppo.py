@@ -8,6 +8,7 @@ import torch
 from rlhf_edu.ppo import (
     AdaptiveKLController,
     FixedKLController,
+    check_ppo_inputs,
     entropy_from_logits,
     ppo_losses,
     total_loss,
@@ -19,6 +20,44 @@ def losses_for(logprobs, old_logprobs, advantages, mask=None, **kwargs):
     zeros = torch.zeros_like(old_logprobs)
     mask = torch.ones_like(old_logprobs) if mask is None else mask
     return ppo_losses(logprobs, old_logprobs, advantages, zeros, zeros, zeros, mask, **kwargs)
+
+
+def test_checked_rows_equal_per_call_checks_bit_for_bit():
+    """The trainer's path (the rollout's side checked and zeroed once per batch, then rows of
+    it with checked=True) gives exactly the losses and gradients of ppo_losses checking each
+    call, NaN in the rollout's padding included."""
+    g = torch.Generator().manual_seed(0)
+    B, T = 6, 5
+    mask = (torch.rand(B, T, generator=g) > 0.3).long()
+    mask[:, 0] = 1
+    rollout = {k: torch.randn(B, T, generator=g) for k in
+               ("old_logprobs", "advantages", "old_values", "returns", "ref_logprobs")}
+    for t in rollout.values():
+        t[mask == 0] = float("nan")
+    current = {k: torch.randn(B, T, generator=g) for k in ("logprobs", "values", "entropy")}
+    x = check_ppo_inputs(rollout["old_logprobs"], rollout["advantages"], rollout["old_values"],
+                         rollout["returns"], mask, ref_logprobs=rollout["ref_logprobs"])
+    assert x.mask.dtype == torch.bool and torch.equal(x.mask, mask.bool())
+    assert not torch.isnan(x.advantages).any()
+    idx = torch.tensor([4, 1, 2])
+
+    def run(checked):
+        lp, v = (current[k][idx].clone().requires_grad_() for k in ("logprobs", "values"))
+        src = x if checked else type(x)(mask, *(rollout[k] for k in (
+            "old_logprobs", "advantages", "old_values", "returns", "ref_logprobs")))
+        out = ppo_losses(lp, src.old_logprobs[idx], src.advantages[idx], v,
+                         src.old_values[idx], src.returns[idx], src.mask[idx],
+                         entropy=current["entropy"][idx], ref_logprobs=src.ref_logprobs[idx],
+                         checked=checked)
+        loss = total_loss(out, 0.1, 0.01, 0.05)
+        loss.backward()
+        return {k: v.detach() for k, v in out.items()}, lp.grad, v.grad
+
+    (a, ga, va), (b, gb, vb) = run(False), run(True)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), (a, b)
+    assert torch.equal(ga, gb) and torch.equal(va, vb)
+    assert torch.isfinite(ga).all() and (ga[mask[idx] == 0] == 0).all()
 
 
 # ------------------------------------------------------------------------------------------

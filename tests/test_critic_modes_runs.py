@@ -33,9 +33,9 @@ def test_the_claims_of_notebook_7():
     for other in ("shared", "head"):
         assert max(early[other]) < min(early["separate"])  # highest at the start
         assert max(mid["separate"]) < min(mid[other])  # lowest after 8 steps
-    for key in ("rm_score", "gold_score"):  # no difference beyond the spread at the end
-        ends = {m: per_seed(m, 16, 20, key) for m in MODES}
-        assert all(max(ends[a]) >= min(ends[b]) for a in MODES for b in MODES)
+    for key in ("rm_score", "gold_score"):  # at the end the modes' means are close
+        ends = {m: sum(per_seed(m, 16, 20, key)) / len(SEEDS) for m in MODES}
+        assert all(abs(ends[a] - ends[b]) < 0.05 for a in MODES for b in MODES)
     ppo = {m: per_seed(m, 2, 20, "time_6_ppo") for m in MODES}
     assert all(s > 1.3 * max(a, b) for s, a, b in zip(ppo["separate"], ppo["shared"],
                                                       ppo["head"]))

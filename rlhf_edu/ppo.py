@@ -117,9 +117,8 @@ def ppo_losses(
             `kl_estimator`, see `rewards.kl_penalty`; GRPO uses k3) is then returned as
             `kl_loss`, differentiable, for `total_loss(..., kl_coef=beta)`.
         kl_estimator: "k1", "k2" or "k3".
-        checked: the rollout's side comes from `check_ppo_inputs` (rows of its tensors, as the
-            trainer passes them): checked for the whole batch and already zeroed on padding,
-            with its bool `mask`. No per-call checks, read back or zeroing of those tensors.
+        checked: the rollout's side is rows of `check_ppo_inputs`' result (checked, zeroed on
+            padding, bool `mask`), as the trainer passes them: no per-call checks or read back.
 
     Returns:
         A dict of scalar tensors:

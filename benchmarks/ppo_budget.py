@@ -144,7 +144,7 @@ def format_budget(budget: dict, copies: dict[str, int]) -> list[str]:
 
 
 def toy_trainer(seed: int = 0):
-    """The toy step of issue-style counts: shipped models, batch 64, exactly 16 tokens."""
+    """The toy step the copies are counted on: shipped models, batch 64, exactly 16 tokens."""
     from rlhf_edu.trainer import PPOConfig, RLHFTrainer
 
     trainer = RLHFTrainer(PPOConfig(batch_size=64, response_len=16, stop_at_eos=False,

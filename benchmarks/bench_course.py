@@ -6,7 +6,8 @@
    own configuration in pyproject.toml applies, notebooks under nbval included if configured);
 2. ``python scripts/run_notebooks.py`` if that script exists (skipped with a message if not).
    That script saves the executed notebooks in place, so it runs here on copies of
-   ``notebooks/*.ipynb`` in a temporary directory: the repository's notebooks are never written.
+   ``notebooks/*.ipynb`` in a temporary folder under ``notebooks/`` (removed afterwards): the
+   repository's notebooks are never written.
 
 Each runs once with ``OMP_NUM_THREADS=1`` (a suite run takes minutes, so there are no repeats:
 read the figure as +-20 % on a shared machine). The interpreter is this one (``sys.executable``),
@@ -42,10 +43,14 @@ def timed_run(cmd: list[str]) -> dict:
 
 
 def run_notebooks(script: Path) -> dict:
-    """Time ``script`` on temporary copies of the notebooks (it writes them back when done)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """Time ``script`` on temporary copies of the notebooks (it writes them back when done).
+
+    The copies live in a hidden folder under ``notebooks/``: a notebook that runs one of the
+    course's scripts finds ``scripts/`` above its own folder, as it does in the repository."""
+    notebooks = _common.REPO / "notebooks"
+    with tempfile.TemporaryDirectory(dir=notebooks, prefix=".bench-copies-") as tmp:
         copies = []
-        for nb in sorted((_common.REPO / "notebooks").glob("*.ipynb")):
+        for nb in sorted(notebooks.glob("*.ipynb")):
             copies.append(shutil.copy(nb, Path(tmp) / nb.name))
         row = timed_run([sys.executable, str(script), *map(str, copies)])
     row["command"] = f"{script.relative_to(_common.REPO)} <copies of notebooks/*.ipynb>"

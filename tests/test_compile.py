@@ -2,7 +2,7 @@
 graph for every response width, and a one-line error where torch.compile cannot run.
 
 The compiled run is marked slow: inductor's first compile takes seconds even for the one-layer
-model used here (the course's models: 30-45 s cold, ~4 s from a warm cache).
+model used here (the course's models: 25-45 s cold, ~2 s from a warm cache).
 """
 
 import functools

@@ -6,14 +6,15 @@ The course's recorded runs (``rlhf_edu/data/*.json``, read by the notebooks and 
 were made by the scripts beside this one. When the trainer's numerics change (fused Adam became
 the default after they were recorded), a learner who runs a script again gets other numbers.
 This script retrains seed 0 of one configuration from each file, with each Adam asked for
-(``fused``: the default now; ``loop``: the for-loop Adam the recordings used), and compares
+(``fused``: the default now; ``loop``: the for-loop Adam that every recording but
+``critic_modes.json`` was made with), and compares
 the per-step gold score, RM score (verified share on arith) and KL with the recording:
 
 * the first step at which any of them differs from the recording by more than 0.001 (the files
   keep 4 decimals), or "none" when the whole run matches;
 * the mean of each over the last 10 steps, recorded and now.
 
-A run that matches with ``loop`` and parts with ``fused`` says the Adam switch, and nothing
+A run that matches with one Adam and parts with the other says the Adam switch, and nothing
 else, moved the recording. Writes ``results/drift.json``.
 """
 

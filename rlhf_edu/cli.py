@@ -523,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         text = str(e).strip().splitlines()  # RunInterrupted says which step it saved
         _say(f"rlhf-edu {args.command}: {rank}{text[0] if text else 'interrupted'}")
         return 130
+    finally:
+        if rank:  # a rank that stops on an error leaves its group now, to exit with its code
+            distributed.leave_group()
 
 
 def _say(line: str) -> None:

@@ -216,6 +216,21 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def leave_group() -> None:
+    """Leave the process group at once, without waiting for the other ranks: for a rank that
+    ends with an error, whose peers may have stopped already (so no barrier). Left to the
+    interpreter's exit, the group's threads are torn down in no set order and the process now
+    and then aborts ("terminate called without an active exception", exit code -6) instead of
+    ending with its own code. A no-op outside a process group or after :func:`shutdown`."""
+    import gc
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()  # the failed run's wrapped models first, as in shutdown()
+        dist.destroy_process_group()
+
+
 def local_device(device: str = "auto") -> torch.device:
     """This process's device: ``cuda:LOCAL_RANK`` for ``"cuda"``/``"auto"`` under torchrun with
     CUDA, else as named. A CUDA device becomes the current one, which collectives such as

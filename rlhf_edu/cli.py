@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if rank:  # a rank that stops on an error leaves its group now, to exit with its code
-            distributed.leave_group()
+            distributed.shutdown(wait=False)
 
 
 def _say(line: str) -> None:

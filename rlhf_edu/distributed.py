@@ -198,13 +198,17 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def shutdown() -> None:
-    """Leave the process group cleanly.
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group cleanly; a no-op outside one (or after leaving it).
 
     Callers drop their DDP- or FSDP-wrapped models first; collecting garbage before
     ``destroy_process_group`` avoids an abort at interpreter exit that gloo otherwise shows in
     about one run in three, and a barrier keeps a rank from tearing its group down while
     another still uses it (with FSDP, a rank otherwise aborts at exit now and then).
+    ``wait=False`` skips the barrier: for a rank that ends on an error, whose peers may have
+    stopped already. Left to the interpreter's exit, its group's threads are torn down in no
+    set order and the process now and then aborts ("terminate called without an active
+    exception", exit code -6) instead of ending with its own code.
     """
     import gc
 
@@ -212,22 +216,8 @@ def shutdown() -> None:
 
     gc.collect()
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def leave_group() -> None:
-    """Leave the process group at once, without waiting for the other ranks: for a rank that
-    ends with an error, whose peers may have stopped already (so no barrier). Left to the
-    interpreter's exit, the group's threads are torn down in no set order and the process now
-    and then aborts ("terminate called without an active exception", exit code -6) instead of
-    ending with its own code. A no-op outside a process group or after :func:`shutdown`."""
-    import gc
-
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        gc.collect()  # the failed run's wrapped models first, as in shutdown()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

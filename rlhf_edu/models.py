@@ -350,8 +350,8 @@ def _probe_cpu_isa_in_background() -> None:
     warm-cache compile took before the first compiled step. The thread mostly waits on those
     children, so the main thread keeps running (building the models, the first rollout,
     TorchDynamo's tracing); the result is cached for the process, and the compiled call reads
-    it. :func:`check_compile` starts it, as early as a run knows it will
-    compile. A torch without this probe skips the head start.
+    it. :func:`check_compile` starts it, as early as a run knows it will compile. A torch
+    without this probe skips the head start.
     """
     def probe() -> None:
         try:

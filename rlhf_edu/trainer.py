@@ -631,12 +631,11 @@ class RLHFTrainer:
                           table.flatten()]).tolist()
         oks, ratio_dev, table = host[:len(opts)], host[len(opts)], host[len(opts) + 1:]
         n = len(table) // len(keys)
-        means = {}
+        means, max_norm = {}, self.config.max_grad_norm
         for i, k in enumerate(keys):
             column = table[i * n:(i + 1) * n]
             means[k] = sum(column) / n
             if k.endswith("_grad_norm"):  # the share of minibatches that clipping scaled down
-                max_norm = self.config.max_grad_norm
                 means[k.replace("_norm", "_clipped")] = sum(v > max_norm for v in column) / n
         for role, _, _ in opts:  # first: an inf norm scales the update to 0 (or inf x 0, NaN)
             norm = means.get(f"{role}_grad_norm", 0.0)

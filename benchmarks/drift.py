@@ -4,18 +4,19 @@
 
 The course's recorded runs (``rlhf_edu/data/*.json``, read by the notebooks and their tests)
 were made by the scripts beside this one. When the trainer's numerics change (fused Adam became
-the default after they were recorded), a learner who runs a script again gets other numbers.
-This script retrains seed 0 of one configuration from each file, with each Adam asked for
-(``fused``: the default now; ``loop``: the for-loop Adam that every recording but
-``critic_modes.json`` was made with), and compares
-the per-step gold score, RM score (verified share on arith) and KL with the recording:
+the default in 2026-12; every recording was made again with it), a learner who runs a script
+again gets other numbers; so does one on another CPU or torch version, whose kernels round
+differently. This script retrains seed 0 of one configuration from each file, with each Adam
+asked for (``fused``: the default, which the recordings use; ``loop``: the for-loop Adam), and
+compares the per-step gold score, RM score (verified share on arith) and KL with the recording:
 
 * the first step at which any of them differs from the recording by more than 0.001 (the files
   keep 4 decimals), or "none" when the whole run matches;
 * the mean of each over the last 10 steps, recorded and now.
 
-A run that matches with one Adam and parts with the other says the Adam switch, and nothing
-else, moved the recording. Writes ``results/drift.json``.
+On the machine a recording was made on, the fused run matches it to the last step; a run
+that matches with one Adam and parts with the other says the Adam, and nothing else, moved it.
+Writes ``results/drift.json``.
 """
 
 from __future__ import annotations

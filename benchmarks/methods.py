@@ -44,16 +44,12 @@ Writes ``rlhf_edu/data/methods.json`` after every run (an interrupted recording 
 finished) and prints a table: the mean of the last 10 steps, mean +- standard deviation over
 the seeds.
 
-The shipped file's ``group_std`` and ``adv_abs_mean`` (GRPO and Dr. GRPO only) come from a
-re-recording of those six runs (``--only``) that reproduced every other recorded number of
-theirs exactly; their step times were kept from the first recording, which ran at a lighter load.
-
-Time: about 15 minutes with ``--jobs 2`` on the project's 2-core VM (one thread per process):
-the first 24 runs took 785 s while other work on the machine fell from a 1-min load of ~9 to ~2,
-the six extra GRPO runs of seeds 1 and 2 another 146 s. DPO is the longest run (8,000 pairs
-to draw, the reference's log-probs of all of them, 625 training steps, 3 evaluations). On an
-idle core a PPO step takes ~0.5 s, and under that load up to 3 s: the recorded step times
-carry the machine's load, so compare methods by their quickest steps, not by wall time alone.
+Time: 10 minutes with ``--jobs 2`` on a quiet 2-core VM (one thread per process, nothing else
+running; the shipped file, recorded 2026-12-02 with the fused Adam). DPO is the longest run
+(8,000 pairs to draw, the reference's log-probs of all of them, 500 training steps, 3
+evaluations). A PPO step takes ~0.7-0.9 s there; with other work on the machine a step can take
+several times as long, and the recorded step times carry that load, so compare methods by
+their quickest steps when the recording was not quiet.
 """
 
 from __future__ import annotations

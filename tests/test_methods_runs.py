@@ -159,11 +159,14 @@ def test_claims_on_the_equal_budget(runs):
         assert abs(seed_mean(runs, m, "gold_score") - ppo_gold) < 0.05, m
     gold0 = sft_start(runs, "gold_score")
     assert seed_mean(runs, "grpo", "gold_score") < gold0  # std-scaled advantages hack the RM
+    best_grpo = max(end(r, "gold_score") for r in runs["grpo"])
+    assert best_grpo < min(end(r, "gold_score") for m in ("ppo", "dr_grpo", "rloo")
+                           for r in runs[m])
     for r in runs["grpo"]:
-        assert end(r, "gold_score") < gold0 + 0.05 and end(r, "repetition") > 0.5
-    lowest_ppo = min(end(r, "gold_score") for r in runs["ppo"])
+        assert end(r, "repetition") > 0.5, r["seed"]
     for r in runs["reinforce_pp"]:
-        assert gold0 < end(r, "gold_score") < lowest_ppo
+        assert end(r, "gold_score") > gold0, r["seed"]
+    assert seed_mean(runs, "reinforce_pp", "gold_score") < ppo_gold - 0.1
     for m in ("ppo", "dr_grpo", "rloo"):
         assert seed_mean(runs, "reinforce_pp", "well_formed") < seed_mean(runs, m, "well_formed")
     for r in runs["rejection_sampling"]:
@@ -213,7 +216,8 @@ def test_claims_on_dpo(runs):
         losses = [t["loss"] for t in r["training"]]
         assert statistics.mean(losses[-5:]) < statistics.mean(losses[:5]), r["seed"]
     spread = {m: statistics.stdev(end(r, "gold_score") for r in runs[m]) for m in METHODS}
-    assert max(spread, key=spread.get) == "dpo", spread
+    assert set(sorted(spread, key=spread.get)[-2:]) == {"dpo", "grpo"}, spread
+    assert min(spread["dpo"], spread["grpo"]) > 0.4, spread
 
 
 def quickest_tenth(runs: dict, method: str) -> float:
@@ -230,14 +234,16 @@ def test_claims_on_step_time(runs):
     for m in CRITIC_FREE:
         assert quick[m] < 0.8 * quick["ppo"], quick
     median = {m: statistics.median(s["time_step"] for r in runs[m] for s in r["history"])
-              for m in ("ppo", "rloo")}
-    assert median["rloo"] > median["ppo"]  # the load, not the method: its quickest steps
-    assert abs(quick["rloo"] - quick["dr_grpo"]) < 0.1  # are as quick as Dr. GRPO's
+              for m in ("ppo", *CRITIC_FREE)}
+    for m in CRITIC_FREE:  # a quiet recording: the medians agree with the quickest steps
+        assert median[m] < 0.7 * median["ppo"], median
 
 
 def test_claims_on_grpo_beta_and_the_gold_reward(runs):
     for r in runs["grpo_beta0"]:  # the learned RM at beta 0: hacked
-        assert end(r, "kl") > 9 and end(r, "repetition") > 0.5, r["seed"]
+        assert end(r, "kl") > 9, r["seed"]
+    assert seed_mean(runs, "grpo_beta0", "gold_score") < sft_start(runs, "gold_score")
+    assert seed_mean(runs, "grpo_beta0", "repetition") > 0.5
     for r in runs["grpo_gold_beta0"]:  # the gold reward at beta 0: nothing to hack
         assert end(r, "gold_score") > 0.3, r["seed"]
     for free, leashed in zip(runs["grpo_gold_beta0"], runs["grpo_gold"]):

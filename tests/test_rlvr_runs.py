@@ -107,23 +107,25 @@ def test_the_sft_actor_is_competent_but_unreliable(data):
 def test_rl_on_the_strict_verifier_gains_at_least_30_points_in_every_seed(data):
     for name in METHODS:
         assert min(gains(data, name)) >= 0.30, (name, gains(data, name))
-    assert min(min(gains(data, name)) for name in METHODS) >= 0.44
+    assert min(min(gains(data, name)) for name in METHODS) >= 0.5
     ends = {n: [end(data, n, s)["pass@1"] for s in SEEDS] for n in METHODS}
     assert min(min(v) for v in ends.values()) > 0.6
     assert max(ends, key=lambda n: statistics.mean(ends[n])) == "ppo"
     ranges = {n: (round(min(v), 2), round(max(v), 2)) for n, v in ends.items()}
-    assert ranges == {"grpo": (0.63, 0.81), "dr_grpo": (0.69, 0.75), "rloo": (0.75, 0.82),
-                      "ppo": (0.85, 0.91)}
+    assert ranges == {"grpo": (0.71, 0.78), "dr_grpo": (0.73, 0.77), "rloo": (0.71, 0.77),
+                      "ppo": (0.87, 0.89)}
 
 
 def test_training_seconds(data):
-    """Every critic-free run trained in under 300 s; PPO in two seeds of three (seed 0 on the
-    busiest stretch of the recording); the quickest tenth of every run's steps, x 60, under
-    300 s."""
+    """Every run trained in under 300 s (a quiet recording); PPO, which trains a critic too,
+    took longer than each critic-free run of the same seed; the quickest tenth of every run's
+    steps, x 60, under 300 s."""
     runs = data["runs"]
-    for name in ("grpo", "dr_grpo", "rloo"):
+    for name in METHODS:
         assert all(runs[name][s]["train_seconds"] < 300 for s in SEEDS), name
-    assert [runs["ppo"][s]["train_seconds"] < 300 for s in SEEDS] == [False, True, True]
+    for name in ("grpo", "dr_grpo", "rloo"):
+        for s in SEEDS:
+            assert runs["ppo"][s]["train_seconds"] > runs[name][s]["train_seconds"], (name, s)
     for name in METHODS:
         for s in SEEDS:
             steps = sorted(runs[name][s]["series"]["time_step"])
@@ -138,24 +140,26 @@ def test_pass_at_k_crosses_below_the_base_only_at_large_k(data):
         curve = mean_curve(data, name)
         assert all(a > b for a, b in zip(curve[:16], base[:16])), name  # above for k <= 16
         crossings[name] = crossing(curve, base)
-    assert crossings == {"grpo": 21, "dr_grpo": 30, "rloo": 30, "ppo": 43}
+    assert crossings == {"grpo": 42, "dr_grpo": 44, "rloo": 20, "ppo": None}
     per_seed = {(n, s): crossing(pass_at_k_curve(end(data, n, s)["correct"], N, KS), base)
                 for n in METHODS for s in SEEDS}
-    assert [k for k, v in per_seed.items() if v is None] == [("grpo", "1"), ("ppo", "0")]
+    assert [k for k, v in per_seed.items() if v is not None] == [
+        ("grpo", "2"), ("dr_grpo", "0"), ("rloo", "0"), ("rloo", "1"), ("rloo", "2")]
     means = {n: mean_curve(data, n) for n in METHODS}
-    assert min(c[0] for c in means.values()) == pytest.approx(0.707, abs=0.005)
-    assert max(c[0] for c in means.values()) == pytest.approx(0.873, abs=0.005)
-    assert min(c[7] for c in means.values()) > 0.935 and max(c[7] for c in means.values()) < 0.995
+    assert min(c[0] for c in means.values()) == pytest.approx(0.738, abs=0.005)
+    assert max(c[0] for c in means.values()) == pytest.approx(0.879, abs=0.005)
+    assert min(c[7] for c in means.values()) > 0.945 and max(c[7] for c in means.values()) < 0.999
 
 
-def test_no_problem_is_new_to_rl_and_each_run_loses_at_most_four(data):
+def test_no_problem_is_new_to_rl_and_each_run_loses_at_most_seven(data):
     base_solved = [c > 0 for c in data["base"]["correct"]]
     assert all(base_solved)
     for name in METHODS:
         for s in SEEDS:
             rl = end(data, name, s)["correct"]
             assert not any(c > 0 and not b for c, b in zip(rl, base_solved))
-            assert sum(c == 0 and b for c, b in zip(rl, base_solved)) <= 4, (name, s)
+            lost = sum(c == 0 and b for c, b in zip(rl, base_solved))
+            assert lost <= 7 and (lost == 0 or name != "ppo"), (name, s)
 
 
 def test_the_policy_shifts_to_worked_answers_and_accuracy_follows(data):
@@ -172,7 +176,7 @@ def test_the_policy_shifts_to_worked_answers_and_accuracy_follows(data):
             assert statistics.mean(series["worked"][-10:]) > series["worked"][0] + 0.5
     assert statistics.correlation(xs, ys) > 0.95
     worked = [end(data, n, s)["worked"] for n in METHODS for s in SEEDS]
-    assert (round(min(worked), 2), round(max(worked), 2)) == (0.86, 0.99)
+    assert (round(min(worked), 2), round(max(worked), 2)) == (0.86, 0.98)
 
 
 @pytest.fixture(scope="module")
@@ -204,34 +208,33 @@ def test_group_methods_gain_what_the_form_shift_predicts_and_ppo_more(data, sft_
 
     for name in ("grpo", "dr_grpo", "rloo"):
         for step in ("0", "20", "40", "60"):
-            assert abs(gap(name, step)) < 0.06, (name, step, gap(name, step))
-    assert gap("ppo", "40") > 0.05 and gap("ppo", "60") > 0.05
+            assert abs(gap(name, step)) < 0.1, (name, step, gap(name, step))
+        assert gap("ppo", "60") > gap(name, "60") + 0.05, name
 
 
-def test_grpo_exploits_the_lax_verifier_and_the_strict_one_is_not_fooled(data):
-    runs, steps = data["runs"], str(data["steps"])
+def test_the_lax_verifier_keeps_the_hedges_the_strict_one_trains_away(data):
+    runs, steps, base = data["runs"], str(data["steps"]), data["base"]
+    lax_end = [runs["grpo_lax"][s]["heldout"][steps] for s in SEEDS]
+    strict_end = [end(data, "grpo", s) for s in SEEDS]
     for s in SEEDS:
         series = runs["grpo_lax"][s]["series"]
         lax, strict = (statistics.mean(series[k][-10:]) for k in ("lax_score", "gold_score"))
-        best = max(statistics.mean(series["gold_score"][i:i + 10])
-                   for i in range(len(series["gold_score"]) - 9))
-        assert lax >= 0.7 and lax - strict >= 0.25, s
-        assert best - strict >= 0.1, s  # the strict score falls back from its best
-        h = runs["grpo_lax"][s]["heldout"][steps]
-        assert h["hedged"] >= 0.25 and abs(h["lax"] - h["pass@1"] - h["hedged"]) < 0.05, s
-        assert 0.47 <= runs["grpo_lax"][s]["heldout"]["20"]["pass@1"] <= 0.54, s
-        assert h["pass@1"] < min(end(data, "grpo", t)["pass@1"] for t in SEEDS), s
-        assert h["pass@1"] > data["base"]["pass@1"], s  # still above the start
-        g = end(data, "grpo", s)
-        assert g["hedged"] < 0.01 and g["lax"] - g["pass@1"] < 0.01, s
+        assert lax >= 0.7 and strict < lax, s
+    assert base["hedged"] > 0.05 and all(h["hedged"] < 0.01 for h in strict_end)
+    assert all(h["hedged"] >= base["hedged"] for h in lax_end)
+    assert sum(h["hedged"] > 1.5 * base["hedged"] for h in lax_end) == 2
+    gold = runs["grpo_lax"]["1"]["series"]["gold_score"]  # the seed that went furthest
+    best = max(statistics.mean(gold[i:i + 10]) for i in range(len(gold) - 9))
+    assert best - statistics.mean(gold[-10:]) > 0.1
+    at20 = {n: [runs[n][s]["heldout"]["20"]["pass@1"] for s in SEEDS] for n in ("grpo", "grpo_lax")}
+    assert max(at20["grpo_lax"]) < min(at20["grpo"])
+    assert base["pass@1"] < min(h["pass@1"] for h in lax_end)
+    assert max(h["pass@1"] for h in lax_end) < min(h["pass@1"] for h in strict_end)
+    assert all(abs(h["lax"] - h["pass@1"] - h["hedged"]) < 0.05 for h in lax_end)
+    assert all(h["lax"] - h["pass@1"] < 0.01 for h in strict_end)
     lax_score = {n: statistics.mean(statistics.mean(runs[n][s]["series"]["lax_score"][-10:])
                                     for s in SEEDS) for n in ("grpo", "grpo_lax")}
     assert abs(lax_score["grpo_lax"] - lax_score["grpo"]) < 0.05  # barely more lax reward
-    lax_end = [runs["grpo_lax"][s]["heldout"][steps] for s in SEEDS]
-    assert (round(min(h["hedged"] for h in lax_end), 2), round(max(h["hedged"] for h in lax_end),
-                                                               2)) == (0.25, 0.36)
-    assert (round(min(h["pass@1"] for h in lax_end), 2), round(max(h["pass@1"] for h in lax_end),
-                                                               2)) == (0.37, 0.46)
-    assert (round(min(h["lax"] for h in lax_end), 2), round(max(h["lax"] for h in lax_end),
-                                                            2)) == (0.70, 0.78)
-    assert data["base"]["hedged"] < 0.1
+    ranges = {k: (round(min(h[k] for h in lax_end), 2), round(max(h[k] for h in lax_end), 2))
+              for k in ("hedged", "pass@1", "lax")}
+    assert ranges == {"hedged": (0.11, 0.23), "pass@1": (0.5, 0.65), "lax": (0.7, 0.75)}

@@ -4,6 +4,10 @@ the β sweep, seed bands, and rejection sampling's optimizer-step count."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -162,3 +166,22 @@ def test_shipped_runs_record_their_seeds_and_counts():
     # the seeds are different runs, not copies
     assert runs["beta=0.05"][-1]["sample"] != runs["beta=0.05, seed 1"][-1]["sample"] or \
         runs["beta=0.05"][-1]["kl"] != runs["beta=0.05, seed 1"][-1]["kl"]
+
+
+def test_demos_script_records_in_parallel_in_the_tables_order(tmp_path):
+    """``--jobs 2``: every run of the table is recorded, written in the table's order whatever
+    order the workers finish in, with its counts and seconds."""
+    out = tmp_path / "demos.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "demos.py"), "--steps", "1",
+                           "--betas", "0", "--seeds", "0", "--jobs", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    table = demos_module().run_table(betas=(0.0,), seeds=(0,))
+    assert list(data["runs"]) == list(table) == list(data["meta"])
+    for name, history in data["runs"].items():
+        samples, updates = demos_module().per_step_counts(table[name])
+        assert [(m["step"], m["samples"], m["optimizer_steps"]) for m in history] == [
+            (1, samples, updates)], name
+        assert data["meta"][name]["seconds"] > 0

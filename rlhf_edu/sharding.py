@@ -248,11 +248,12 @@ def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     """
     from torch.distributed.tensor import DTensor
 
-    # the largest |x| is finite exactly when every x is (NaN propagates through the max): one
-    # reduction per tensor and one over their maxima (a shard may be empty: it has no max)
-    shards = [x for x in map(local, tensors) if x.numel()]
-    ok = torch.isfinite(torch.nn.utils.get_total_norm(shards, float("inf"))
-                        ).to(local(tensors[0]).device)  # none left: a CPU 0, finite
+    # the smallest and the largest x are finite exactly when every x is (NaN propagates
+    # through both): one vectorised pass per tensor, where the inf-norm's |x| then max runs
+    # about 20x slower on CPU (a shard may be empty: it has no extremes)
+    extremes = [m for x in map(local, tensors) if x.numel() for m in torch.aminmax(x)]
+    ok = (torch.isfinite(torch.stack(extremes)).all() if extremes else torch.tensor(True)
+          ).to(local(tensors[0]).device)
     if any(isinstance(t, DTensor) for t in tensors):
         bad = distributed.all_reduce_sum((~ok).float().reshape(1))
         ok = bad[0] == 0

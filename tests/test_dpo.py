@@ -17,6 +17,7 @@ from rlhf_edu.dpo import (
     evaluate_policy,
     make_dpo_pairs,
     pair_logprobs,
+    reference_logprobs,
     sequence_logprobs,
     train_dpo,
 )
@@ -129,6 +130,27 @@ def test_a_minibatch_padded_to_its_own_longest_pair_gives_the_same_losses(sft, p
         want = dpo_loss(*full_policy, *full, beta=0.1, loss=loss)[0]
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         assert got != dpo_loss(chosen, rejected, chosen, rejected, beta=0.1, loss=loss)[0]
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 32, 48, 100])
+def test_reference_logprobs_in_minibatches_equal_one_forward_over_all_pairs(sft, pairs,
+                                                                            batch_size):
+    """The reference's log-probs come from one forward per ``batch_size`` pairs, in order
+    (a last, shorter minibatch included); one forward over all 48 pairs gives the same
+    ``(48,)`` values up to float rounding."""
+    with torch.no_grad():
+        whole = pair_logprobs(sft, pairs)  # (48,) each
+    got = reference_logprobs(sft, pairs, batch_size)
+    assert [g.shape for g in got] == [(48,), (48,)]
+    assert whole[0].ne(whole[1]).any()  # chosen and rejected really differ
+    for g, w in zip(got, whole):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size, message", [(0, "batch_size"), (2.0, "batch_size")])
+def test_reference_logprobs_rejects_a_bad_batch_size(sft, pairs, batch_size, message):
+    with pytest.raises(ValueError, match=message):
+        reference_logprobs(sft, pairs, batch_size)
 
 
 def test_prompt_lengths_come_from_the_pairs_prompts(pairs):

@@ -217,7 +217,7 @@ def test_claims_on_dpo(runs):
         assert statistics.mean(losses[-5:]) < statistics.mean(losses[:5]), r["seed"]
     spread = {m: statistics.stdev(end(r, "gold_score") for r in runs[m]) for m in METHODS}
     assert set(sorted(spread, key=spread.get)[-2:]) == {"dpo", "grpo"}, spread
-    assert min(spread["dpo"], spread["grpo"]) > 0.4, spread
+    assert min(spread["dpo"], spread["grpo"]) > 0.35, spread
 
 
 def quickest_tenth(runs: dict, method: str) -> float:

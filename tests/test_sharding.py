@@ -391,3 +391,20 @@ def test_per_layer_gathering_needs_equal_generation_lengths():
     with pytest.raises(ValueError, match="Sharded.gather must be 'rollout' or 'layer'"):
         with sharded.gathered(equal_forwards=True):
             pass
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), None])
+@pytest.mark.parametrize("where", [0, 4097, -1])
+def test_all_finite_finds_any_nan_or_inf_in_any_tensor(bad, where):
+    """all_finite (a min and a max per tensor) agrees with checking every element, for NaN,
+    +inf and -inf at the start, the middle and the end of the last of several tensors (an
+    empty one among them); ``None`` plants nothing."""
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(128, 512, generator=g) * 1e30, torch.empty(0),
+               torch.randn(64, generator=g).to(torch.bfloat16), torch.randn(8192, generator=g)]
+    if bad is not None:
+        tensors[-1][where] = bad
+    want = all(bool(torch.isfinite(t).all()) for t in tensors)
+    got = sharding.all_finite(tensors)
+    assert got.dtype == torch.bool and got.shape == ()
+    assert bool(got) == want == (bad is None)
